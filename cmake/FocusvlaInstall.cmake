@@ -1,0 +1,20 @@
+# `cmake --install` puts headers, the library and a package config in the prefix, so that a robot
+# program can say find_package(focusvla) and link focusvla::focusvla.
+include(CMakePackageConfigHelpers)
+install(TARGETS focusvla EXPORT focusvlaTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(TARGET focusvla_cli)
+  install(TARGETS focusvla_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
+install(EXPORT focusvlaTargets NAMESPACE focusvla::
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/focusvlaConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/focusvlaConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/focusvlaConfigVersion.cmake
+  COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/focusvlaConfig.cmake ${PROJECT_BINARY_DIR}/focusvlaConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)

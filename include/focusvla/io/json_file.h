@@ -1,0 +1,17 @@
+#pragma once
+// Reading JSON files with errors that name the file (and, for parse errors, the byte offset).
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+namespace focusvla::io {
+
+// Parses the whole file; throws Error "<path>: cannot open" or "<path>: invalid JSON: ...".
+nlohmann::json read_json_file(const std::string& path);
+// Parses text that came from `source` (used in messages).
+nlohmann::json parse_json(const std::string& text, const std::string& source);
+// Reads a whole file into a string; throws Error naming the path.
+std::string read_text_file(const std::string& path);
+
+}  // namespace focusvla::io

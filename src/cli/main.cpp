@@ -1,0 +1,196 @@
+// The `focusvla` command-line tool.
+//   focusvla inspect DIR [--json]    config, files, components, tensor counts, dtypes, parameters
+// Global options: --log-level trace|debug|info|warn|error|off, --version, --help.
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "focusvla/core/error.h"
+#include "focusvla/core/log.h"
+#include "focusvla/io/checkpoint.h"
+#include "focusvla/version.h"
+
+namespace {
+
+using focusvla::io::Checkpoint;
+using focusvla::io::ComponentSummary;
+
+const char* kUsage =
+    "usage: focusvla [--log-level LEVEL] <command> [args]\n"
+    "\n"
+    "commands:\n"
+    "  inspect DIR [--json]   describe a checkpoint directory: config, files, components,\n"
+    "                         tensor counts, dtypes and parameter counts per component\n"
+    "  version                print the version\n";
+
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string dtype_list(const ComponentSummary& c) {
+  std::string out;
+  for (const auto& [dtype, count] : c.dtypes) out += (out.empty() ? "" : " ") + dtype + "x" + std::to_string(count);
+  return out.empty() ? "-" : out;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+nlohmann::json inspect_json(const Checkpoint& ckpt, const std::vector<ComponentSummary>& parts) {
+  const auto& c = ckpt.config;
+  const auto& t = c.text_config;
+  nlohmann::json j;
+  j["directory"] = ckpt.files.directory;
+  j["config"] = {{"model_type", c.model_type},
+                 {"timm_model_ids", c.timm_model_ids},
+                 {"image_sizes", c.image_sizes},
+                 {"use_fused_vision_backbone", c.use_fused_vision_backbone},
+                 {"vision_backbone_id", c.vision_backbone_id},
+                 {"llm_backbone_id", c.llm_backbone_id},
+                 {"torch_dtype", c.torch_dtype},
+                 {"text_config",
+                  {{"hidden_size", t.hidden_size},
+                   {"intermediate_size", t.intermediate_size},
+                   {"num_hidden_layers", t.num_hidden_layers},
+                   {"num_attention_heads", t.num_attention_heads},
+                   {"num_key_value_heads", t.num_key_value_heads},
+                   {"vocab_size", t.vocab_size},
+                   {"rope_theta", t.rope_theta},
+                   {"rms_norm_eps", t.rms_norm_eps}}}};
+  if (c.focus)
+    j["config"]["focus"] = {{"attention", c.focus->attention},
+                            {"top_k", c.focus->top_k},
+                            {"gate", c.focus->gate},
+                            {"value_source", c.focus->value_source}};
+  std::vector<std::string> datasets;
+  for (const auto& kv : ckpt.norm_stats) datasets.push_back(kv.first);
+  j["norm_stats"] = datasets;
+  j["files"] = {{"config", ckpt.files.config},
+                {"model_weights", ckpt.files.model_weights},
+                {"action_head", ckpt.files.action_head},
+                {"proprio_projector", ckpt.files.proprio_projector},
+                {"preprocessor_config", ckpt.files.preprocessor_config},
+                {"dataset_statistics", ckpt.files.dataset_statistics},
+                {"tokenizer", ckpt.files.tokenizer}};
+  int64_t total_params = 0;
+  size_t total_tensors = 0;
+  for (const auto& p : parts) {
+    j["components"].push_back(
+        {{"name", p.name}, {"prefix", p.prefix}, {"tensors", p.tensors}, {"parameters", p.parameters}, {"dtypes", p.dtypes}});
+    total_params += p.parameters;
+    total_tensors += p.tensors;
+  }
+  j["total"] = {{"tensors", total_tensors}, {"parameters", total_params}};
+  return j;
+}
+
+void print_inspection(const Checkpoint& ckpt, const std::vector<ComponentSummary>& parts) {
+  const auto& c = ckpt.config;
+  const auto& t = c.text_config;
+  std::printf("checkpoint  %s\n\n", ckpt.files.directory.c_str());
+  std::printf("config\n");
+  std::printf("  model_type           %s\n", c.model_type.c_str());
+  std::printf("  vision               %s (fused: %s), image sizes %s\n", join(c.timm_model_ids).c_str(),
+              c.use_fused_vision_backbone ? "yes" : "no", nlohmann::json(c.image_sizes).dump().c_str());
+  std::printf("  llm                  %s: hidden %lld, %lld layers, %lld heads / %lld kv heads, mlp %lld, vocab %lld, "
+              "rope theta %g\n",
+              c.llm_backbone_id.empty() ? "qwen2" : c.llm_backbone_id.c_str(), (long long)t.hidden_size,
+              (long long)t.num_hidden_layers, (long long)t.num_attention_heads, (long long)t.num_key_value_heads,
+              (long long)t.intermediate_size, (long long)t.vocab_size, t.rope_theta);
+  if (c.focus)
+    std::printf("  focus                attention %s, top_k %lld, gate %s, value_source %s\n", c.focus->attention.c_str(),
+                (long long)c.focus->top_k, c.focus->gate.c_str(), c.focus->value_source.c_str());
+  else
+    std::printf("  focus                none (VLA-Adapter head)\n");
+  std::vector<std::string> datasets;
+  for (const auto& kv : ckpt.norm_stats) datasets.push_back(kv.first);
+  std::printf("  norm stats           %zu dataset(s)%s%s\n", datasets.size(), datasets.empty() ? "" : ": ",
+              datasets.size() <= 6 ? join(datasets).c_str() : (join({datasets[0], datasets[1], "..."})).c_str());
+  std::printf("\nfiles\n");
+  auto file = [](const char* label, const std::string& path) {
+    std::printf("  %-20s %s\n", label, path.empty() ? "(absent)" : path.c_str());
+  };
+  file("weights", ckpt.files.model_weights);
+  file("action head", ckpt.files.action_head);
+  file("proprio projector", ckpt.files.proprio_projector);
+  file("preprocessor", ckpt.files.preprocessor_config);
+  file("dataset statistics", ckpt.files.dataset_statistics);
+  std::printf("  %-20s %zu file(s)\n", "tokenizer", ckpt.files.tokenizer.size());
+  std::printf("\ncomponents\n  %-36s %8s %16s  %s\n", "name", "tensors", "parameters", "dtypes");
+  int64_t total_params = 0;
+  size_t total_tensors = 0;
+  for (const auto& p : parts) {
+    std::printf("  %-36s %8zu %16s  %s\n", p.name.c_str(), p.tensors, with_commas(p.parameters).c_str(),
+                dtype_list(p).c_str());
+    total_params += p.parameters;
+    total_tensors += p.tensors;
+  }
+  std::printf("  %-36s %8zu %16s\n", "total", total_tensors, with_commas(total_params).c_str());
+}
+
+int run_inspect(const std::vector<std::string>& args) {
+  std::string dir;
+  bool as_json = false;
+  for (const auto& a : args) {
+    if (a == "--json")
+      as_json = true;
+    else if (!a.empty() && a[0] == '-')
+      throw focusvla::Error("inspect: unknown option '" + a + "'");
+    else if (dir.empty())
+      dir = a;
+    else
+      throw focusvla::Error("inspect: more than one directory given");
+  }
+  if (dir.empty()) throw focusvla::Error("inspect: missing checkpoint directory\n" + std::string(kUsage));
+  const Checkpoint ckpt = Checkpoint::open(dir);
+  const auto parts = focusvla::io::summarize(ckpt);
+  if (as_json)
+    std::cout << inspect_json(ckpt, parts).dump(2) << "\n";
+  else
+    print_inspection(ckpt, parts);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    while (!args.empty() && args[0] == "--log-level") {
+      if (args.size() < 2) throw focusvla::Error("--log-level: missing value");
+      focusvla::set_log_level(focusvla::parse_log_level(args[1]));
+      args.erase(args.begin(), args.begin() + 2);
+    }
+    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+      std::fputs(kUsage, args.empty() ? stderr : stdout);
+      return args.empty() ? 2 : 0;
+    }
+    const std::string command = args[0];
+    args.erase(args.begin());
+    if (command == "inspect") return run_inspect(args);
+    if (command == "version" || command == "--version") {
+      std::printf("focusvla %s\n", focusvla::kVersion);
+      return 0;
+    }
+    throw focusvla::Error("unknown command '" + command + "'\n" + std::string(kUsage));
+  } catch (const focusvla::Error& e) {
+    std::fprintf(stderr, "focusvla: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "focusvla: internal error: %s\n", e.what());
+    return 3;
+  }
+}

@@ -1,0 +1,249 @@
+#include "focusvla/io/checkpoint_config.h"
+
+#include "focusvla/core/error.h"
+#include "focusvla/io/json_file.h"
+
+namespace focusvla::io {
+namespace {
+
+using nlohmann::json;
+
+std::string field_name(const std::string& source, const std::string& key) { return source + ": '" + key + "'"; }
+
+const json& require(const json& j, const std::string& key, const std::string& source) {
+  check(j.is_object(), source, "expected a JSON object");
+  check(j.contains(key), field_name(source, key), "missing");
+  return j.at(key);
+}
+
+int64_t get_int(const json& j, const std::string& key, const std::string& source, int64_t fallback, bool required) {
+  if (!j.contains(key)) {
+    check(!required, field_name(source, key), "missing");
+    return fallback;
+  }
+  const json& v = j.at(key);
+  check(v.is_number_integer(), field_name(source, key), "expected an integer, got " + v.dump());
+  return v.get<int64_t>();
+}
+
+int64_t get_positive(const json& j, const std::string& key, const std::string& source, int64_t fallback, bool required) {
+  const int64_t v = get_int(j, key, source, fallback, required);
+  check(v > 0, field_name(source, key), "must be positive, got " + std::to_string(v));
+  return v;
+}
+
+double get_number(const json& j, const std::string& key, const std::string& source, double fallback) {
+  if (!j.contains(key)) return fallback;
+  const json& v = j.at(key);
+  check(v.is_number(), field_name(source, key), "expected a number, got " + v.dump());
+  return v.get<double>();
+}
+
+std::string get_string(const json& j, const std::string& key, const std::string& source, const std::string& fallback) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  const json& v = j.at(key);
+  check(v.is_string(), field_name(source, key), "expected a string, got " + v.dump());
+  return v.get<std::string>();
+}
+
+bool get_bool(const json& j, const std::string& key, const std::string& source, bool fallback) {
+  if (!j.contains(key)) return fallback;
+  const json& v = j.at(key);
+  check(v.is_boolean(), field_name(source, key), "expected true or false, got " + v.dump());
+  return v.get<bool>();
+}
+
+std::vector<double> get_numbers(const json& j, const std::string& key, const std::string& source) {
+  if (!j.contains(key)) return {};
+  const json& v = j.at(key);
+  check(v.is_array(), field_name(source, key), "expected an array of numbers");
+  std::vector<double> out;
+  for (const auto& x : v) {
+    check(x.is_number(), field_name(source, key), "entry " + x.dump() + " is not a number");
+    out.push_back(x.get<double>());
+  }
+  return out;
+}
+
+std::array<double, 3> get_triple(const json& j, const std::string& key, const std::string& source) {
+  require(j, key, source);
+  const std::vector<double> v = get_numbers(j, key, source);
+  check(v.size() == 3, field_name(source, key), "expected 3 numbers, got " + std::to_string(v.size()));
+  return {v[0], v[1], v[2]};
+}
+
+void check_one_of(const std::string& value, std::initializer_list<const char*> allowed, const std::string& what) {
+  std::string list;
+  for (const char* a : allowed) {
+    if (value == a) return;
+    list += (list.empty() ? "" : ", ") + std::string(a);
+  }
+  throw Error(what + ": '" + value + "' is not one of " + list);
+}
+
+}  // namespace
+
+Qwen2Config Qwen2Config::from_json(const json& j, const std::string& source) {
+  check(j.is_object(), source, "expected a JSON object");
+  Qwen2Config c;
+  c.hidden_size = get_positive(j, "hidden_size", source, 0, true);
+  c.intermediate_size = get_positive(j, "intermediate_size", source, 0, true);
+  c.num_hidden_layers = get_positive(j, "num_hidden_layers", source, 0, true);
+  c.num_attention_heads = get_positive(j, "num_attention_heads", source, 0, true);
+  c.num_key_value_heads = get_positive(j, "num_key_value_heads", source, c.num_attention_heads, false);
+  c.max_position_embeddings = get_positive(j, "max_position_embeddings", source, c.max_position_embeddings, false);
+  c.vocab_size = get_positive(j, "vocab_size", source, c.vocab_size, false);
+  c.rms_norm_eps = get_number(j, "rms_norm_eps", source, c.rms_norm_eps);
+  c.rope_theta = get_number(j, "rope_theta", source, c.rope_theta);
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, c.tie_word_embeddings);
+  c.hidden_act = get_string(j, "hidden_act", source, c.hidden_act);
+  c.torch_dtype = get_string(j, "torch_dtype", source, "");
+  check(c.hidden_size % c.num_attention_heads == 0, source,
+        "hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
+            std::to_string(c.num_attention_heads));
+  check(c.num_attention_heads % c.num_key_value_heads == 0, source,
+        "num_attention_heads " + std::to_string(c.num_attention_heads) + " is not a multiple of num_key_value_heads " +
+            std::to_string(c.num_key_value_heads));
+  check(c.rms_norm_eps > 0 && c.rope_theta > 0, source, "rms_norm_eps and rope_theta must be positive");
+  check(c.hidden_act == "silu", field_name(source, "hidden_act"), "'" + c.hidden_act + "' is not supported (only silu)");
+  return c;
+}
+
+NormStats NormStats::from_json(const json& j, const std::string& source) {
+  check(j.is_object(), source, "expected a JSON object");
+  NormStats s;
+  s.mean = get_numbers(j, "mean", source);
+  s.std = get_numbers(j, "std", source);
+  s.min = get_numbers(j, "min", source);
+  s.max = get_numbers(j, "max", source);
+  s.q01 = get_numbers(j, "q01", source);
+  s.q99 = get_numbers(j, "q99", source);
+  if (j.contains("mask")) {
+    const json& m = j.at("mask");
+    check(m.is_array(), field_name(source, "mask"), "expected an array of booleans");
+    for (const auto& b : m) {
+      check(b.is_boolean(), field_name(source, "mask"), "entry " + b.dump() + " is not a boolean");
+      s.mask.push_back(b.get<bool>());
+    }
+  }
+  const size_t dim = s.q01.size();
+  check(dim > 0 && s.q99.size() == dim, source, "q01 and q99 must be non-empty and of the same length");
+  for (const auto* v : {&s.mean, &s.std, &s.min, &s.max})
+    check(v->empty() || v->size() == dim, source, "mean/std/min/max must have " + std::to_string(dim) + " entries");
+  check(s.mask.empty() || s.mask.size() == dim, source, "mask must have " + std::to_string(dim) + " entries");
+  return s;
+}
+
+NormStatsMap parse_norm_stats(const json& j, const std::string& source) {
+  check(j.is_object(), source, "norm stats must be a JSON object keyed by dataset name");
+  NormStatsMap out;
+  for (const auto& [name, entry] : j.items()) {
+    const std::string where = source + ": norm_stats['" + name + "']";
+    check(entry.is_object(), where, "expected a JSON object");
+    DatasetStats d;
+    d.action = NormStats::from_json(require(entry, "action", where), where + ".action");
+    if (entry.contains("proprio")) d.proprio = NormStats::from_json(entry.at("proprio"), where + ".proprio");
+    d.num_transitions = get_int(entry, "num_transitions", where, 0, false);
+    d.num_trajectories = get_int(entry, "num_trajectories", where, 0, false);
+    out.emplace(name, std::move(d));
+  }
+  return out;
+}
+
+NormStatsMap load_dataset_statistics(const std::string& path) { return parse_norm_stats(read_json_file(path), path); }
+
+FocusConfig FocusConfig::from_json(const json& j, const std::string& source) {
+  check(j.is_object(), source, "'focus' must be a JSON object");
+  for (const auto& [key, value] : j.items())
+    check_one_of(key, {"attention", "top_k", "gate", "value_source"}, source + ": focus key");
+  FocusConfig f;
+  f.attention = get_string(j, "attention", source, f.attention);
+  f.top_k = get_int(j, "top_k", source, f.top_k, false);
+  f.gate = get_string(j, "gate", source, f.gate);
+  f.value_source = get_string(j, "value_source", source, f.value_source);
+  check_one_of(f.attention, {"cascaded", "mixed"}, source + ": focus.attention");
+  check_one_of(f.gate, {"element", "head", "scalar", "none"}, source + ": focus.gate");
+  check_one_of(f.value_source, {"embeddings", "layer"}, source + ": focus.value_source");
+  check(f.top_k >= 0, source + ": focus.top_k", "must be 0 (off) or positive, got " + std::to_string(f.top_k));
+  return f;
+}
+
+VlaConfig VlaConfig::from_json(const json& j, const std::string& source) {
+  check(j.is_object(), source, "expected a JSON object");
+  VlaConfig c;
+  c.model_type = get_string(j, "model_type", source, "");
+  check(c.model_type == "openvla" || c.model_type == "focusvla", field_name(source, "model_type"),
+        "'" + c.model_type + "' is not a VLA-Adapter checkpoint (expected 'openvla')");
+  const json& ids = require(j, "timm_model_ids", source);
+  check(ids.is_array() && !ids.empty(), field_name(source, "timm_model_ids"), "expected a non-empty array");
+  for (const auto& id : ids) {
+    check(id.is_string(), field_name(source, "timm_model_ids"), "entry " + id.dump() + " is not a string");
+    c.timm_model_ids.push_back(id.get<std::string>());
+  }
+  for (double s : get_numbers(j, "image_sizes", source)) c.image_sizes.push_back(static_cast<int64_t>(s));
+  c.use_fused_vision_backbone = get_bool(j, "use_fused_vision_backbone", source, ids.size() > 1);
+  check(c.timm_model_ids.size() == (c.use_fused_vision_backbone ? 2u : 1u), field_name(source, "timm_model_ids"),
+        std::to_string(c.timm_model_ids.size()) + " ids disagree with use_fused_vision_backbone");
+  c.vision_backbone_id = get_string(j, "vision_backbone_id", source, "");
+  c.llm_backbone_id = get_string(j, "llm_backbone_id", source, "");
+  c.arch_specifier = get_string(j, "arch_specifier", source, "");
+  c.torch_dtype = get_string(j, "torch_dtype", source, "");
+  c.text_config = Qwen2Config::from_json(require(j, "text_config", source), source + ": text_config");
+  if (j.contains("norm_stats") && !j.at("norm_stats").is_null())
+    c.norm_stats = parse_norm_stats(j.at("norm_stats"), source);
+  if (j.contains("focus") && !j.at("focus").is_null()) c.focus = FocusConfig::from_json(j.at("focus"), source + ": focus");
+  return c;
+}
+
+VlaConfig VlaConfig::load(const std::string& path) { return from_json(read_json_file(path), path); }
+
+PreprocessorConfig PreprocessorConfig::from_json(const json& j, const std::string& source) {
+  check(j.is_object(), source, "expected a JSON object");
+  PreprocessorConfig c;
+  c.image_resize_strategy = get_string(j, "image_resize_strategy", source, c.image_resize_strategy);
+  c.use_fused_vision_backbone = get_bool(j, "use_fused_vision_backbone", source, true);
+  const json& means = require(j, "means", source);
+  const json& stds = require(j, "stds", source);
+  check(means.is_array() && stds.is_array() && means.size() == stds.size() && !means.empty(), source,
+        "'means' and 'stds' must be arrays with one entry per backbone");
+  const size_t n = means.size();
+  const bool tvf = j.contains("tvf_normalize_params") && j.at("tvf_normalize_params").is_array();
+  if (tvf)
+    check(j.at("tvf_normalize_params").size() == n, field_name(source, "tvf_normalize_params"),
+          "expected " + std::to_string(n) + " entries, one per backbone");
+  for (size_t i = 0; i < n; ++i) {
+    const std::string where = source + " backbone " + std::to_string(i);
+    Backbone b;
+    if (tvf) {
+      const json& p = j.at("tvf_normalize_params")[i];
+      b.mean = get_triple(p, "mean", where + " tvf_normalize_params");
+      b.std = get_triple(p, "std", where + " tvf_normalize_params");
+    } else {
+      json wrapped = {{"mean", means[i]}, {"std", stds[i]}};
+      b.mean = get_triple(wrapped, "mean", where);
+      b.std = get_triple(wrapped, "std", where);
+    }
+    for (double s : b.std) check(s > 0, where, "normalization std must be positive");
+    if (j.contains("input_sizes")) {
+      const json& sizes = j.at("input_sizes");
+      check(sizes.is_array() && sizes.size() == n, field_name(source, "input_sizes"), "expected one entry per backbone");
+      check(sizes[i].is_array() && sizes[i].size() == 3, field_name(source, "input_sizes"), "expected [3, H, W]");
+      for (size_t k = 0; k < 3; ++k) {
+        check(sizes[i][k].is_number_integer(), field_name(source, "input_sizes"), "entries must be integers");
+        b.input_size[k] = sizes[i][k].get<int64_t>();
+      }
+    }
+    if (j.contains("interpolations")) {
+      const json& interp = j.at("interpolations");
+      check(interp.is_array() && interp.size() == n && interp[i].is_string(), field_name(source, "interpolations"),
+            "expected one string per backbone");
+      b.interpolation = interp[i].get<std::string>();
+    }
+    c.backbones.push_back(b);
+  }
+  return c;
+}
+
+PreprocessorConfig PreprocessorConfig::load(const std::string& path) { return from_json(read_json_file(path), path); }
+
+}  // namespace focusvla::io
