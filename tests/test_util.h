@@ -1,0 +1,46 @@
+#pragma once
+// Shared helpers for the C++ tests: where the oracle data and assets are. A missing directory is
+// a failure with a message, never a skip.
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+
+namespace focusvla::testing {
+
+inline std::string env_dir(const char* variable) {
+  const char* value = std::getenv(variable);
+  if (value == nullptr || *value == '\0') {
+    ADD_FAILURE() << variable << " is not set: run the tests through ctest (scripts/test)";
+    return "/nonexistent";
+  }
+  return value;
+}
+
+// $FOCUSVLA_TEST_DATA/<group>/<name>; fails the test when the file is missing.
+inline std::string data_path(const std::string& group, const std::string& name) {
+  const std::string path = env_dir("FOCUSVLA_TEST_DATA") + "/" + group + "/" + name;
+  if (!std::filesystem::exists(path))
+    ADD_FAILURE() << "missing test data " << path << " (written by tests/python/gen_" << group << ".py)";
+  return path;
+}
+
+// $FOCUSVLA_ASSETS/<name>; fails the test when missing.
+inline std::string asset_path(const std::string& name) {
+  const std::string path = env_dir("FOCUSVLA_ASSETS") + "/" + name;
+  if (!std::filesystem::exists(path)) ADD_FAILURE() << "missing asset " << path;
+  return path;
+}
+
+// A fresh scratch directory for one test.
+inline std::string scratch_dir(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / ("focusvla_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+}  // namespace focusvla::testing
