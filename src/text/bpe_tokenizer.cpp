@@ -46,6 +46,8 @@ using nlohmann::json;
 constexpr const char* kQwen2Pattern =
     R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
 
+// Ids index a table, so they are bounded (far above any real vocabulary).
+constexpr int32_t kMaxTokenId = (1 << 24) - 1;
 constexpr size_t kDefaultCacheCapacity = 65536;
 constexpr size_t kCacheShards = 16;
 constexpr size_t kMaxCachedPieceBytes = 256;
@@ -79,9 +81,8 @@ constexpr CodeRange kNumbersAfterUnicode14[] = {
 
 // Unicode White_Space: what Oniguruma's `\s` and Rust regex's `\s` match.
 constexpr CodeRange kWhiteSpace[] = {
-    {0x09, 0x0D},     {0x20, 0x20},     {0x85, 0x85},     {0xA0, 0xA0},
-    {0x1680, 0x1680}, {0x2000, 0x200A}, {0x2028, 0x2029}, {0x202F, 0x202F},
-    {0x205F, 0x205F}, {0x3000, 0x3000},
+    {0x09, 0x0D},     {0x20, 0x20},     {0x85, 0x85},     {0xA0, 0xA0},     {0x1680, 0x1680},
+    {0x2000, 0x200A}, {0x2028, 0x2029}, {0x202F, 0x202F}, {0x205F, 0x205F}, {0x3000, 0x3000},
 };
 
 // Code points HF's NFC treats as starters that compose with nothing, while utf8proc knows them
@@ -91,13 +92,27 @@ constexpr CodeRange kOpaqueToHfNfc[] = {
     {0xC3C, 0xC3C},     {0xD3B, 0xD3C},     {0xEBA, 0xEBA},     {0x1715, 0x1715},
     {0x1ABF, 0x1ACE},   {0x1DF6, 0x1DFA},   {0xA82C, 0xA82C},   {0x10D24, 0x10D27},
     {0x10EAB, 0x10EAC}, {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50}, {0x10F82, 0x10F85},
-    {0x11070, 0x11070}, {0x11930, 0x11930}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E},
-    {0x11839, 0x1183A}, {0x1193D, 0x1193E}, {0x11943, 0x11943}, {0x119E0, 0x119E0},
+    {0x11070, 0x11070}, {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A},
+    {0x11930, 0x11930}, {0x1193D, 0x1193E}, {0x11943, 0x11943}, {0x119E0, 0x119E0},
     {0x11A34, 0x11A34}, {0x11A47, 0x11A47}, {0x11A99, 0x11A99}, {0x11D42, 0x11D42},
     {0x11D44, 0x11D45}, {0x11D97, 0x11D97}, {0x11F41, 0x11F42}, {0x16FF0, 0x16FF1},
     {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF},
     {0x1E4EC, 0x1E4EF},
 };
+
+// in_ranges() bisects, so every table must be sorted and disjoint.
+template <size_t N>
+constexpr bool sorted_and_disjoint(const CodeRange (&ranges)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    if (ranges[i].first > ranges[i].last) return false;
+    if (i > 0 && ranges[i - 1].last >= ranges[i].first) return false;
+  }
+  return true;
+}
+static_assert(sorted_and_disjoint(kLettersAfterUnicode14), "kLettersAfterUnicode14 unsorted");
+static_assert(sorted_and_disjoint(kNumbersAfterUnicode14), "kNumbersAfterUnicode14 unsorted");
+static_assert(sorted_and_disjoint(kWhiteSpace), "kWhiteSpace unsorted");
+static_assert(sorted_and_disjoint(kOpaqueToHfNfc), "kOpaqueToHfNfc unsorted");
 
 template <size_t N>
 bool in_ranges(const CodeRange (&ranges)[N], char32_t cp) {
@@ -165,6 +180,11 @@ Utf8Step utf8_step(const unsigned char* s, size_t available) {
   return {continuation + 1, true};
 }
 
+// Bytes of the first code point of valid, non-empty UTF-8 `text`.
+size_t code_point_length(std::string_view text) {
+  return utf8_step(reinterpret_cast<const unsigned char*>(text.data()), text.size()).length;
+}
+
 // Decodes the well-formed sequence of `length` bytes at `s`.
 char32_t decode_code_point(const unsigned char* s, size_t length) {
   if (length == 1) return s[0];
@@ -183,8 +203,9 @@ void validate_utf8(std::string_view text) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   for (size_t i = 0; i < text.size();) {
     const Utf8Step step = utf8_step(s + i, text.size() - i);
-    check(step.valid, "BpeTokenizer::encode",
-          "invalid UTF-8 at byte offset " + std::to_string(i));
+    if (!step.valid) {
+      throw Error("BpeTokenizer::encode: invalid UTF-8 at byte offset " + std::to_string(i));
+    }
     i += step.length;
   }
 }
@@ -263,7 +284,6 @@ bool nfc_trivially(std::string_view text) {
 }
 
 std::string hf_nfc(std::string_view text) {
-  if (nfc_trivially(text)) return std::string(text);
   std::string out;
   size_t run_start = 0;
   for_each_code_point(text, [&](char32_t cp, size_t offset, size_t length) {
@@ -280,8 +300,8 @@ std::string hf_nfc(std::string_view text) {
 // GPT-2 byte-level alphabet: every byte is shown as a printable code point.
 
 struct ByteLevelAlphabet {
-  std::array<std::string, 256> symbol_of_byte;        // UTF-8 of the code point for each byte
-  std::array<int16_t, 324> byte_of_symbol;            // inverse, -1 where none
+  std::array<std::string, 256> symbol_of_byte;  // UTF-8 of the code point for each byte
+  std::array<int16_t, 324> byte_of_symbol;      // inverse, -1 where none
 };
 
 const ByteLevelAlphabet& byte_level_alphabet() {
@@ -361,7 +381,8 @@ std::string escape_at(const std::string& pattern, size_t i) {
 
 // Class body (no brackets) for \p{L} or \p{N} with the newer code points, or "" for others.
 std::string property_body(const std::string& escape) {
-  const std::string name = escape.size() == 3 ? escape.substr(2) : escape.substr(3, escape.size() - 4);
+  const std::string name =
+      escape.size() == 3 ? escape.substr(2) : escape.substr(3, escape.size() - 4);
   if (name == "L") return "\\p{L}" + class_body(kLettersAfterUnicode14);
   if (name == "N") return "\\p{N}" + class_body(kNumbersAfterUnicode14);
   return {};
@@ -442,10 +463,12 @@ class RegexSplitter {
 
   const std::string& source() const { return source_; }
 
-  MatchData new_match_data() const {
-    MatchData data(pcre2_match_data_create_from_pattern(code_, nullptr));
-    check(data != nullptr, "pre-tokenizer", "out of memory");
-    return data;
+  // Match data of the calling thread; only the whole match is read, so one ovector pair
+  // serves every pattern (pcre2_match then returns 0 for patterns with groups).
+  static pcre2_match_data* thread_match_data() {
+    static thread_local MatchData data(pcre2_match_data_create(1, nullptr));
+    if (data == nullptr) throw Error("pre-tokenizer: out of memory");
+    return data.get();
   }
 
   // Calls emit(piece) for each piece of `text` (valid UTF-8), in order.
@@ -464,8 +487,7 @@ class RegexSplitter {
       } else {  // an empty match yields no piece; look again one code point further
         gap_start = begin;
         if (begin == text.size()) break;
-        search_from = begin + utf8_step(reinterpret_cast<const unsigned char*>(text.data()) + begin,
-                                        text.size() - begin).length;
+        search_from = begin + code_point_length(text.substr(begin));
       }
     }
     if (gap_start < text.size()) emit(text.substr(gap_start));
@@ -484,7 +506,7 @@ class RegexSplitter {
     int rc = pcre2_match(code_, subject, text.size(), from, PCRE2_NO_UTF_CHECK, data, nullptr);
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT) rc = match_with_large_stack(text, from, data);
     if (rc == PCRE2_ERROR_NOMATCH) return false;
-    check(rc >= 0, "pre-tokenizer", "PCRE2 match failed: " + error_message(rc));
+    if (rc < 0) throw Error("pre-tokenizer: PCRE2 match failed: " + error_message(rc));
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
     begin = ovector[0];
     end = ovector[1];
@@ -695,9 +717,8 @@ void merge_linear(const MergeTable& merges, std::vector<int32_t>& ids) {
   };
   for (size_t i = 0; i + 1 < ids.size(); ++i) pairs[i] = rule_at(i);
   while (!pairs.empty()) {
-    const auto best = std::min_element(pairs.begin(), pairs.end(), [](const auto& a, const auto& b) {
-      return a.rank < b.rank;
-    });
+    const auto best = std::min_element(
+        pairs.begin(), pairs.end(), [](const auto& a, const auto& b) { return a.rank < b.rank; });
     if (best->rank == kNoMerge) break;
     const size_t i = static_cast<size_t>(best - pairs.begin());
     ids[i] = best->merged;
@@ -728,7 +749,8 @@ void merge_with_heap(const MergeTable& merges, std::vector<int32_t>& ids) {
   constexpr size_t kNone = SIZE_MAX;
   const size_t n = ids.size();
   std::vector<Symbol> symbols(n);
-  for (size_t i = 0; i < n; ++i) symbols[i] = {ids[i], i == 0 ? kNone : i - 1, i + 1 < n ? i + 1 : kNone, true};
+  for (size_t i = 0; i < n; ++i)
+    symbols[i] = {ids[i], i == 0 ? kNone : i - 1, i + 1 < n ? i + 1 : kNone, true};
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
   auto push_pair = [&](size_t left) {
     const size_t right = symbols[left].next;
@@ -818,12 +840,14 @@ class WordCache {
 struct MergeLine {
   std::string left;
   std::string right;
-  std::string where;  // "merges.txt line 7", for errors
+  size_t number;  // line number in merges.txt, or index in tokenizer.json's model.merges
 };
 
 struct TokenizerParts {
   std::unordered_map<std::string, int32_t> vocab;
   std::vector<MergeLine> merges;
+  std::string merge_label_prefix;  // merge_label_prefix + number + merge_label_suffix names one
+  std::string merge_label_suffix;
   std::vector<AddedToken> added;
   std::string pattern = kQwen2Pattern;
   bool nfc = true;
@@ -831,11 +855,15 @@ struct TokenizerParts {
   std::string source;  // the file(s) loaded, for errors
 };
 
-int32_t json_to_id(const json& value, const std::string& where) {
-  check(value.is_number_integer(), where, "token id must be an integer");
+bool is_token_id(const json& value) {
+  if (!value.is_number_integer()) return false;
   const auto id = value.get<int64_t>();
-  check(id >= 0 && id <= INT32_MAX, where, "token id " + std::to_string(id) + " out of range");
-  return static_cast<int32_t>(id);
+  return id >= 0 && id <= INT32_MAX;
+}
+
+int32_t json_to_id(const json& value, const std::string& where) {
+  check(is_token_id(value), where, "token id must be an integer in [0, 2^31), got " + value.dump());
+  return static_cast<int32_t>(value.get<int64_t>());
 }
 
 std::unordered_map<std::string, int32_t> parse_vocab(const json& vocab, const std::string& where) {
@@ -843,7 +871,8 @@ std::unordered_map<std::string, int32_t> parse_vocab(const json& vocab, const st
   std::unordered_map<std::string, int32_t> result;
   result.reserve(vocab.size());
   for (const auto& [token, id] : vocab.items()) {
-    result.emplace(token, json_to_id(id, where + ": token '" + token + "'"));
+    if (!is_token_id(id)) json_to_id(id, where + ": token '" + token + "'");  // throws
+    result.emplace(token, static_cast<int32_t>(id.get<int64_t>()));
   }
   return result;
 }
@@ -860,11 +889,12 @@ std::vector<MergeLine> parse_merges_txt(const std::string& text, const std::stri
     ++line_number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.rfind("#version", 0) == 0) continue;
-    const std::string where = path + " line " + std::to_string(line_number);
     const size_t space = line.find(' ');
-    check(space != std::string::npos && line.find(' ', space + 1) == std::string::npos, where,
-          "expected two tokens separated by one space, got '" + line + "'");
-    merges.push_back({line.substr(0, space), line.substr(space + 1), where});
+    if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos) {
+      throw Error(path + " line " + std::to_string(line_number) +
+                  ": expected two tokens separated by one space, got '" + line + "'");
+    }
+    merges.push_back({line.substr(0, space), line.substr(space + 1), line_number});
   }
   return merges;
 }
@@ -902,6 +932,7 @@ TokenizerParts load_vocab_and_merges(const std::filesystem::path& dir) {
   parts.source = vocab_path.string() + " + " + merges_path.string();
   parts.vocab = parse_vocab(read_json(vocab_path), vocab_path.string());
   parts.merges = parse_merges_txt(read_file(merges_path), merges_path.string());
+  parts.merge_label_prefix = merges_path.string() + " line ";
 
   const auto config_path = dir / "tokenizer_config.json";
   if (std::filesystem::exists(config_path)) {
@@ -934,29 +965,25 @@ TokenizerParts load_vocab_and_merges(const std::filesystem::path& dir) {
   return parts;
 }
 
-std::string merge_side(const json& value, const std::string& where) {
-  check(value.is_string(), where, "merge parts must be strings");
-  return value.get<std::string>();
-}
-
 std::vector<MergeLine> parse_json_merges(const json& merges, const std::string& where) {
   check(merges.is_array(), where, "must be an array");
   std::vector<MergeLine> result;
   result.reserve(merges.size());
+  auto item_where = [&](size_t i) { return where + "[" + std::to_string(i) + "]"; };
   for (size_t i = 0; i < merges.size(); ++i) {
-    const std::string item_where = where + "[" + std::to_string(i) + "]";
     const json& merge = merges[i];
     if (merge.is_string()) {
-      const std::string text = merge.get<std::string>();
+      const std::string& text = merge.get_ref<const std::string&>();
       const size_t space = text.find(' ');
-      check(space != std::string::npos && text.find(' ', space + 1) == std::string::npos,
-            item_where, "expected \"left right\", got '" + text + "'");
-      result.push_back({text.substr(0, space), text.substr(space + 1), item_where});
+      if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
+        throw Error(item_where(i) + ": expected \"left right\", got '" + text + "'");
+      }
+      result.push_back({text.substr(0, space), text.substr(space + 1), i});
     } else {
-      check(merge.is_array() && merge.size() == 2, item_where,
-            "expected a string \"left right\" or a pair [left, right]");
-      result.push_back({merge_side(merge[0], item_where), merge_side(merge[1], item_where),
-                        item_where});
+      const bool pair =
+          merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string();
+      if (!pair) throw Error(item_where(i) + ": expected \"left right\" or [left, right]");
+      result.push_back({merge[0].get<std::string>(), merge[1].get<std::string>(), i});
     }
   }
   return result;
@@ -1002,8 +1029,7 @@ std::string parse_pre_tokenizer(const json& pre, const std::string& where) {
   const json& byte_level = pre["pretokenizers"][1];
   check(split.value("type", std::string()) == "Split" && split.contains("pattern") &&
             split["pattern"].contains("Regex") &&
-            split.value("behavior", std::string()) == "Isolated" &&
-            !split.value("invert", false),
+            split.value("behavior", std::string()) == "Isolated" && !split.value("invert", false),
         where, expected);
   check(byte_level.value("type", std::string()) == "ByteLevel" &&
             !byte_level.value("use_regex", true) && !byte_level.value("add_prefix_space", true),
@@ -1023,9 +1049,12 @@ TokenizerParts load_tokenizer_json(const std::filesystem::path& path) {
         "needs 'vocab' and 'merges'");
   parts.vocab = parse_vocab(model["vocab"], file + ": model.vocab");
   parts.merges = parse_json_merges(model["merges"], file + ": model.merges");
+  parts.merge_label_prefix = file + ": model.merges[";
+  parts.merge_label_suffix = "]";
   parts.ignore_merges = model.value("ignore_merges", false);
   parts.nfc = parse_normalizer(root.value("normalizer", json()), file + ": normalizer");
-  parts.pattern = parse_pre_tokenizer(root.value("pre_tokenizer", json()), file + ": pre_tokenizer");
+  parts.pattern =
+      parse_pre_tokenizer(root.value("pre_tokenizer", json()), file + ": pre_tokenizer");
   const json decoder = root.value("decoder", json());
   check(decoder.is_object() && decoder.value("type", std::string()) == "ByteLevel",
         file + ": decoder", "only the ByteLevel decoder is supported");
@@ -1065,15 +1094,15 @@ struct BpeTokenizer::Impl {
 
 namespace {
 
-std::string describe(const MergeLine& merge) {
-  return merge.where + " ('" + merge.left + " " + merge.right + "')";
-}
-
-int32_t vocab_id(const std::unordered_map<std::string, int32_t>& vocab, const std::string& token,
-                 const MergeLine& merge) {
+// The id of `token`, a part or the result of `merge`; Error naming the merge when unknown.
+int32_t merge_token_id(const std::unordered_map<std::string, int32_t>& vocab,
+                       const std::string& token, const MergeLine& merge,
+                       const TokenizerParts& parts) {
   const auto it = vocab.find(token);
-  check(it != vocab.end(), describe(merge), "token '" + token + "' is not in the vocabulary");
-  return it->second;
+  if (it != vocab.end()) return it->second;
+  throw Error(parts.merge_label_prefix + std::to_string(merge.number) + parts.merge_label_suffix +
+              " ('" + merge.left + " " + merge.right + "'): token '" + token +
+              "' is not in the vocabulary");
 }
 
 }  // namespace
@@ -1086,9 +1115,9 @@ BpeTokenizer::Impl::Impl(TokenizerParts parts)
   merges.reserve(parts.merges.size());
   for (size_t rank = 0; rank < parts.merges.size(); ++rank) {
     const MergeLine& line = parts.merges[rank];
-    const int32_t left = vocab_id(vocab, line.left, line);
-    const int32_t right = vocab_id(vocab, line.right, line);
-    const int32_t merged = vocab_id(vocab, line.left + line.right, line);
+    const int32_t left = merge_token_id(vocab, line.left, line, parts);
+    const int32_t right = merge_token_id(vocab, line.right, line, parts);
+    const int32_t merged = merge_token_id(vocab, line.left + line.right, line, parts);
     merges.insert(left, right, {static_cast<int32_t>(rank), merged});
   }
 
@@ -1105,11 +1134,14 @@ BpeTokenizer::Impl::Impl(TokenizerParts parts)
   int32_t max_id = -1;
   for (const auto& [token, id] : vocab) max_id = std::max(max_id, id);
   for (const AddedToken& token : parts.added) max_id = std::max(max_id, token.id);
+  check(max_id <= kMaxTokenId, parts.source,
+        "token id " + std::to_string(max_id) + " exceeds " + std::to_string(kMaxTokenId));
   token_of_id.assign(static_cast<size_t>(max_id) + 1, std::string());
   for (const auto& [token, id] : vocab) {
-    check(token_of_id[id].empty(), parts.source,
-          "id " + std::to_string(id) + " is used by both '" + token_of_id[id] + "' and '" +
-              token + "'");
+    if (!token_of_id[id].empty()) {
+      throw Error(parts.source + ": id " + std::to_string(id) + " is used by both '" +
+                  token_of_id[id] + "' and '" + token + "'");
+    }
     token_of_id[id] = token;
   }
 
@@ -1130,8 +1162,8 @@ BpeTokenizer::Impl::Impl(TokenizerParts parts)
     added_ids[token.content] = token.id;
     (token.normalized ? normalized_tokens : raw_tokens).add(token, pattern);
   }
-  id_count = static_cast<size_t>(
-      std::count_if(token_of_id.begin(), token_of_id.end(), [](const std::string& t) { return !t.empty(); }));
+  id_count = static_cast<size_t>(std::count_if(token_of_id.begin(), token_of_id.end(),
+                                               [](const std::string& t) { return !t.empty(); }));
 }
 
 void BpeTokenizer::Impl::encode_piece(std::string_view piece, std::vector<int32_t>& ids) const {
@@ -1164,14 +1196,20 @@ void BpeTokenizer::Impl::encode_text(std::string_view text, pcre2_match_data* da
       ids.push_back(id);
       return;
     }
-    const std::string normalized = nfc ? hf_nfc(span) : std::string(span);
-    normalized_tokens.split(normalized, [&](std::string_view part, int32_t part_id) {
-      if (part_id >= 0) {
-        ids.push_back(part_id);
-        return;
-      }
-      splitter.split(part, data, [&](std::string_view piece) { encode_piece(piece, ids); });
-    });
+    auto encode_normalized = [&](std::string_view normalized) {
+      normalized_tokens.split(normalized, [&](std::string_view part, int32_t part_id) {
+        if (part_id >= 0) {
+          ids.push_back(part_id);
+          return;
+        }
+        splitter.split(part, data, [&](std::string_view piece) { encode_piece(piece, ids); });
+      });
+    };
+    if (!nfc || nfc_trivially(span)) {
+      encode_normalized(span);
+    } else {
+      encode_normalized(hf_nfc(span));
+    }
   });
 }
 
@@ -1195,8 +1233,7 @@ std::vector<int32_t> BpeTokenizer::encode(const std::string& text) const {
   std::vector<int32_t> ids;
   if (text.empty()) return ids;
   ids.reserve(text.size() / 3 + 4);
-  const MatchData data = impl_->splitter.new_match_data();
-  impl_->encode_text(text, data.get(), ids);
+  impl_->encode_text(text, RegexSplitter::thread_match_data(), ids);
   return ids;
 }
 
@@ -1205,7 +1242,7 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   for (const int32_t id : ids) {
     const bool known = id >= 0 && static_cast<size_t>(id) < impl_->token_of_id.size() &&
                        !impl_->token_of_id[id].empty();
-    check(known, "BpeTokenizer::decode", "id " + std::to_string(id) + " has no token");
+    if (!known) throw Error("BpeTokenizer::decode: id " + std::to_string(id) + " has no token");
     append_token_bytes(impl_->token_of_id[id], bytes);
   }
   return utf8_lossy(bytes);

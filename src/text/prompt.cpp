@@ -40,8 +40,9 @@ std::string lowercase(const std::string& text) {
     utf8proc_int32_t cp = -1;
     const utf8proc_ssize_t length =
         utf8proc_iterate(bytes + i, static_cast<utf8proc_ssize_t>(text.size() - i), &cp);
-    check(length > 0 && cp >= 0, "lowercase",
-          "invalid UTF-8 at byte offset " + std::to_string(i));
+    if (length <= 0 || cp < 0) {
+      throw Error("lowercase: invalid UTF-8 at byte offset " + std::to_string(i));
+    }
     utf8proc_uint8_t encoded[4];
     const utf8proc_ssize_t n = utf8proc_encode_char(utf8proc_tolower(cp), encoded);
     out.append(reinterpret_cast<const char*>(encoded), static_cast<size_t>(n));

@@ -3,6 +3,7 @@
 // qwen2.5-tokenizer/); a missing one fails the test with a message saying what to run.
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
@@ -14,7 +15,6 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "focusvla/core/error.h"
@@ -206,13 +206,14 @@ TEST(TokenizerBasics, SameIdsWithoutCache) {
 }
 
 TEST(TokenizerBasics, LongInputsRoundTrip) {
-  const std::vector<std::string> texts = {
-      std::string(200000, ' '), std::string(200000, 'a'), std::string(100000, '7'),
-      std::string(50000, '\n') + "x", [] {
-        std::string cjk;
-        for (int i = 0; i < 30000; ++i) cjk += "\xE7\x9A\x84";  // U+7684
-        return cjk;
-      }()};
+  const std::vector<std::string> texts = {std::string(200000, ' '), std::string(200000, 'a'),
+                                          std::string(100000, '7'), std::string(50000, '\n') + "x",
+                                          [] {
+                                            std::string cjk;
+                                            for (int i = 0; i < 30000; ++i)
+                                              cjk += "\xE7\x9A\x84";  // U+7684
+                                            return cjk;
+                                          }()};
   for (const std::string& text : texts) {
     EXPECT_EQ(qwen().decode(qwen().encode(text)), text) << "length " << text.size();
   }
@@ -358,13 +359,14 @@ TEST_P(TokenizerInvalidUtf8, ThrowsNamingTheByteOffset) {
 
 INSTANTIATE_TEST_SUITE_P(
     TokenizerUtf8, TokenizerInvalidUtf8,
-    ::testing::Values(std::make_pair(std::string("ab\x80"), size_t{2}),              // stray continuation
-                      std::make_pair(std::string("abc\xE2\x82"), size_t{3}),         // truncated
-                      std::make_pair(std::string("x\xE2\x82y"), size_t{1}),          // cut short
-                      std::make_pair(std::string("\xC0\xAF"), size_t{0}),            // overlong
-                      std::make_pair(std::string("ok \xED\xA0\x80"), size_t{3}),     // surrogate
-                      std::make_pair(std::string("\xF4\x90\x80\x80"), size_t{0}),    // > U+10FFFF
-                      std::make_pair(std::string("<|im_end|>\xFF"), size_t{10})));   // after a special
+    ::testing::Values(std::make_pair(std::string("ab\x80"), size_t{2}),       // stray continuation
+                      std::make_pair(std::string("abc\xE2\x82"), size_t{3}),  // truncated
+                      std::make_pair(std::string("x\xE2\x82y"), size_t{1}),   // cut short
+                      std::make_pair(std::string("\xC0\xAF"), size_t{0}),     // overlong
+                      std::make_pair(std::string("ok \xED\xA0\x80"), size_t{3}),   // surrogate
+                      std::make_pair(std::string("\xF4\x90\x80\x80"), size_t{0}),  // > U+10FFFF
+                      std::make_pair(std::string("<|im_end|>\xFF"),
+                                     size_t{10})));  // after a special
 
 TEST(TokenizerErrors, MissingDirectoryNamesThePath) {
   expect_error([] { BpeTokenizer::from_directory("/nonexistent/focusvla/tokenizer"); },
@@ -414,6 +416,13 @@ TEST(TokenizerErrors, InvalidVocabJsonNamesTheFile) {
   expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"vocab.json", "invalid JSON"});
 }
 
+TEST(TokenizerErrors, HugeTokenIdIsRejected) {
+  TempDir dir;
+  write_mini(dir, {}, "");
+  dir.write("added_tokens.json", "{\"<|x|>\": 2000000000}");
+  expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"2000000000", "exceeds"});
+}
+
 TEST(TokenizerErrors, VocabLackingAByteSymbol) {
   TempDir dir;
   dir.write("vocab.json", "{\"a\": 0}");
@@ -437,7 +446,8 @@ TEST(TokenizerErrors, UnsupportedTokenizerJsonPreTokenizer) {
                {"pre_tokenizer", {{"type", "Whitespace"}}},
                {"decoder", {{"type", "ByteLevel"}}}};
   dir.write("tokenizer.json", spec.dump());
-  expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"tokenizer.json", "pre_tokenizer"});
+  expect_error([&] { BpeTokenizer::from_directory(dir.str()); },
+               {"tokenizer.json", "pre_tokenizer"});
 }
 
 TEST(TokenizerErrors, DecodeUnknownIdThrows) {

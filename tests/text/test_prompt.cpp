@@ -74,8 +74,8 @@ TEST(PromptLowercase, AsciiLikePython) {
 }
 
 TEST(PromptLowercase, NonAsciiPerCodePoint) {
-  EXPECT_EQ(focusvla::lowercase("\xC3\x89" "CRASER \xC3\x86\xC3\x98\xC3\x85"),  // ÉCRASER ÆØÅ
-            "\xC3\xA9" "craser \xC3\xA6\xC3\xB8\xC3\xA5");
+  const std::string upper = u8"\u00C9CRASER \u00C6\u00D8\u00C5";  // ÉCRASER ÆØÅ
+  EXPECT_EQ(focusvla::lowercase(upper), u8"\u00E9craser \u00E6\u00F8\u00E5");
   EXPECT_EQ(focusvla::lowercase("\xD0\x9F\xD0\xA0\xD0\x98"), "\xD0\xBF\xD1\x80\xD0\xB8");  // ПРИ
   EXPECT_EQ(focusvla::lowercase("\xE6\x8A\x8A \xF0\x9F\xA4\x96"), "\xE6\x8A\x8A \xF0\x9F\xA4\x96");
 }
