@@ -5,11 +5,28 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <functional>
+#include <initializer_list>
 #include <filesystem>
 #include <string>
 #include <unistd.h>
 
+#include "focusvla/core/error.h"
+
 namespace focusvla::testing {
+
+// Runs f and expects focusvla::Error whose message contains every fragment.
+inline void expect_error(const std::function<void()>& f, std::initializer_list<std::string> fragments) {
+  try {
+    f();
+    ADD_FAILURE() << "expected focusvla::Error, got no exception";
+  } catch (const Error& e) {
+    for (const auto& fragment : fragments)
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
+          << "message: " << e.what() << "\nmissing: " << fragment;
+  }
+}
+
 
 inline std::string env_dir(const char* variable) {
   const char* value = std::getenv(variable);

@@ -1,8 +1,5 @@
 #include "focusvla/io/state_dict.h"
 
-#include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/import_read.h>
-
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +9,7 @@
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
 #include "focusvla/io/safetensors.h"
+#include "focusvla/io/torch_pickle.h"
 
 namespace focusvla::io {
 namespace {
@@ -81,8 +79,6 @@ bool is_index_file(const std::string& path) {
   const std::string suffix = ".index.json";
   return path.size() > suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
-
-std::string type_name(const c10::IValue& value) { return value.type()->str(); }
 
 }  // namespace
 
@@ -195,30 +191,10 @@ StateDict StateDict::from_safetensors(const std::string& path) {
 
 StateDict StateDict::from_torch_file(const std::string& path) {
   check(fs::is_regular_file(path), path, "no such file");
-  {
-    std::ifstream in(path, std::ios::binary);
-    char magic[4] = {0, 0, 0, 0};
-    in.read(magic, 4);
-    check(in.gcount() == 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] == 3 && magic[3] == 4, path,
-          "not a torch.save zip archive (legacy or corrupt file); re-save it with torch.save in torch >= 1.6");
-  }
-  c10::IValue value;
-  try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
-    value = torch::jit::readArchiveAndTensors("data", "", "data/", std::nullopt, std::nullopt, torch::Device(torch::kCPU),
-                                              reader);
-  } catch (const c10::Error& e) {
-    throw Error(path + ": cannot read torch.save archive (" + e.what_without_backtrace() + ")");
-  }
-  check(value.isGenericDict(), path, "not a state dict: the archive holds a " + type_name(value));
   StateDict state;
-  for (const auto& item : value.toGenericDict()) {
-    check(item.key().isString(), path, "not a state dict: a key is a " + type_name(item.key()));
-    std::string name = item.key().toStringRef();
-    check(item.value().isTensor(), path,
-          "not a state dict: entry '" + name + "' holds a " + type_name(item.value()) + ", not a tensor");
-    if (starts_with(name, "module.")) name = name.substr(7);
-    state.insert(name, item.value().toTensor(), path);
+  for (auto& [stored, tensor] : read_torch_state_dict(path)) {
+    const std::string name = starts_with(stored, "module.") ? stored.substr(7) : stored;
+    state.insert(name, std::move(tensor), path);
   }
   return state;
 }

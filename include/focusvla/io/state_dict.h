@@ -45,6 +45,9 @@ class StateDict {
   // True when some key starts with `prefix.`.
   bool has_prefix(const std::string& prefix) const;
 
+  // True when the tensor is a zero-copy view into a memory-mapped file.
+  bool is_mapped(const std::string& name) const { return entry(name).mapping != nullptr; }
+
   // For a tensor that views a mapped file: drops its resident pages (see MappedFile::release).
   // A later read of the tensor re-reads the file. No-op for owned tensors.
   void release_pages(const std::string& name) const;

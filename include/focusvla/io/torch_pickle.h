@@ -1,0 +1,23 @@
+#pragma once
+// Reader for `torch.save` state dicts (the zip format of torch >= 1.6) without Python.
+//
+// LibTorch's own unpickler cannot be used: it maps `collections.OrderedDict` (what
+// `module.state_dict()` returns) to None. This one implements the small part of the pickle
+// protocol that state dicts use (dicts, tuples, lists, strings, numbers, the tensor rebuild
+// functions, persistent storage ids) and refuses everything else by name: it never calls
+// arbitrary globals, so a malicious file cannot run code. Every read is bounds-checked.
+
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace focusvla::io {
+
+// The (name, tensor) entries of the state dict in file order, names as stored. Throws Error
+// naming the file for a file that is not a zip archive, a pickle that is truncated or malformed,
+// an unsupported object, a top level that is not a dict of tensors, or a missing storage record.
+std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path);
+
+}  // namespace focusvla::io

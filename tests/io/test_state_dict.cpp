@@ -1,0 +1,275 @@
+// StateDict: safetensors (single and sharded) and torch.save files written by the reference
+// writers read back exactly; module loading reports every problem by name and never leaves a
+// module half loaded.
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "focusvla/core/error.h"
+#include "focusvla/io/checkpoint.h"
+#include "focusvla/io/json_file.h"
+#include "focusvla/io/state_dict.h"
+#include "focusvla/nn/layers.h"
+#include "test_util.h"
+
+namespace focusvla {
+namespace {
+
+namespace fs = std::filesystem;
+using io::StateDict;
+using testing::data_path;
+using testing::expect_error;
+using testing::scratch_dir;
+
+// Compares every tensor named in <group>/<expected>/manifest.json with the raw bytes there.
+void expect_matches_manifest(const StateDict& state, const std::string& expected_dir) {
+  const auto manifest = io::read_json_file(data_path("io", expected_dir + "/manifest.json"));
+  ASSERT_EQ(state.size(), manifest.size());
+  for (const auto& [name, entry] : manifest.items()) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(state.contains(name));
+    const torch::Tensor t = state.at(name).contiguous();
+    EXPECT_EQ(t.sizes().vec(), entry["shape"].get<std::vector<int64_t>>());
+    const std::string expected = io::read_text_file(data_path("io", expected_dir + "/" + entry["file"].get<std::string>()));
+    ASSERT_EQ(static_cast<size_t>(t.nbytes()), expected.size());
+    if (!expected.empty()) EXPECT_EQ(0, std::memcmp(t.data_ptr(), expected.data(), expected.size()));
+  }
+}
+
+void copy_file(const std::string& from, const std::string& to) { fs::copy_file(from, to, fs::copy_options::overwrite_existing); }
+
+TEST(StateDictSafetensors, EveryDtypeExactAndZeroCopy) {
+  const auto state = StateDict::from_safetensors(data_path("io", "dtypes.safetensors"));
+  expect_matches_manifest(state, "dtypes");
+  EXPECT_EQ(state.at("layer.3.bf16").scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(state.at("layer.9.bool").scalar_type(), torch::kBool);
+  EXPECT_EQ(state.at("layer.13.f8_e4m3").scalar_type(), torch::kFloat8_e4m3fn);
+  EXPECT_EQ(state.at("scalar").dim(), 0);
+  EXPECT_EQ(state.at("scalar").item<float>(), 2.5f);
+  EXPECT_EQ(state.at("empty").numel(), 0);
+  EXPECT_TRUE(state.is_mapped("layer.1.f32"));
+  EXPECT_EQ(state.source("layer.1.f32"), data_path("io", "dtypes.safetensors"));
+}
+
+TEST(StateDictSafetensors, TensorsOutliveTheStateDict) {
+  torch::Tensor kept;
+  {
+    const auto state = StateDict::from_safetensors(data_path("io", "dtypes.safetensors"));
+    kept = state.at("layer.1.f32");
+  }
+  const std::string expected = io::read_text_file(data_path("io", "dtypes/t1.bin"));
+  ASSERT_EQ(static_cast<size_t>(kept.nbytes()), expected.size());
+  EXPECT_EQ(0, std::memcmp(kept.data_ptr(), expected.data(), expected.size()));
+}
+
+TEST(StateDictSafetensors, WritesStayPrivateAndReleaseRereadsTheFile) {
+  const auto state = StateDict::from_safetensors(data_path("io", "dtypes.safetensors"));
+  const torch::Tensor original = state.at("layer.1.f32").clone();
+  state.at("layer.1.f32").fill_(7.0f);  // copy-on-write: the file is untouched
+  const auto again = StateDict::from_safetensors(data_path("io", "dtypes.safetensors"));
+  EXPECT_TRUE(torch::equal(again.at("layer.1.f32"), original));
+  again.release_pages("layer.1.f32");
+  EXPECT_TRUE(torch::equal(again.at("layer.1.f32"), original));
+}
+
+TEST(StateDictSafetensors, ShardedThroughTheIndex) {
+  const auto state = StateDict::from_safetensors(data_path("io", "sharded/model.safetensors.index.json"));
+  expect_matches_manifest(state, "sharded_expected");
+  EXPECT_NE(state.source("block.0.weight"), state.source("block.6.weight"));
+}
+
+TEST(StateDictSafetensors, MissingShardIsNamedBeforeAnythingIsRead) {
+  const auto dir = scratch_dir("missing_shard");
+  const auto src = data_path("io", "sharded");
+  copy_file(src + "/model.safetensors.index.json", dir + "/model.safetensors.index.json");
+  copy_file(src + "/model-00001-of-00003.safetensors", dir + "/model-00001-of-00003.safetensors");
+  copy_file(src + "/model-00003-of-00003.safetensors", dir + "/model-00003-of-00003.safetensors");
+  expect_error([&] { StateDict::from_safetensors(dir + "/model.safetensors.index.json"); },
+               {"model.safetensors.index.json", "shard 'model-00002-of-00003.safetensors'", "missing"});
+}
+
+TEST(StateDictSafetensors, IndexEntryAbsentFromItsShard) {
+  const auto dir = scratch_dir("index_mismatch");
+  const auto src = data_path("io", "sharded");
+  for (const auto& e : fs::directory_iterator(src)) copy_file(e.path().string(), dir + "/" + e.path().filename().string());
+  auto index = io::read_json_file(dir + "/model.safetensors.index.json");
+  index["weight_map"]["block.0.weight"] = "model-00002-of-00003.safetensors";
+  std::ofstream(dir + "/model.safetensors.index.json") << index.dump();
+  expect_error([&] { StateDict::from_safetensors(dir + "/model.safetensors.index.json"); },
+               {"tensor 'block.0.weight'", "shard 'model-00002-of-00003.safetensors'", "does not hold it"});
+}
+
+TEST(TorchFile, StateDictWithModulePrefixExact) {
+  const auto state = StateDict::from_torch_file(data_path("io", "state_dict.pt"));
+  expect_matches_manifest(state, "state_dict_expected");
+  EXPECT_FALSE(state.contains("module.model.fc1.weight"));
+  EXPECT_EQ(state.at("model.fc1.bias").scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(state.at("model.count").scalar_type(), torch::kInt64);
+  EXPECT_FALSE(state.is_mapped("model.fc1.weight"));
+}
+
+TEST(TorchFile, ModuleStateDictWithMetadata) {
+  const auto state = StateDict::from_torch_file(data_path("io", "linear.pt"));
+  expect_matches_manifest(state, "linear_expected");
+}
+
+TEST(TorchFile, NotAStateDict) {
+  expect_error([] { StateDict::from_torch_file(data_path("io", "list.pt")); }, {"list.pt", "not a state dict"});
+  expect_error([] { StateDict::from_torch_file(data_path("io", "mixed.pt")); },
+               {"mixed.pt", "not a state dict", "entry 'step'", "not a tensor"});
+  expect_error([] { StateDict::from_torch_file(data_path("io", "legacy.pt")); }, {"legacy.pt", "not a torch.save zip"});
+  expect_error([] { StateDict::from_torch_file(data_path("io", "dtypes.safetensors")); }, {"dtypes.safetensors", "not a torch.save zip"});
+  expect_error([] { StateDict::from_torch_file("/nonexistent/head.pt"); }, {"/nonexistent/head.pt", "no such file"});
+}
+
+TEST(TorchFile, TruncatedArchive) {
+  const auto dir = scratch_dir("truncated_pt");
+  std::string bytes = io::read_text_file(data_path("io", "state_dict.pt"));
+  for (size_t keep : {bytes.size() / 2, bytes.size() - 30, size_t{10}}) {
+    std::ofstream(dir + "/cut.pt", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(keep));
+    SCOPED_TRACE(keep);
+    expect_error([&] { StateDict::from_torch_file(dir + "/cut.pt"); }, {"cut.pt"});
+  }
+}
+
+// A module in the shape of a policy head fragment, named like a checkpoint.
+struct TinyImpl : torch::nn::Module {
+  TinyImpl() {
+    fc1 = register_module("fc1", nn::Linear(3, 5, true, torch::kFloat32));
+    norm = register_module("norm", nn::LayerNorm(5, 1e-6, torch::kFloat32));
+    scale = register_buffer("scale", torch::empty({2}, torch::kInt64));
+  }
+  nn::Linear fc1{nullptr};
+  nn::LayerNorm norm{nullptr};
+  torch::Tensor scale;
+};
+TORCH_MODULE(Tiny);
+
+StateDict tiny_state(const std::string& prefix) {
+  StateDict s;
+  s.insert(prefix + "fc1.weight", torch::randn({5, 3}), "test");
+  s.insert(prefix + "fc1.bias", torch::randn({5}), "test");
+  s.insert(prefix + "norm.weight", torch::randn({5}), "test");
+  s.insert(prefix + "norm.bias", torch::randn({5}), "test");
+  s.insert(prefix + "scale", torch::tensor({4, 5}, torch::kInt64), "test");
+  return s;
+}
+
+TEST(StateDictLoad, NameForNameCopy) {
+  const StateDict state = tiny_state("model.");
+  Tiny tiny;
+  const auto report = io::load_module(*tiny, state, "model");
+  EXPECT_TRUE(report.ok());
+  EXPECT_TRUE(torch::equal(tiny->fc1->weight, state.at("model.fc1.weight")));
+  EXPECT_TRUE(torch::equal(tiny->norm->bias, state.at("model.norm.bias")));
+  EXPECT_TRUE(torch::equal(tiny->scale, state.at("model.scale")));
+}
+
+TEST(StateDictLoad, ConvertsToTheModuleDtype) {
+  StateDict state = tiny_state("");
+  StateDict bf16;
+  for (const auto& k : state.keys()) {
+    const auto& t = state.at(k);
+    bf16.insert(k, t.is_floating_point() ? t.to(torch::kBFloat16) : t, "bf16");
+  }
+  Tiny tiny;
+  io::load_module(*tiny, bf16, "");
+  EXPECT_EQ(tiny->fc1->weight.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(tiny->fc1->weight, bf16.at("fc1.weight").to(torch::kFloat32)));
+}
+
+TEST(StateDictLoad, EveryProblemReportedAndNothingWritten) {
+  StateDict state;
+  state.insert("model.fc1.weight", torch::randn({5, 4}), "head.pt");  // mis-shaped
+  state.insert("model.norm.weight", torch::randn({5}), "head.pt");
+  state.insert("model.norm.bias", torch::randn({5}), "head.pt");
+  state.insert("model.scale", torch::tensor({1, 2}, torch::kInt64), "head.pt");
+  state.insert("model.extra.weight", torch::randn({2}), "head.pt");  // unexpected
+  Tiny tiny;
+  tiny->norm->weight.fill_(std::numeric_limits<float>::quiet_NaN());
+  const auto report = io::check_module(*tiny, state, "model");
+  EXPECT_EQ(report.missing, std::vector<std::string>{"model.fc1.bias"});
+  EXPECT_EQ(report.unexpected, std::vector<std::string>{"model.extra.weight"});
+  ASSERT_EQ(report.mismatched.size(), 1u);
+  EXPECT_EQ(report.mismatched[0], "model.fc1.weight: expected [5, 3], found [5, 4]");
+  expect_error([&] { io::load_module(*tiny, state, "model"); },
+               {"head.pt", "missing (1)", "model.fc1.bias", "unexpected (1)", "model.extra.weight",
+                "model.fc1.weight: expected [5, 3], found [5, 4]"});
+  EXPECT_TRUE(tiny->norm->weight.isnan().all().item<bool>()) << "a failed load wrote into the module";
+}
+
+TEST(StateDictLoad, IgnoredPrefixesAreNotUnexpected) {
+  StateDict state = tiny_state("");
+  state.insert("attn_pool.latent", torch::randn({1}), "test");
+  Tiny tiny;
+  io::LoadOptions options;
+  options.ignored_prefixes = {"attn_pool."};
+  const auto report = io::load_module(*tiny, state, "", options);
+  EXPECT_EQ(report.ignored, std::vector<std::string>{"attn_pool.latent"});
+}
+
+TEST(StateDictLoad, LoadingFromAMappedFileReleasesPagesButKeepsValues) {
+  const auto state = StateDict::from_safetensors(data_path("io", "sharded/model.safetensors.index.json"));
+  struct OneImpl : torch::nn::Module {
+    OneImpl() { weight = register_parameter("weight", torch::empty({4, 6}, torch::kBFloat16)); }
+    torch::Tensor weight;
+  };
+  auto one = std::make_shared<OneImpl>();
+  const torch::Tensor before = state.at("block.2.weight").clone();
+  io::load_module(*one, state.subset("block.2"), "");
+  EXPECT_TRUE(torch::equal(one->weight, before));
+  EXPECT_TRUE(torch::equal(state.at("block.2.weight"), before));
+}
+
+TEST(StateDictApi, SubsetPrefixAndErrors) {
+  const StateDict state = tiny_state("model.");
+  const StateDict sub = state.subset("model.fc1");
+  EXPECT_EQ(sub.keys(), (std::vector<std::string>{"bias", "weight"}));
+  EXPECT_TRUE(state.has_prefix("model.norm"));
+  EXPECT_FALSE(state.has_prefix("model.no"));
+  EXPECT_EQ(state.numel(), 15 + 5 + 5 + 5 + 2);
+  expect_error([&] { state.at("model.fc1.weigth"); }, {"no tensor 'model.fc1.weigth'", "nearest"});
+  StateDict dup = tiny_state("model.");
+  expect_error([&] { dup.insert("model.scale", torch::ones({1}), "b.pt"); }, {"b.pt", "'model.scale'", "also in test"});
+}
+
+TEST(CheckpointDirectory, TinyReleaseLayoutMatchesTheReferenceCounts) {
+  const auto ckpt = io::Checkpoint::open(data_path("io", "checkpoint_tiny"));
+  const auto expected = io::read_json_file(data_path("io", "checkpoint_tiny.json"));
+  const auto parts = io::summarize(ckpt);
+  size_t seen = 0;
+  for (const auto& part : parts) {
+    SCOPED_TRACE(part.name);
+    ASSERT_TRUE(expected["components"].contains(part.name));
+    const auto& e = expected["components"][part.name];
+    EXPECT_EQ(part.tensors, e["tensors"].get<size_t>());
+    EXPECT_EQ(part.parameters, e["parameters"].get<int64_t>());
+    EXPECT_EQ(part.dtypes, (e["dtypes"].get<std::map<std::string, size_t>>()));
+    ++seen;
+  }
+  EXPECT_EQ(seen, expected["components"].size());
+  EXPECT_TRUE(ckpt.config.focus.has_value());
+  EXPECT_TRUE(ckpt.action_head.contains("model.mlp_resnet_blocks.0.gate.0.weight"));  // `module.` stripped
+  EXPECT_TRUE(ckpt.norm_stats.count("libero_spatial_no_noops"));
+  ASSERT_TRUE(ckpt.preprocessor.has_value());
+  EXPECT_EQ(ckpt.files.tokenizer.size(), 5u);
+}
+
+TEST(CheckpointDirectory, DiscoveryErrors) {
+  expect_error([] { io::CheckpointFiles::discover("/nonexistent/ckpt"); }, {"/nonexistent/ckpt", "not a directory"});
+  const auto dir = scratch_dir("discover");
+  expect_error([&] { io::CheckpointFiles::discover(dir); }, {dir, "no config.json"});
+  copy_file(data_path("io", "checkpoint_tiny/config.json"), dir + "/config.json");
+  expect_error([&] { io::CheckpointFiles::discover(dir); }, {dir, "no model.safetensors"});
+  copy_file(data_path("io", "dtypes.safetensors"), dir + "/model.safetensors");
+  copy_file(data_path("io", "state_dict.pt"), dir + "/action_head--100_checkpoint.pt");
+  copy_file(data_path("io", "state_dict.pt"), dir + "/action_head--200_checkpoint.pt");
+  expect_error([&] { io::CheckpointFiles::discover(dir); }, {"2 candidates for the action head", "action_head--100_checkpoint.pt"});
+}
+
+}  // namespace
+}  // namespace focusvla
