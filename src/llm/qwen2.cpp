@@ -1,0 +1,271 @@
+#include "focusvla/llm/qwen2.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "focusvla/core/error.h"
+
+namespace focusvla::llm {
+namespace {
+
+std::string dtype_name(torch::ScalarType dtype) { return c10::toString(dtype); }
+
+void emit(const DebugHook* hook, const char* name, int64_t layer, const torch::Tensor& value) {
+  if (hook != nullptr) (*hook)(name, layer, value);
+}
+
+// HF apply_rotary_pos_emb on x (B, L, heads, head_dim): x * cos + rotate_half(x) * sin, with
+// rotate_half(x) = cat(-x2, x1) over the two halves of head_dim. Same ops in the same dtype, so
+// bf16 rounds where HF rounds.
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
+  const int64_t length = x.size(1);
+  const int64_t head_dim = x.size(3);
+  const int64_t half = head_dim / 2;
+  const auto cos = rope.cos.view({1, length, 1, head_dim});
+  const auto sin = rope.sin.view({1, length, 1, head_dim});
+  const auto rotated = torch::cat({x.narrow(3, half, half).neg(), x.narrow(3, 0, half)}, 3);
+  auto out = x * cos;
+  out.add_(rotated * sin);
+  return out;
+}
+
+void check_config(const io::Qwen2Config& c) {
+  const std::string what = "Qwen2Config";
+  check(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 && c.intermediate_size > 0,
+        what, "hidden_size, intermediate_size, num_attention_heads and num_key_value_heads must be positive");
+  check(c.num_hidden_layers >= 1, what, "num_hidden_layers must be at least 1, got " + std::to_string(c.num_hidden_layers));
+  check(c.hidden_size % c.num_attention_heads == 0, what,
+        "hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
+            std::to_string(c.num_attention_heads));
+  check(c.num_attention_heads % c.num_key_value_heads == 0, what,
+        "num_attention_heads " + std::to_string(c.num_attention_heads) + " is not divisible by num_key_value_heads " +
+            std::to_string(c.num_key_value_heads));
+  check(c.head_dim() % 2 == 0, what, "head dimension " + std::to_string(c.head_dim()) + " must be even for RoPE");
+  check(c.hidden_act == "silu", what, "hidden_act '" + c.hidden_act + "' is not supported (only 'silu')");
+  check(c.max_position_embeddings > 0, what, "max_position_embeddings must be positive");
+  check(c.rope_theta > 0, what, "rope_theta must be positive");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Small modules
+
+torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) const {
+  check(ids.defined(), "embed", "ids are undefined");
+  check(!at::isFloatingType(ids.scalar_type()) && !at::isComplexType(ids.scalar_type()) &&
+            ids.scalar_type() != torch::kBool,
+        "embed", "ids must be an integer tensor, got " + dtype_name(ids.scalar_type()));
+  const int64_t rows = weight.size(0);
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>();
+    const int64_t hi = ids.max().item<int64_t>();
+    check(lo >= 0 && hi < rows, "embed",
+          "token id " + std::to_string(lo < 0 ? lo : hi) + " outside the embedding table [0, " + std::to_string(rows) + ")");
+  }
+  return torch::embedding(weight, ids.to(weight.device(), torch::kLong));
+}
+
+torch::Tensor Qwen2RMSNormImpl::forward(const torch::Tensor& x) const {
+  const auto input_dtype = x.scalar_type();
+  const auto h = x.to(torch::kFloat32);
+  const auto variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (h * torch::rsqrt(variance + eps_)).to(input_dtype);
+}
+
+Qwen2AttentionImpl::Qwen2AttentionImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
+    : q_proj(register_module("q_proj", nn::Linear(c.hidden_size, c.num_attention_heads * c.head_dim(), true, options))),
+      k_proj(register_module("k_proj", nn::Linear(c.hidden_size, c.num_key_value_heads * c.head_dim(), true, options))),
+      v_proj(register_module("v_proj", nn::Linear(c.hidden_size, c.num_key_value_heads * c.head_dim(), true, options))),
+      o_proj(register_module("o_proj", nn::Linear(c.num_attention_heads * c.head_dim(), c.hidden_size, false, options))),
+      num_heads_(c.num_attention_heads),
+      num_kv_heads_(c.num_key_value_heads),
+      head_dim_(c.head_dim()) {}
+
+torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
+                                          const DebugHook* hook, int64_t layer) const {
+  const int64_t batch = x.size(0);
+  const int64_t length = x.size(1);
+  auto q = apply_rope(q_proj->forward(x).view({batch, length, num_heads_, head_dim_}), rope);
+  auto k = apply_rope(k_proj->forward(x).view({batch, length, num_kv_heads_, head_dim_}), rope);
+  auto v = v_proj->forward(x).view({batch, length, num_kv_heads_, head_dim_});
+  emit(hook, "q", layer, q);
+  emit(hook, "k", layer, k);
+  emit(hook, "v", layer, v);
+  // (B, heads, L, head_dim) views; SDPA repeats the kv heads itself (enable_gqa).
+  auto o = torch::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               mask.causal_only() ? c10::optional<torch::Tensor>() : mask.mask,
+                                               /*dropout_p=*/0.0, /*is_causal=*/mask.causal_only(),
+                                               /*scale=*/c10::nullopt, /*enable_gqa=*/num_kv_heads_ != num_heads_);
+  o = o.transpose(1, 2).reshape({batch, length, num_heads_ * head_dim_});
+  emit(hook, "attn_out", layer, o);
+  return o_proj->forward(o);
+}
+
+Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
+    : gate_proj(register_module("gate_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
+      up_proj(register_module("up_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
+      down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))) {}
+
+torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x) const {
+  auto g = gate_proj->forward(x);
+  torch::silu_(g);
+  g.mul_(up_proj->forward(x));
+  return down_proj->forward(g);
+}
+
+Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
+    : self_attn(register_module("self_attn", Qwen2Attention(c, options))),
+      mlp(register_module("mlp", Qwen2MLP(c, options))),
+      input_layernorm(register_module("input_layernorm", Qwen2RMSNorm(c.hidden_size, c.rms_norm_eps, options))),
+      post_attention_layernorm(register_module("post_attention_layernorm", Qwen2RMSNorm(c.hidden_size, c.rms_norm_eps, options))) {}
+
+torch::Tensor Qwen2DecoderLayerImpl::forward(const torch::Tensor& h, const RopeTables& rope, const AttentionMask& mask,
+                                             torch::Tensor out, const DebugHook* hook, int64_t layer) const {
+  const auto attn_in = input_layernorm->forward(h);
+  emit(hook, "attn_norm", layer, attn_in);
+  auto x = h + self_attn->forward(attn_in, rope, mask, hook, layer);
+  emit(hook, "attn_residual", layer, x);
+  const auto ffn_in = post_attention_layernorm->forward(x);
+  emit(hook, "ffn_norm", layer, ffn_in);
+  const auto y = mlp->forward(ffn_in);
+  emit(hook, "ffn_out", layer, y);
+  if (out.defined()) {
+    torch::add_out(out, x, y);
+  } else {
+    out = x.add_(y);
+  }
+  emit(hook, "layer_out", layer, out);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+Qwen2ModelImpl::Qwen2ModelImpl(const io::Qwen2Config& config, const torch::TensorOptions& options,
+                               int64_t embedding_rows)
+    : embed_tokens(nullptr), layers(nullptr), norm(nullptr), config_(config) {
+  check_config(config_);
+  const int64_t rows = embedding_rows > 0 ? embedding_rows : config_.vocab_size;
+  embed_tokens = register_module("embed_tokens", TokenEmbedding(rows, config_.hidden_size, options));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    layer_list_.emplace_back(config_, options);
+    layers->push_back(layer_list_.back());
+  }
+  norm = register_module("norm", Qwen2RMSNorm(config_.hidden_size, config_.rms_norm_eps, options));
+}
+
+RopeTables Qwen2ModelImpl::rope_tables(int64_t length, const torch::Device& device, torch::ScalarType dtype) const {
+  std::lock_guard<std::mutex> lock(rope_mutex_);
+  auto it = std::find_if(rope_cache_.begin(), rope_cache_.end(),
+                         [&](const RopeCacheEntry& e) { return e.device == device && e.dtype == dtype; });
+  if (it == rope_cache_.end() || it->tables.cos.size(0) < length) {
+    // Row p depends on p only, so a longer table serves every shorter length. Round up to limit
+    // recomputation when lengths grow a little at a time.
+    const int64_t cached = it == rope_cache_.end() ? 0 : it->tables.cos.size(0);
+    const int64_t rows = std::min(config_.max_position_embeddings, std::max({length, cached, (length + 255) / 256 * 256}));
+    // As HF's default RoPE: inv_freq = 1 / theta^(arange(0, d, 2) / d), freqs = p * inv_freq,
+    // emb = cat(freqs, freqs), all in fp32 on the CPU, then cos / sin cast to the model dtype.
+    torch::NoGradGuard no_grad;
+    const int64_t head_dim = config_.head_dim();
+    const auto exponent = torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat32) / static_cast<double>(head_dim);
+    const auto inv_freq = torch::reciprocal(torch::pow(config_.rope_theta, exponent));
+    const auto positions = torch::arange(rows, torch::kInt64).to(torch::kFloat32);
+    const auto freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0);
+    const auto emb = torch::cat({freqs, freqs}, 1);
+    RopeTables tables{emb.cos().to(device, dtype).contiguous(), emb.sin().to(device, dtype).contiguous()};
+    if (it == rope_cache_.end()) {
+      rope_cache_.push_back(RopeCacheEntry{device, dtype, std::move(tables)});
+      it = std::prev(rope_cache_.end());
+    } else {
+      it->tables = std::move(tables);
+    }
+  }
+  return RopeTables{it->tables.cos.narrow(0, 0, length), it->tables.sin.narrow(0, 0, length)};
+}
+
+void Qwen2ModelImpl::check_input(const torch::Tensor& x, const std::vector<int64_t>& lengths) const {
+  const std::string what = "Qwen2Model: inputs_embeds";
+  check(x.defined(), what, "undefined tensor");
+  check(x.dim() == 3, what,
+        "expected rank 3 (batch, length, hidden), got rank " + std::to_string(x.dim()) + " with shape " +
+            io::shape_string(x.sizes()));
+  check(x.size(2) == config_.hidden_size, what,
+        "expected hidden size " + std::to_string(config_.hidden_size) + ", got " + std::to_string(x.size(2)) +
+            " (shape " + io::shape_string(x.sizes()) + ")");
+  check(x.size(0) >= 1 && x.size(1) >= 1, what, "empty batch or sequence, shape " + io::shape_string(x.sizes()));
+  check(x.size(1) <= config_.max_position_embeddings, what,
+        "sequence length " + std::to_string(x.size(1)) + " exceeds max_position_embeddings " +
+            std::to_string(config_.max_position_embeddings));
+  check(x.scalar_type() == dtype(), what,
+        "dtype " + dtype_name(x.scalar_type()) + " differs from the model's " + dtype_name(dtype()));
+  check(x.device() == device(), what, "device " + x.device().str() + " differs from the model's " + device().str());
+  if (lengths.empty()) return;
+  check(static_cast<int64_t>(lengths.size()) == x.size(0), "Qwen2Model: lengths",
+        std::to_string(lengths.size()) + " lengths for a batch of " + std::to_string(x.size(0)));
+  for (size_t b = 0; b < lengths.size(); ++b)
+    check(lengths[b] >= 1 && lengths[b] <= x.size(1), "Qwen2Model: lengths",
+          "lengths[" + std::to_string(b) + "] = " + std::to_string(lengths[b]) + " is outside [1, " +
+              std::to_string(x.size(1)) + "] (the padded sequence length)");
+}
+
+AttentionMask Qwen2ModelImpl::attention_mask(int64_t batch, int64_t length, const std::vector<int64_t>& lengths) const {
+  if (std::all_of(lengths.begin(), lengths.end(), [&](int64_t n) { return n == length; })) return {};
+  const auto index = torch::arange(length, torch::TensorOptions().dtype(torch::kLong));
+  const auto causal = index.unsqueeze(1) >= index.unsqueeze(0);                       // (L_q, L_k)
+  const auto valid = index.unsqueeze(0) < torch::tensor(lengths).view({batch, 1});  // (B, L_k)
+  // Query rows past a sample's length still see key 0, so no row is fully masked.
+  return AttentionMask{(causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1).to(device())};
+}
+
+torch::Tensor Qwen2ModelImpl::forward(const torch::Tensor& inputs_embeds, const std::vector<int64_t>& lengths) const {
+  check_input(inputs_embeds, lengths);
+  auto out = torch::empty({config_.num_hidden_layers + 1, inputs_embeds.size(0), inputs_embeds.size(1), config_.hidden_size},
+                          inputs_embeds.options());
+  return forward_into(out, inputs_embeds, lengths);
+}
+
+torch::Tensor Qwen2ModelImpl::forward_into(torch::Tensor& out, const torch::Tensor& inputs_embeds,
+                                           const std::vector<int64_t>& lengths) const {
+  check_input(inputs_embeds, lengths);
+  const int64_t n = config_.num_hidden_layers;
+  const int64_t batch = inputs_embeds.size(0);
+  const int64_t length = inputs_embeds.size(1);
+  const std::vector<int64_t> expected{n + 1, batch, length, config_.hidden_size};
+  check(out.defined() && out.sizes() == c10::IntArrayRef(expected), "Qwen2Model: out",
+        "expected shape " + io::shape_string(expected) + ", got " +
+            (out.defined() ? io::shape_string(out.sizes()) : std::string("an undefined tensor")));
+  check(out.scalar_type() == dtype() && out.device() == device(), "Qwen2Model: out",
+        "expected " + dtype_name(dtype()) + " on " + device().str() + ", got " + dtype_name(out.scalar_type()) + " on " +
+            out.device().str());
+  check(out.is_contiguous(), "Qwen2Model: out", "must be contiguous");
+
+  torch::NoGradGuard no_grad;
+  const DebugHook* hook = debug_hook_ ? &debug_hook_ : nullptr;
+  const auto rope = rope_tables(length, device(), dtype());
+  const auto mask = attention_mask(batch, length, lengths);
+  out.select(0, 0).copy_(inputs_embeds);
+  torch::Tensor h = out.select(0, 0);
+  for (int64_t l = 0; l < n; ++l) {
+    // Every layer but the last writes straight into its slot; the last one's raw output is not
+    // kept (h[n] is its normed value).
+    h = layer_list_[static_cast<size_t>(l)]->forward(h, rope, mask, l + 1 < n ? out.select(0, l + 1) : torch::Tensor(),
+                                                     hook, l);
+  }
+  out.select(0, n).copy_(norm->forward(h));
+  return out;
+}
+
+Qwen2Model load_qwen2(const io::StateDict& state, const io::Qwen2Config& config, const torch::TensorOptions& options,
+                      const std::string& prefix) {
+  int64_t rows = 0;
+  const std::string key = prefix + ".embed_tokens.weight";
+  if (state.contains(key) && state.at(key).dim() == 2) rows = state.at(key).size(0);
+  Qwen2Model model(config, options, rows);
+  io::load_module(*model, state, prefix);
+  model->eval();
+  return model;
+}
+
+}  // namespace focusvla::llm
