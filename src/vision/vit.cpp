@@ -1,0 +1,100 @@
+#include "focusvla/vision/vit.h"
+
+#include <map>
+
+#include "focusvla/core/error.h"
+
+namespace focusvla::vision {
+namespace {
+
+std::string strip_pretrained_tag(const std::string& id) {
+  const auto dot = id.find('.');
+  return dot == std::string::npos ? id : id.substr(0, dot);
+}
+
+void require_positive(int64_t value, const std::string& what, const char* field) {
+  check(value > 0, what, std::string(field) + " must be positive, got " + std::to_string(value));
+}
+
+}  // namespace
+
+const VitConfig& VitConfig::validate(const std::string& what) const {
+  require_positive(image_size, what, "image_size");
+  require_positive(patch_size, what, "patch_size");
+  require_positive(in_channels, what, "in_channels");
+  require_positive(dim, what, "dim");
+  require_positive(depth, what, "depth");
+  require_positive(num_heads, what, "num_heads");
+  require_positive(mlp_hidden, what, "mlp_hidden");
+  check(reg_tokens >= 0, what, "reg_tokens must not be negative, got " + std::to_string(reg_tokens));
+  check(image_size % patch_size == 0, what,
+        "image_size " + std::to_string(image_size) + " is not a multiple of patch_size " + std::to_string(patch_size));
+  check(dim % num_heads == 0, what,
+        "dim " + std::to_string(dim) + " is not divisible by num_heads " + std::to_string(num_heads));
+  check(stop_after_block >= 0 && stop_after_block < depth, what,
+        "stop_after_block " + std::to_string(stop_after_block) + " is outside the " + std::to_string(depth) +
+            " blocks");
+  check(norm_eps > 0, what, "norm_eps must be positive");
+  return *this;
+}
+
+std::vector<std::string> VitConfig::unused_prefixes() const {
+  std::vector<std::string> out;
+  for (int64_t i = blocks_run(); i < depth; ++i) out.push_back("blocks." + std::to_string(i) + ".");
+  for (const char* head : {"norm.", "fc_norm.", "attn_pool.", "head."}) out.emplace_back(head);
+  return out;
+}
+
+// timm/models/vision_transformer.py, `vit_large_patch14_reg4_dinov2`: patch 14, 1024 wide, 24 blocks,
+// 16 heads, mlp_ratio 4, init_values 1e-5 (LayerScale), 4 registers, no_embed_class.
+VitConfig VitConfig::dinov2_vit_large_reg4(int64_t image_size) {
+  VitConfig c;
+  c.image_size = image_size;
+  c.patch_size = 14;
+  c.dim = 1024;
+  c.depth = 24;
+  c.num_heads = 16;
+  c.mlp_hidden = 4096;
+  c.class_token = true;
+  c.reg_tokens = 4;
+  c.layer_scale = true;
+  c.no_embed_class = true;
+  c.stop_after_block = c.depth - 2;
+  return c;
+}
+
+// timm/models/vision_transformer.py, `vit_so400m_patch14_siglip_224`: patch 14, 1152 wide, 27 blocks,
+// 16 heads, mlp_ratio 3.7362 (int(1152 * 3.7362) = 4304), no class token, global_pool "map".
+VitConfig VitConfig::siglip_so400m(int64_t image_size) {
+  VitConfig c;
+  c.image_size = image_size;
+  c.patch_size = 14;
+  c.dim = 1152;
+  c.depth = 27;
+  c.num_heads = 16;
+  c.mlp_hidden = 4304;
+  c.class_token = false;
+  c.reg_tokens = 0;
+  c.layer_scale = false;
+  c.no_embed_class = false;
+  c.stop_after_block = c.depth - 2;
+  return c;
+}
+
+VitConfig VitConfig::from_timm_id(const std::string& timm_model_id, int64_t image_size) {
+  // The encoders of Prismatic's `dinosiglip-vit-so-224px` / `-384px` backbones.
+  static const std::map<std::string, VitConfig (*)(int64_t)> table = {
+      {"vit_large_patch14_reg4_dinov2", &VitConfig::dinov2_vit_large_reg4},
+      {"vit_so400m_patch14_siglip_224", &VitConfig::siglip_so400m},
+      {"vit_so400m_patch14_siglip_384", &VitConfig::siglip_so400m},
+  };
+  const auto it = table.find(strip_pretrained_tag(timm_model_id));
+  if (it == table.end()) {
+    std::string known;
+    for (const auto& kv : table) known += (known.empty() ? "" : ", ") + kv.first;
+    throw Error("timm model id '" + timm_model_id + "': not a known vision encoder (known: " + known + ")");
+  }
+  return it->second(image_size).validate("timm model '" + timm_model_id + "'");
+}
+
+}  // namespace focusvla::vision
