@@ -29,6 +29,26 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
   return out;
 }
 
+// Copies `parts` into one tensor stacked along dim 0 and makes each part a view of its rows.
+torch::Tensor fuse_rows(const std::vector<torch::Tensor>& parts) {
+  torch::NoGradGuard no_grad;
+  auto whole = torch::cat(parts, 0);
+  int64_t row = 0;
+  for (auto part : parts) {
+    const int64_t rows = part.size(0);
+    part.set_data(whole.narrow(0, row, rows));
+    row += rows;
+  }
+  return whole;
+}
+
+// True when `part` is exactly rows [row, row + part.size(0)) of `whole`.
+bool is_row_block(const torch::Tensor& part, const torch::Tensor& whole, int64_t row) {
+  return part.defined() && whole.defined() && part.is_alias_of(whole) && part.dim() == whole.dim() &&
+         part.strides() == whole.strides() && part.sizes().slice(1) == whole.sizes().slice(1) &&
+         part.storage_offset() == whole.storage_offset() + row * whole.stride(0);
+}
+
 void check_config(const io::Qwen2Config& c) {
   const std::string what = "Qwen2Config";
   check(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 && c.intermediate_size > 0,
@@ -80,15 +100,57 @@ Qwen2AttentionImpl::Qwen2AttentionImpl(const io::Qwen2Config& c, const torch::Te
       o_proj(register_module("o_proj", nn::Linear(c.num_attention_heads * c.head_dim(), c.hidden_size, false, options))),
       num_heads_(c.num_attention_heads),
       num_kv_heads_(c.num_key_value_heads),
-      head_dim_(c.head_dim()) {}
+      head_dim_(c.head_dim()) {
+  fuse();
+}
+
+void Qwen2AttentionImpl::fuse() {
+  if (fused()) return;
+  qkv_weight_ = fuse_rows({q_proj->weight, k_proj->weight, v_proj->weight});
+  qkv_bias_ = fuse_rows({q_proj->bias, k_proj->bias, v_proj->bias});
+}
+
+bool Qwen2AttentionImpl::fused() const {
+  const int64_t nq = num_heads_ * head_dim_;
+  const int64_t nkv = num_kv_heads_ * head_dim_;
+  return is_row_block(q_proj->weight, qkv_weight_, 0) && is_row_block(k_proj->weight, qkv_weight_, nq) &&
+         is_row_block(v_proj->weight, qkv_weight_, nq + nkv) && is_row_block(q_proj->bias, qkv_bias_, 0) &&
+         is_row_block(k_proj->bias, qkv_bias_, nq) && is_row_block(v_proj->bias, qkv_bias_, nq + nkv);
+}
+
+void Qwen2AttentionImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  fuse();
+}
+void Qwen2AttentionImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  fuse();
+}
+void Qwen2AttentionImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  fuse();
+}
 
 torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
                                           const DebugHook* hook, int64_t layer) const {
   const int64_t batch = x.size(0);
   const int64_t length = x.size(1);
-  auto q = apply_rope(q_proj->forward(x).view({batch, length, num_heads_, head_dim_}), rope);
-  auto k = apply_rope(k_proj->forward(x).view({batch, length, num_kv_heads_, head_dim_}), rope);
-  auto v = v_proj->forward(x).view({batch, length, num_kv_heads_, head_dim_});
+  const int64_t nq = num_heads_ * head_dim_;
+  const int64_t nkv = num_kv_heads_ * head_dim_;
+  torch::Tensor q, k, v;
+  if (fused()) {
+    const auto qkv = torch::linear(x, qkv_weight_, qkv_bias_);
+    q = qkv.narrow(2, 0, nq);
+    k = qkv.narrow(2, nq, nkv);
+    v = qkv.narrow(2, nq + nkv, nkv);
+  } else {
+    q = q_proj->forward(x);
+    k = k_proj->forward(x);
+    v = v_proj->forward(x);
+  }
+  q = apply_rope(q.view({batch, length, num_heads_, head_dim_}), rope);
+  k = apply_rope(k.view({batch, length, num_kv_heads_, head_dim_}), rope);
+  v = v.view({batch, length, num_kv_heads_, head_dim_});
   emit(hook, "q", layer, q);
   emit(hook, "k", layer, k);
   emit(hook, "v", layer, v);
@@ -105,13 +167,45 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
 Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
     : gate_proj(register_module("gate_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
       up_proj(register_module("up_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
-      down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))) {}
+      down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))) {
+  fuse();
+}
+
+void Qwen2MLPImpl::fuse() {
+  if (!fused()) gate_up_weight_ = fuse_rows({gate_proj->weight, up_proj->weight});
+}
+
+bool Qwen2MLPImpl::fused() const {
+  return is_row_block(gate_proj->weight, gate_up_weight_, 0) &&
+         is_row_block(up_proj->weight, gate_up_weight_, gate_proj->weight.size(0));
+}
+
+void Qwen2MLPImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(device, dtype, non_blocking);
+  fuse();
+}
+void Qwen2MLPImpl::to(torch::Dtype dtype, bool non_blocking) {
+  torch::nn::Module::to(dtype, non_blocking);
+  fuse();
+}
+void Qwen2MLPImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  fuse();
+}
 
 torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x) const {
-  auto g = gate_proj->forward(x);
-  torch::silu_(g);
-  g.mul_(up_proj->forward(x));
-  return down_proj->forward(g);
+  torch::Tensor h;
+  if (fused()) {
+    const auto gate_up = torch::linear(x, gate_up_weight_);
+    const int64_t n = gate_proj->weight.size(0);
+    h = torch::silu(gate_up.narrow(-1, 0, n));
+    h.mul_(gate_up.narrow(-1, n, n));
+  } else {
+    h = gate_proj->forward(x);
+    torch::silu_(h);
+    h.mul_(up_proj->forward(x));
+  }
+  return down_proj->forward(h);
 }
 
 Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)

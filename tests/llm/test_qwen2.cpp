@@ -293,6 +293,46 @@ TEST_F(Qwen2Errors, TokenIdOutsideTable) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fused q/k/v and gate/up projections
+
+TEST(Qwen2Fusion, FusedAfterLoadAndTo) {
+  const auto config = load_config("gqa");
+  const auto cases = load_cases("gqa");
+  auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config);
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    EXPECT_TRUE(model->layer(l)->self_attn->fused()) << l;
+    EXPECT_TRUE(model->layer(l)->mlp->fused()) << l;
+  }
+  // Module::to re-fuses: same result as loading straight into bf16.
+  model->to(torch::kBFloat16);
+  EXPECT_EQ(model->dtype(), torch::kBFloat16);
+  EXPECT_TRUE(model->layer(0)->self_attn->fused());
+  EXPECT_TRUE(model->layer(0)->mlp->fused());
+  const auto direct = focusvla::llm::load_qwen2(load_weights("gqa"), config, torch::TensorOptions().dtype(torch::kBFloat16));
+  const auto& x = cases.at("embeds_bf16_L61");
+  EXPECT_TRUE(torch::equal(model->forward(x), direct->forward(x)));
+}
+
+TEST(Qwen2Fusion, UnfusedParametersStillCompute) {
+  const auto config = load_config("gqa");
+  const auto cases = load_cases("gqa");
+  auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config);
+  // Replacing a parameter's storage breaks the fusion: forward must use the separate weights.
+  torch::NoGradGuard no_grad;
+  for (int64_t l = 0; l < model->num_layers(); ++l) {
+    auto& q = model->layer(l)->self_attn->q_proj->weight;
+    q.set_data(q.clone());
+    auto& up = model->layer(l)->mlp->up_proj->weight;
+    up.set_data(up.clone());
+    EXPECT_FALSE(model->layer(l)->self_attn->fused());
+    EXPECT_FALSE(model->layer(l)->mlp->fused());
+  }
+  auto out = nan_buffer(model, 1, 61);
+  model->forward_into(out, cases.at("embeds_L61"));
+  compare_hidden(out, cases.at("hidden_L61"), kTolF32, "gqa f32 L=61 unfused");
+}
+
+// ---------------------------------------------------------------------------------------------
 // RoPE tables and the debug hook
 
 TEST(Qwen2Rope, TablesAreCachedAndSliced) {

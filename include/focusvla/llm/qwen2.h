@@ -81,12 +81,23 @@ struct AttentionMask {
 // For diffing against Python layer by layer; costs one branch per point when unset.
 using DebugHook = std::function<void(const std::string& name, int64_t layer, const torch::Tensor& value)>;
 
+// Fused projections: q/k/v (and gate/up in the MLP) keep their HF names and shapes as
+// parameters, but are row blocks of one tensor, so that each runs as a single matmul. Loading
+// writes through the views; Module::to() re-fuses (copying once). When the parameters stop being
+// views of one tensor (a caller replaced one), forward falls back to separate matmuls.
 class Qwen2AttentionImpl : public torch::nn::Module {
  public:
   Qwen2AttentionImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   // x: (B, L, hidden) -> (B, L, hidden).
   torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
                         const DebugHook* hook = nullptr, int64_t layer = -1) const;
+
+  // Makes q/k/v_proj's weight and bias row blocks of one tensor (a no-op when they already are).
+  void fuse();
+  bool fused() const;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
 
   nn::Linear q_proj;
   nn::Linear k_proj;
@@ -97,6 +108,8 @@ class Qwen2AttentionImpl : public torch::nn::Module {
   int64_t num_heads_;
   int64_t num_kv_heads_;
   int64_t head_dim_;
+  torch::Tensor qkv_weight_;  // (q + 2 kv rows, hidden), unregistered: the parameters view it
+  torch::Tensor qkv_bias_;
 };
 TORCH_MODULE(Qwen2Attention);
 
@@ -105,9 +118,19 @@ class Qwen2MLPImpl : public torch::nn::Module {
   Qwen2MLPImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x) const;
 
+  // Makes gate_proj's and up_proj's weights row blocks of one tensor (see Qwen2Attention).
+  void fuse();
+  bool fused() const;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
   nn::Linear gate_proj;
   nn::Linear up_proj;
   nn::Linear down_proj;
+
+ private:
+  torch::Tensor gate_up_weight_;  // (2 intermediate, hidden)
 };
 TORCH_MODULE(Qwen2MLP);
 
