@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <filesystem>
 #include <string>
+#include <ftw.h>
 #include <unistd.h>
 
 #include "focusvla/core/error.h"
@@ -52,10 +53,24 @@ inline std::string asset_path(const std::string& name) {
   return path;
 }
 
+// Deletes a directory tree (errors ignored). Not std::filesystem::remove_all: the pip LibTorch
+// exports its own copies of libstdc++'s filesystem functions, and its remove_all(path,
+// error_code&) crashes (calls a null pointer) once it wins symbol resolution in our binaries.
+inline void remove_tree(const std::string& path) {
+  ::nftw(
+      path.c_str(),
+      [](const char* p, const struct stat*, int, struct FTW*) {
+        ::remove(p);
+        return 0;
+      },
+      16,
+      FTW_DEPTH | FTW_PHYS);
+}
+
 // A fresh scratch directory for one test.
 inline std::string scratch_dir(const std::string& name) {
   const auto dir = std::filesystem::temp_directory_path() / ("focusvla_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  remove_tree(dir.string());
   std::filesystem::create_directories(dir);
   return dir.string();
 }

@@ -19,6 +19,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/text/bpe_tokenizer.h"
+#include "test_util.h"
 
 namespace {
 
@@ -278,10 +279,7 @@ class TempDir {
             ("focusvla_tok_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
     fs::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
+  ~TempDir() { focusvla::testing::remove_tree(path_.string()); }
   const fs::path& path() const { return path_; }
   std::string str() const { return path_.string(); }
   void write(const std::string& name, const std::string& content) const {
