@@ -1,5 +1,6 @@
 // Speed of the Qwen2.5-0.5B decoder (SPEC 7, 12): one causal forward over L input embeddings
-// keeping all 25 hidden states, the shape of one `act` (L ~ 600 for two cameras), fp32 and bf16.
+// keeping all 25 hidden states, the shape of one `act` (L ~ 600 for two cameras), fp32 and bf16
+// (with LibTorch's bf16 matmuls, and as fp32 matmuls: CpuBf16Matmul).
 //
 //   focusvla_bench_llm [--benchmark_filter=...] [google benchmark flags]
 //
@@ -21,6 +22,7 @@
 namespace {
 
 using focusvla::io::Qwen2Config;
+using focusvla::llm::CpuBf16Matmul;
 using focusvla::llm::Qwen2Model;
 
 // The released text_config (assets/vla-adapter-reference/config.json); Qwen2Config's defaults.
@@ -54,9 +56,10 @@ double flops_per_forward(const Qwen2Config& c, int64_t length) {
   return linear + attention;
 }
 
-void BM_Qwen2Forward(benchmark::State& state, torch::ScalarType dtype) {
+void BM_Qwen2Forward(benchmark::State& state, torch::ScalarType dtype, CpuBf16Matmul matmul) {
   const int64_t length = state.range(0);
-  const auto& model = model_for(dtype);
+  auto& model = model_for(dtype);
+  model->set_cpu_bf16_matmul(matmul);
   const auto& config = model->config();
   torch::manual_seed(1);
   const auto embeds = torch::randn({1, length, config.hidden_size}).to(dtype);
@@ -73,8 +76,15 @@ void BM_Qwen2Forward(benchmark::State& state, torch::ScalarType dtype) {
   state.counters["threads"] = static_cast<double>(torch::get_num_threads());
 }
 
-BENCHMARK_CAPTURE(BM_Qwen2Forward, fp32, torch::kFloat32)->Arg(600)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
-BENCHMARK_CAPTURE(BM_Qwen2Forward, bf16, torch::kBFloat16)->Arg(600)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+// bf16: LibTorch's bf16 matmuls (the default, bit-identical to transformers); bf16_fp32mm: the
+// same products as fp32 matmuls of the upcast operands (CpuBf16Matmul::kFloat32), for CPUs
+// without native bf16 dot products.
+BENCHMARK_CAPTURE(BM_Qwen2Forward, fp32, torch::kFloat32, CpuBf16Matmul::kNative)
+    ->Arg(600)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK_CAPTURE(BM_Qwen2Forward, bf16, torch::kBFloat16, CpuBf16Matmul::kNative)
+    ->Arg(600)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK_CAPTURE(BM_Qwen2Forward, bf16_fp32mm, torch::kBFloat16, CpuBf16Matmul::kFloat32)
+    ->Arg(600)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 
 }  // namespace
 

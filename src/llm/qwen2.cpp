@@ -1,6 +1,7 @@
 #include "focusvla/llm/qwen2.h"
 
 #include <algorithm>
+#include <fstream>
 #include <sstream>
 
 #include "focusvla/core/error.h"
@@ -10,8 +11,19 @@ namespace {
 
 std::string dtype_name(torch::ScalarType dtype) { return c10::toString(dtype); }
 
-void emit(const DebugHook* hook, const char* name, int64_t layer, const torch::Tensor& value) {
-  if (hook != nullptr) (*hook)(name, layer, value);
+void emit(const ForwardContext& context, const char* name, const torch::Tensor& value) {
+  if (context.hook != nullptr) (*context.hook)(name, context.layer, value);
+}
+
+// y = x W^T + b, for bf16 optionally as an fp32 matmul of the upcast operands (CpuBf16Matmul).
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                     const ForwardContext& context) {
+  if (context.bf16_matmul_in_fp32 && x.scalar_type() == torch::kBFloat16) {
+    return torch::linear(x.to(torch::kFloat32), weight.to(torch::kFloat32),
+                         bias.defined() ? bias.to(torch::kFloat32) : bias)
+        .to(torch::kBFloat16);
+  }
+  return torch::linear(x, weight, bias);
 }
 
 // HF apply_rotary_pos_emb on x (B, L, heads, head_dim): x * cos + rotate_half(x) * sin, with
@@ -132,36 +144,36 @@ void Qwen2AttentionImpl::to(torch::Device device, bool non_blocking) {
 }
 
 torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
-                                          const DebugHook* hook, int64_t layer) const {
+                                          const ForwardContext& context) const {
   const int64_t batch = x.size(0);
   const int64_t length = x.size(1);
   const int64_t nq = num_heads_ * head_dim_;
   const int64_t nkv = num_kv_heads_ * head_dim_;
   torch::Tensor q, k, v;
   if (fused()) {
-    const auto qkv = torch::linear(x, qkv_weight_, qkv_bias_);
+    const auto qkv = linear(x, qkv_weight_, qkv_bias_, context);
     q = qkv.narrow(2, 0, nq);
     k = qkv.narrow(2, nq, nkv);
     v = qkv.narrow(2, nq + nkv, nkv);
   } else {
-    q = q_proj->forward(x);
-    k = k_proj->forward(x);
-    v = v_proj->forward(x);
+    q = linear(x, q_proj->weight, q_proj->bias, context);
+    k = linear(x, k_proj->weight, k_proj->bias, context);
+    v = linear(x, v_proj->weight, v_proj->bias, context);
   }
   q = apply_rope(q.view({batch, length, num_heads_, head_dim_}), rope);
   k = apply_rope(k.view({batch, length, num_kv_heads_, head_dim_}), rope);
   v = v.view({batch, length, num_kv_heads_, head_dim_});
-  emit(hook, "q", layer, q);
-  emit(hook, "k", layer, k);
-  emit(hook, "v", layer, v);
+  emit(context, "q", q);
+  emit(context, "k", k);
+  emit(context, "v", v);
   // (B, heads, L, head_dim) views; SDPA repeats the kv heads itself (enable_gqa).
   auto o = torch::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                mask.causal_only() ? c10::optional<torch::Tensor>() : mask.mask,
                                                /*dropout_p=*/0.0, /*is_causal=*/mask.causal_only(),
                                                /*scale=*/c10::nullopt, /*enable_gqa=*/num_kv_heads_ != num_heads_);
   o = o.transpose(1, 2).reshape({batch, length, num_heads_ * head_dim_});
-  emit(hook, "attn_out", layer, o);
-  return o_proj->forward(o);
+  emit(context, "attn_out", o);
+  return linear(o, o_proj->weight, o_proj->bias, context);
 }
 
 Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
@@ -193,19 +205,19 @@ void Qwen2MLPImpl::to(torch::Device device, bool non_blocking) {
   fuse();
 }
 
-torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x) const {
+torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x, const ForwardContext& context) const {
   torch::Tensor h;
   if (fused()) {
-    const auto gate_up = torch::linear(x, gate_up_weight_);
+    const auto gate_up = linear(x, gate_up_weight_, {}, context);
     const int64_t n = gate_proj->weight.size(0);
     h = torch::silu(gate_up.narrow(-1, 0, n));
     h.mul_(gate_up.narrow(-1, n, n));
   } else {
-    h = gate_proj->forward(x);
+    h = linear(x, gate_proj->weight, {}, context);
     torch::silu_(h);
-    h.mul_(up_proj->forward(x));
+    h.mul_(linear(x, up_proj->weight, {}, context));
   }
-  return down_proj->forward(h);
+  return linear(h, down_proj->weight, {}, context);
 }
 
 Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
@@ -215,21 +227,21 @@ Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const tor
       post_attention_layernorm(register_module("post_attention_layernorm", Qwen2RMSNorm(c.hidden_size, c.rms_norm_eps, options))) {}
 
 torch::Tensor Qwen2DecoderLayerImpl::forward(const torch::Tensor& h, const RopeTables& rope, const AttentionMask& mask,
-                                             torch::Tensor out, const DebugHook* hook, int64_t layer) const {
+                                             torch::Tensor out, const ForwardContext& context) const {
   const auto attn_in = input_layernorm->forward(h);
-  emit(hook, "attn_norm", layer, attn_in);
-  auto x = h + self_attn->forward(attn_in, rope, mask, hook, layer);
-  emit(hook, "attn_residual", layer, x);
+  emit(context, "attn_norm", attn_in);
+  auto x = h + self_attn->forward(attn_in, rope, mask, context);
+  emit(context, "attn_residual", x);
   const auto ffn_in = post_attention_layernorm->forward(x);
-  emit(hook, "ffn_norm", layer, ffn_in);
-  const auto y = mlp->forward(ffn_in);
-  emit(hook, "ffn_out", layer, y);
+  emit(context, "ffn_norm", ffn_in);
+  const auto y = mlp->forward(ffn_in, context);
+  emit(context, "ffn_out", y);
   if (out.defined()) {
     torch::add_out(out, x, y);
   } else {
     out = x.add_(y);
   }
-  emit(hook, "layer_out", layer, out);
+  emit(context, "layer_out", out);
   return out;
 }
 
@@ -336,7 +348,9 @@ torch::Tensor Qwen2ModelImpl::forward_into(torch::Tensor& out, const torch::Tens
   check(out.is_contiguous(), "Qwen2Model: out", "must be contiguous");
 
   torch::NoGradGuard no_grad;
-  const DebugHook* hook = debug_hook_ ? &debug_hook_ : nullptr;
+  ForwardContext context;
+  context.hook = debug_hook_ ? &debug_hook_ : nullptr;
+  context.bf16_matmul_in_fp32 = bf16_matmul_in_fp32();
   const auto rope = rope_tables(length, device(), dtype());
   const auto mask = attention_mask(batch, length, lengths);
   out.select(0, 0).copy_(inputs_embeds);
@@ -344,11 +358,41 @@ torch::Tensor Qwen2ModelImpl::forward_into(torch::Tensor& out, const torch::Tens
   for (int64_t l = 0; l < n; ++l) {
     // Every layer but the last writes straight into its slot; the last one's raw output is not
     // kept (h[n] is its normed value).
+    context.layer = l;
     h = layer_list_[static_cast<size_t>(l)]->forward(h, rope, mask, l + 1 < n ? out.select(0, l + 1) : torch::Tensor(),
-                                                     hook, l);
+                                                     context);
   }
   out.select(0, n).copy_(norm->forward(h));
   return out;
+}
+
+bool Qwen2ModelImpl::bf16_matmul_in_fp32() const {
+  if (dtype() != torch::kBFloat16 || !device().is_cpu()) return false;
+  switch (cpu_bf16_matmul_) {
+    case CpuBf16Matmul::kNative: return false;
+    case CpuBf16Matmul::kFloat32: return true;
+    case CpuBf16Matmul::kAuto: break;
+  }
+  return !cpu_has_native_bf16();
+}
+
+bool cpu_has_native_bf16() {
+  static const bool native = [] {
+    std::ifstream in("/proc/cpuinfo");
+    if (!in) return true;
+    std::string line;
+    while (std::getline(in, line)) {
+      // x86: "flags : ... avx512_bf16 ... amx_bf16"; aarch64: "Features : ... bf16".
+      if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
+      std::istringstream words(line.substr(line.find(':') == std::string::npos ? 0 : line.find(':') + 1));
+      std::string word;
+      while (words >> word)
+        if (word == "avx512_bf16" || word == "amx_bf16" || word == "bf16") return true;
+      return false;  // the first CPU's flags decide
+    }
+    return true;
+  }();
+  return native;
 }
 
 Qwen2Model load_qwen2(const io::StateDict& state, const io::Qwen2Config& config, const torch::TensorOptions& options,

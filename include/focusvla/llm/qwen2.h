@@ -81,6 +81,30 @@ struct AttentionMask {
 // For diffing against Python layer by layer; costs one branch per point when unset.
 using DebugHook = std::function<void(const std::string& name, int64_t layer, const torch::Tensor& value)>;
 
+// How bf16 linear layers run on the CPU. Without native bf16 dot products (AVX512-BF16, AMX,
+// Arm BF16), LibTorch's bf16 matmul is emulated and ~3x slower than fp32; the same products
+// (exact bf16 operands, fp32 accumulation, one rounding of the output to bf16) then run faster
+// as fp32 matmuls of the upcast operands. Results differ from the native kernel only in
+// accumulation order (at most an ulp of bf16 here and there).
+// The default is kNative: bit-identical to transformers' bf16 on the same machine. Over 24 layers
+// two valid bf16 computations drift apart about as far as bf16 is from fp32 (~3e-2 of the
+// largest value on random weights), so kFloat32 is an opt-in.
+enum class CpuBf16Matmul {
+  kNative,   // LibTorch's bf16 matmul
+  kFloat32,  // upcast operands, fp32 matmul, round to bf16
+  kAuto,     // kFloat32 on a CPU without native bf16 dot products, else kNative
+};
+// True when this CPU has native bf16 dot-product instructions (read once from /proc/cpuinfo;
+// true when unknown).
+bool cpu_has_native_bf16();
+
+// Per-forward settings passed down the layers.
+struct ForwardContext {
+  const DebugHook* hook = nullptr;  // named intermediates, or none
+  int64_t layer = -1;               // the layer index reported to the hook
+  bool bf16_matmul_in_fp32 = false;  // see CpuBf16Matmul
+};
+
 // Fused projections: q/k/v (and gate/up in the MLP) keep their HF names and shapes as
 // parameters, but are row blocks of one tensor, so that each runs as a single matmul. Loading
 // writes through the views; Module::to() re-fuses (copying once). When the parameters stop being
@@ -90,7 +114,7 @@ class Qwen2AttentionImpl : public torch::nn::Module {
   Qwen2AttentionImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   // x: (B, L, hidden) -> (B, L, hidden).
   torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
-                        const DebugHook* hook = nullptr, int64_t layer = -1) const;
+                        const ForwardContext& context = {}) const;
 
   // Makes q/k/v_proj's weight and bias row blocks of one tensor (a no-op when they already are).
   void fuse();
@@ -116,7 +140,7 @@ TORCH_MODULE(Qwen2Attention);
 class Qwen2MLPImpl : public torch::nn::Module {
  public:
   Qwen2MLPImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& x) const;
+  torch::Tensor forward(const torch::Tensor& x, const ForwardContext& context = {}) const;
 
   // Makes gate_proj's and up_proj's weights row blocks of one tensor (see Qwen2Attention).
   void fuse();
@@ -140,7 +164,7 @@ class Qwen2DecoderLayerImpl : public torch::nn::Module {
   // h: (B, L, hidden). Writes the layer output into `out` when defined (same shape, dtype and
   // device as h) and returns it; else returns a new tensor.
   torch::Tensor forward(const torch::Tensor& h, const RopeTables& rope, const AttentionMask& mask,
-                        torch::Tensor out = {}, const DebugHook* hook = nullptr, int64_t layer = -1) const;
+                        torch::Tensor out = {}, const ForwardContext& context = {}) const;
 
   Qwen2Attention self_attn;
   Qwen2MLP mlp;
@@ -181,6 +205,13 @@ class Qwen2ModelImpl : public torch::nn::Module {
   // Called with named intermediates during forward (see DebugHook); pass {} to remove.
   void set_debug_hook(DebugHook hook) { debug_hook_ = std::move(hook); }
 
+  // bf16 linear layers on the CPU (see CpuBf16Matmul); default kNative.
+  void set_cpu_bf16_matmul(CpuBf16Matmul mode) { cpu_bf16_matmul_ = mode; }
+  CpuBf16Matmul cpu_bf16_matmul() const { return cpu_bf16_matmul_; }
+  // Whether forward currently computes bf16 linears as fp32 matmuls (bf16 model on the CPU and
+  // kFloat32, or kAuto without native bf16).
+  bool bf16_matmul_in_fp32() const;
+
   const io::Qwen2Config& config() const { return config_; }
   int64_t num_layers() const { return static_cast<int64_t>(layer_list_.size()); }
   const Qwen2DecoderLayer& layer(int64_t i) const { return layer_list_.at(static_cast<size_t>(i)); }
@@ -199,6 +230,7 @@ class Qwen2ModelImpl : public torch::nn::Module {
   io::Qwen2Config config_;
   std::vector<Qwen2DecoderLayer> layer_list_;
   DebugHook debug_hook_;
+  CpuBf16Matmul cpu_bf16_matmul_ = CpuBf16Matmul::kNative;
 
   struct RopeCacheEntry {
     torch::Device device;
