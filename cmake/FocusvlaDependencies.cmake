@@ -47,3 +47,14 @@ else()
   set(FOCUSVLA_HAVE_OPENCV OFF)
   message(STATUS "focusvla: OpenCV not found, building without cv::Mat support")
 endif()
+
+# Imported targets are scoped to the directory that found them. When a project pulls focusvla in
+# with add_subdirectory, its own targets link focusvla::focusvla and so need torch, torch_cpu,
+# torch_cuda, PkgConfig::PCRE2, ... to be visible from its directories too.
+get_directory_property(_focusvla_imported IMPORTED_TARGETS)
+foreach(_target IN LISTS _focusvla_imported)
+  get_target_property(_global ${_target} IMPORTED_GLOBAL)
+  if(NOT _global)
+    set_target_properties(${_target} PROPERTIES IMPORTED_GLOBAL TRUE)
+  endif()
+endforeach()
