@@ -111,6 +111,19 @@ TEST(VisionTower, Bf16MatchesPrismaticBf16) {
   expect_tower_matches(tower, c.io, "_bf16", 2e-2, "tiny16 bf16");
 }
 
+// The fp32-matmul path for bf16 on CPUs without native bf16: the same products, other rounding
+// order; still within the bf16 tolerance of the bf16 reference.
+TEST(VisionTower, Bf16WithFp32MatmulsMatchesPrismaticBf16) {
+  const Case c = read_case("tiny16");
+  auto tower = VisionTower::load(c.model, c.config, torch::TensorOptions().dtype(torch::kBFloat16));
+  const auto native = tower->forward(c.io.at("pixels"));
+  tower->set_bf16_matmul_in_fp32(true);
+  EXPECT_EQ(tower->forward(c.io.at("pixels")).scalar_type(), torch::kBFloat16);
+  expect_tower_matches(tower, c.io, "_bf16", 2e-2, "tiny16 bf16 (fp32 matmuls)");
+  tower->set_bf16_matmul_in_fp32(false);
+  EXPECT_TRUE(torch::equal(tower->forward(c.io.at("pixels")), native));
+}
+
 // make_checkpoint.py's tiny sizes use 4 heads, which shapes cannot show: set them in the config.
 TEST(VisionTower, ExplicitHeadCountFromBf16Weights) {
   const Case c = read_case("tiny4");

@@ -16,8 +16,10 @@
 // x * 255.5 out). Not reproduced: the LIBERO pipeline's JPEG encode/decode round trip before its
 // Lanczos resize (a lossy codec step that only applies to images that are not already 224x224).
 //
-// Everything runs with tensor ops on the input's device; host inputs (raw buffers, cv::Mat) are
-// copied (as uint8) to PreprocessOptions::device first. Images in one call may differ in size.
+// The uint8 stages are Pillow's and TF's scalar arithmetic, run on the host (single-threaded
+// loops: a camera image takes milliseconds, and small parallel tensor ops cost more than they
+// save); the float result is placed on the input tensor's device, or PreprocessOptions::device
+// for host inputs (raw buffers, cv::Mat). Images in one call may differ in size.
 
 #include <torch/torch.h>
 
@@ -83,8 +85,9 @@ struct PreprocessOptions {
   // ... and the center crop of `crop_scale` area that released LIBERO models expect.
   bool center_crop = false;
   double crop_scale = 0.9;
-  // Where host inputs (ImageView, cv::Mat) are processed and the result lives; tensors stay on
-  // their own device.
+  // Pillow's pass order (see PilPassOrder): the Pillow 13 that tests compare with, or Pillow <= 12.
+  PilPassOrder pil_order = PilPassOrder::pillow13;
+  // Where the result of host inputs (ImageView, cv::Mat) goes; for tensors, their own device.
   torch::Device device = torch::kCPU;
 };
 
@@ -127,10 +130,10 @@ class ImagePreprocessor {
     std::array<float, 3> mean;
     std::array<float, 3> std;
   };
-  // The LIBERO steps on one uint8 batch (N, H, W, 3).
-  torch::Tensor libero_steps(const torch::Tensor& images) const;
-  // One uint8 batch (N, H, W, 3) of one size -> normalized into out (N, 6, S, S).
-  void process(const torch::Tensor& images, const torch::Tensor& out) const;
+  // The LIBERO steps on a contiguous host batch (N, H, W, 3) uint8.
+  torch::Tensor libero_steps(const torch::Tensor& batch) const;
+  // A contiguous host batch (N, H, W, 3) uint8 -> normalized into `out`, (N, 6, S, S) float32.
+  void process(const torch::Tensor& batch, float* out) const;
 
   std::vector<Backbone> backbones_;
   int64_t size_ = 224;
