@@ -193,9 +193,10 @@ class BlockImpl : public torch::nn::Module {
   LayerScale ls2;
 
  private:
-  // x + ls(branch), in one fused kernel (addcmul), into a fresh tensor.
+  // x + ls(branch) into a fresh tensor, rounding where timm rounds (the scaled branch first: in
+  // bf16 a fused x + branch * gamma would differ from timm by an ulp here and there).
   static torch::Tensor residual(const torch::Tensor& x, const torch::Tensor& branch, const LayerScale& ls) {
-    return ls ? torch::addcmul(x, branch, ls->scale_factor) : x + branch;
+    return ls ? x + ls->forward(branch) : x + branch;
   }
 };
 TORCH_MODULE(Block);
