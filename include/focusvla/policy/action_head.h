@@ -23,6 +23,11 @@
 //   focus: see FocusBlockImpl.
 // `ffn` = LayerNorm (eps 1e-5) -> Linear -> ReLU everywhere.
 //
+// Numerics: every block runs the reference's own ops in its order (matmul, scale, one softmax per
+// group, matmul; RoPE tables in the head's dtype), in the head's dtype, so fp32 and bf16 results
+// equal the PyTorch reference on the same LibTorch (bitwise on CPU in the tests). SDPA is not used:
+// it scales q before the product and fuses the softmax, which is not the reference's rounding.
+//
 // Parameter names are the checkpoint's, under `model.`: layer_norm1, fc1, layer_norm2, fc2,
 // mlp_resnet_blocks.{i}.{q_proj, k_proj, v_proj, o_proj, k_self, v_self, k_adapter, v_adapter,
 // k_task, v_task, gating_factor, ffn.0, ffn.1, gate.0, gate.2, fusion}. Keys in the file that a
