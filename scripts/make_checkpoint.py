@@ -32,8 +32,10 @@ SIZES = {
                  llm=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                           num_attention_heads=14, num_key_value_heads=2, vocab_size=151936),
                  head_blocks=24, num_queries=64),
-    "tiny": dict(dino=dict(embed_dim=64, depth=3, num_heads=4, mlp_ratio=4.0),
-                 siglip=dict(embed_dim=72, depth=3, num_heads=4, mlp_ratio=3.7362),
+    # 16 heads like the real encoders: head counts do not show in tensor shapes, so a loader
+    # sizing the encoders from the file keeps the real ones.
+    "tiny": dict(dino=dict(embed_dim=64, depth=3, num_heads=16, mlp_ratio=4.0),
+                 siglip=dict(embed_dim=96, depth=3, num_heads=16, mlp_ratio=3.7362),
                  llm=dict(hidden_size=112, intermediate_size=224, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, vocab_size=151936),
                  head_blocks=2, num_queries=64),
@@ -183,7 +185,8 @@ def write_model(out_dir, shapes, make, shards):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
-def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", module_prefix=False, seed=0):
+def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", module_prefix=False, seed=0,
+                    num_images=2, proprio=True):
     os.makedirs(out_dir, exist_ok=True)
     torch_dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
     make = RandomPool(seed, torch_dtype)
@@ -192,6 +195,7 @@ def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", mo
         config = json.load(f)
     text, _ = qwen2_config(size)
     config["text_config"] = text
+    config["num_images_in_input"] = num_images
     if head == "focus":
         config["focus"] = {"attention": "cascaded", "top_k": 256, "gate": "element", "value_source": "embeddings"}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -203,8 +207,8 @@ def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", mo
     # dataset_statistics.json as finetuning writes it: one LIBERO-like entry with proprio stats.
     stats = copy.deepcopy(config["norm_stats"]["bridge_orig"])
     stats["proprio"] = {k: [0.0] * PROPRIO_DIM for k in ("mean", "std", "min", "max", "q01", "q99")}
-    stats["proprio"]["q01"] = [-1.0] * PROPRIO_DIM
-    stats["proprio"]["q99"] = [1.0] * PROPRIO_DIM
+    stats["proprio"]["q01"] = [-0.5 - 0.1 * i for i in range(PROPRIO_DIM)]
+    stats["proprio"]["q99"] = [0.7 + 0.2 * i for i in range(PROPRIO_DIM)]
     with open(os.path.join(out_dir, "dataset_statistics.json"), "w") as f:
         json.dump({"libero_spatial_no_noops": stats}, f, indent=2)
 
@@ -214,10 +218,11 @@ def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", mo
     prefix = "module." if module_prefix else ""
     torch.save({prefix + n: make(s) for n, s in heads.items()},
                os.path.join(out_dir, "action_head--150000_checkpoint.pt"))
-    proprio = proprio_shapes(size)
-    torch.save({prefix + n: make(s) for n, s in proprio.items()},
-               os.path.join(out_dir, "proprio_projector--150000_checkpoint.pt"))
-    return manifest(shapes, heads, proprio, dtype)
+    proprio_state = proprio_shapes(size) if proprio else {}
+    if proprio:
+        torch.save({prefix + n: make(s) for n, s in proprio_state.items()},
+                   os.path.join(out_dir, "proprio_projector--150000_checkpoint.pt"))
+    return manifest(shapes, heads, proprio_state, dtype)
 
 
 def manifest(shapes, heads, proprio, dtype):
@@ -235,10 +240,11 @@ def manifest(shapes, heads, proprio, dtype):
         add(component_of(n), s)
     for s in heads.values():
         add("action head", s)
+    comps.setdefault("proprio projector", {"tensors": 0, "parameters": 0})
     for s in proprio.values():
         add("proprio projector", s)
     for c in comps.values():
-        c["dtypes"] = {name: c["tensors"]}
+        c["dtypes"] = {name: c["tensors"]} if c["tensors"] else {}
     return {"components": comps,
             "total": {"tensors": sum(c["tensors"] for c in comps.values()),
                       "parameters": sum(c["parameters"] for c in comps.values())}}

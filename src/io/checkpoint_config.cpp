@@ -188,6 +188,8 @@ VlaConfig VlaConfig::from_json(const json& j, const std::string& source) {
   c.llm_backbone_id = get_string(j, "llm_backbone_id", source, "");
   c.arch_specifier = get_string(j, "arch_specifier", source, "");
   c.torch_dtype = get_string(j, "torch_dtype", source, "");
+  c.num_images_in_input = get_int(j, "num_images_in_input", source, 0, false);
+  check(c.num_images_in_input >= 0, field_name(source, "num_images_in_input"), "must not be negative");
   c.text_config = Qwen2Config::from_json(require(j, "text_config", source), source + ": text_config");
   if (j.contains("norm_stats") && !j.at("norm_stats").is_null())
     c.norm_stats = parse_norm_stats(j.at("norm_stats"), source);

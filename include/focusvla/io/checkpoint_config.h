@@ -73,6 +73,7 @@ struct VlaConfig {
   std::string llm_backbone_id;
   std::string arch_specifier;
   std::string torch_dtype;
+  int64_t num_images_in_input = 0;  // cameras per observation; 0 when the file does not say
   Qwen2Config text_config;
   NormStatsMap norm_stats;
   std::optional<FocusConfig> focus;

@@ -1,0 +1,100 @@
+#pragma once
+// The one API robot code links against (SPEC sections 1, 2, 6, 8, 10):
+//
+//   auto policy = focusvla::Policy::load("/path/to/checkpoint", {.device = torch::kCUDA, .dtype = torch::kBFloat16});
+//   focusvla::ActionChunk chunk = policy.act({agentview, wrist}, "put the bowl on the plate", proprio);
+//   // chunk.actions: 8 x 7 un-normalized actions; chunk.timing: the time of each stage
+//
+// One act: images -> preprocess -> vision tower -> visual embeddings; instruction -> prompt ->
+// token ids; sequence [t_0] + visual + [t_1 ..] + 64 action queries + [stop]; Qwen2 with all
+// hidden states; conditioning one position before each token (SPEC 8); action head; proprio
+// normalized in and actions un-normalized out with the dataset's statistics (SPEC 10).
+//
+// Thread safety: a Policy may be shared between threads; calls to act / act_batch on one Policy
+// are serialized by an internal mutex (one forward at a time). Copies share the same model.
+
+#include <torch/torch.h>
+
+#include <Eigen/Core>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace focusvla {
+
+struct PolicyOptions {
+  torch::Device device = torch::kCPU;
+  torch::ScalarType dtype = torch::kFloat32;
+  // Which dataset's statistics (un)normalize; required when the checkpoint holds several
+  // (config.json norm_stats plus dataset_statistics.json).
+  std::string unnorm_key;
+  // "openvla" (`In: What action should the robot take to {task}?\nOut:`) or "qwen-chat".
+  std::string prompt_format = "openvla";
+  // Cameras per observation; 0: config.json's num_images_in_input (load fails if absent).
+  int64_t num_images = 0;
+  // The LIBERO pipeline's 0.9-area center crop (SPEC 3.1); released LIBERO models expect it.
+  bool center_crop = false;
+  // "bounds_q99" (LIBERO) or "bounds" (min/max).
+  std::string normalization = "bounds_q99";
+  // Return the indices each FocusVLA block kept and its gate values.
+  bool diagnostics = false;
+  // CPU intra-op threads; 0 leaves LibTorch's setting.
+  int threads = 0;
+};
+
+// One observation for act_batch.
+struct Observation {
+  std::vector<torch::Tensor> images;  // uint8 (H, W, 3) RGB, one per camera, in checkpoint order
+  std::string instruction;
+  std::vector<double> proprio;        // raw robot state; empty when the checkpoint has no proprio projector
+};
+
+struct StageTiming {
+  double preprocess_ms = 0, vision_ms = 0, llm_ms = 0, head_ms = 0, total_ms = 0;
+};
+
+struct ActionChunk {
+  using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Matrix actions;     // chunk x action_dim, un-normalized
+  Matrix normalized;  // the head's output, in [-1, 1] where trained
+  StageTiming timing;
+  // With PolicyOptions::diagnostics and a FocusVLA head, per block: (heads, chunk, K) kept
+  // visual positions and the gate values.
+  std::vector<torch::Tensor> kept_indices;
+  std::vector<torch::Tensor> gates;
+};
+
+class Policy {
+ public:
+  // Loads a checkpoint directory in the VLA-Adapter release layout (SPEC 2). Throws Error naming
+  // the file and problem: missing parts, mis-shaped weights, unknown unnorm_key (with the list),
+  // an unknown prompt format, ... Nothing is half loaded: a Policy exists only when all loaded.
+  static Policy load(const std::string& directory, const PolicyOptions& options = {});
+
+  // One observation. images: uint8 (H, W, 3), one per camera. Throws Error on a wrong camera
+  // count, image type or shape, an empty instruction, a proprio vector of the wrong length or
+  // with NaN / Inf, or a sequence longer than the model's position limit.
+  ActionChunk act(const std::vector<torch::Tensor>& images, const std::string& instruction,
+                  const std::vector<double>& proprio = {}) const;
+  // Several observations in one forward (right-padded); each result equals its own act() within
+  // rounding.
+  std::vector<ActionChunk> act_batch(const std::vector<Observation>& batch) const;
+
+  int64_t num_images() const;
+  int64_t chunk_size() const;
+  int64_t action_dim() const;
+  int64_t proprio_dim() const;  // 0 without a proprio projector
+  std::string head_kind() const;  // "vla-adapter", "vla-adapter-pro" or "focusvla"
+  const std::string& unnorm_key() const;
+  const PolicyOptions& options() const;
+
+  struct Impl;
+
+ private:
+  explicit Policy(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace focusvla

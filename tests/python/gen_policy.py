@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Oracle data for Policy::act / act_batch: checkpoint directories in the release layout (random
+weights) and the actions the Python reference pipeline (reference_policy.py: timm +
+transformers + HF tokenizer + the transcribed heads) computes for them.
+
+    gen_policy.py OUT_DIR [--full]
+
+Writes OUT_DIR/<checkpoint>/ and OUT_DIR/cases.json; inputs (camera images as uint8) and expected
+outputs go into OUT_DIR/tensors.safetensors. --full adds a full-size FocusVLA case.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
+import make_checkpoint  # noqa: E402
+from reference_policy import ReferencePolicy  # noqa: E402
+
+ASSETS = os.environ.get("FOCUSVLA_ASSETS", os.path.join(HERE, "..", "..", "assets"))
+UNNORM = "libero_spatial_no_noops"
+
+
+def libero():
+    sample = os.path.join(ASSETS, "libero-sample")
+    obs = json.load(open(os.path.join(sample, "observation.json")))
+    images = [np.asarray(Image.open(os.path.join(sample, obs["images"][k])).convert("RGB")) for k in ("agentview", "wrist")]
+    return images, obs["task_description"], obs["state"]
+
+
+def main():
+    out = sys.argv[1]
+    full = "--full" in sys.argv[2:]
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images, task, state = libero()
+    # Other observations for batches: random images of other sizes, other tasks and states.
+    extra = [[rng.integers(0, 256, (200 + 13 * i, 260 - 7 * i, 3), dtype=np.uint8) for _ in range(2)] for i in range(3)]
+    tasks = [task, "Put the BOWL on the stove", "open the top drawer and put the bowl inside", "pick up the ketchup"]
+    states = [state] + [list(rng.normal(0, 0.5, 8)) for _ in range(3)]
+
+    tensors, cases = {}, []
+
+    def add_case(name, ckpt, ref, observations, prompt_format, dtype_name, proprio):
+        expected = []
+        for j, (imgs, instruction, st) in enumerate(observations):
+            r = ref.act(imgs, instruction, st if proprio else None, prompt_format, UNNORM)
+            key = f"{name}.{j}"
+            tensors[key + ".actions"] = torch.tensor(r["actions"], dtype=torch.float64)
+            tensors[key + ".fused"] = r["fused"].float().contiguous()
+            for c, img in enumerate(imgs):
+                tensors[key + f".image{c}"] = torch.from_numpy(np.array(img, copy=True))
+            expected.append({"key": key, "instruction": instruction, "proprio": list(map(float, st)) if proprio else [],
+                             "cameras": len(imgs)})
+        cases.append({"name": name, "checkpoint": ckpt, "prompt_format": prompt_format, "dtype": dtype_name,
+                      "unnorm_key": UNNORM, "observations": expected})
+
+    # FocusVLA head, 2 cameras, proprio; fp32 weights.
+    make_checkpoint.write_directory(os.path.join(out, "focus_f32"), size="tiny", dtype="f32", head="focus", seed=1)
+    ref = ReferencePolicy(os.path.join(out, "focus_f32"), "tiny", torch.float32)
+    obs2 = [(images, task, state)] + [(extra[i], tasks[i + 1], states[i + 1]) for i in range(3)]
+    add_case("focus_openvla", "focus_f32", ref, obs2, "openvla", "float32", True)
+    add_case("focus_qwen_chat", "focus_f32", ref, obs2[:1], "qwen-chat", "float32", True)
+
+    # VLA-Adapter-Pro head, 1 camera, no proprio projector.
+    make_checkpoint.write_directory(os.path.join(out, "pro_f32_1cam"), size="tiny", dtype="f32", head="pro", seed=2,
+                                    num_images=1, proprio=False)
+    ref = ReferencePolicy(os.path.join(out, "pro_f32_1cam"), "tiny", torch.float32)
+    obs1 = [([images[0]], task, state)] + [([extra[i][0]], tasks[i + 1], states[i + 1]) for i in range(3)]
+    add_case("pro_1cam_noproprio", "pro_f32_1cam", ref, obs1, "openvla", "float32", False)
+    add_case("pro_1cam_qwen_chat", "pro_f32_1cam", ref, obs1[:1], "qwen-chat", "float32", False)
+
+    # Original VLA-Adapter head, 2 cameras, proprio.
+    make_checkpoint.write_directory(os.path.join(out, "base_f32"), size="tiny", dtype="f32", head="base", seed=3)
+    ref = ReferencePolicy(os.path.join(out, "base_f32"), "tiny", torch.float32)
+    add_case("base_openvla", "base_f32", ref, obs2[:2], "openvla", "float32", True)
+
+    # bf16 weights, bf16 compute on both sides.
+    make_checkpoint.write_directory(os.path.join(out, "focus_bf16"), size="tiny", dtype="bf16", head="focus", seed=4)
+    ref = ReferencePolicy(os.path.join(out, "focus_bf16"), "tiny", torch.bfloat16)
+    add_case("focus_bf16", "focus_bf16", ref, obs2[:1], "openvla", "bfloat16", True)
+
+    if full:
+        make_checkpoint.write_directory(os.path.join(out, "full_focus"), size="full", dtype="bf16", head="focus", seed=5)
+        ref = ReferencePolicy(os.path.join(out, "full_focus"), "full", torch.float32)
+        add_case("full_focus_f32", "full_focus", ref, obs2[:1], "openvla", "float32", True)
+        del ref
+
+    save_file(tensors, os.path.join(out, "tensors.safetensors"))
+    with open(os.path.join(out, "cases.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+    print(f"policy test data: {len(cases)} cases in {out}")
+
+
+if __name__ == "__main__":
+    main()
