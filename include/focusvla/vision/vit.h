@@ -27,26 +27,6 @@
 
 namespace focusvla::vision {
 
-// Called with (name, tensor) for each named intermediate when set: "patch_embed", "tokens"
-// (after the position embedding and prefix), "blocks.{i}", "output". The tensor is only valid
-// during the call (clone it to keep it).
-using Tap = std::function<void(const std::string& name, const torch::Tensor& value)>;
-
-// y = x W^T + b. With `bf16_in_fp32` and bf16 operands on the CPU: the same products as an fp32
-// matmul of the exactly upcast operands, rounded to bf16 once (what LibTorch's bf16 kernel does
-// with native bf16 instructions). On CPUs without them (no AVX512-BF16 / AMX / Arm BF16) LibTorch
-// emulates bf16 matmuls about 3x slower than fp32; this path is then ~3x faster, and differs from
-// the native kernel only in accumulation order. Off by default (bit-identical to timm's bf16).
-inline torch::Tensor linear(const nn::Linear& layer, const torch::Tensor& x, bool bf16_in_fp32) {
-  if (bf16_in_fp32 && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu()) {
-    const auto& b = layer->bias;
-    return torch::linear(x.to(torch::kFloat32), layer->weight.to(torch::kFloat32),
-                         b.defined() ? b.to(torch::kFloat32) : b)
-        .to(torch::kBFloat16);
-  }
-  return layer->forward(x);
-}
-
 struct VitConfig {
   int64_t image_size = 224;
   int64_t patch_size = 14;
@@ -86,6 +66,26 @@ struct VitConfig {
   // known encoders; throws Error listing the known ids otherwise.
   static VitConfig from_timm_id(const std::string& timm_model_id, int64_t image_size = 224);
 };
+
+// Called with (name, tensor) for each named intermediate when set: "patch_embed", "tokens"
+// (after the position embedding and prefix), "blocks.{i}", "output". The tensor is only valid
+// during the call (clone it to keep it).
+using Tap = std::function<void(const std::string& name, const torch::Tensor& value)>;
+
+// y = x W^T + b. With `bf16_in_fp32` and bf16 operands on the CPU: the same products as an fp32
+// matmul of the exactly upcast operands, rounded to bf16 once (what LibTorch's bf16 kernel does
+// with native bf16 instructions). On CPUs without them (no AVX512-BF16 / AMX / Arm BF16) LibTorch
+// emulates bf16 matmuls about 3x slower than fp32; this path is then ~3x faster, and differs from
+// the native kernel only in accumulation order. Off by default (bit-identical to timm's bf16).
+inline torch::Tensor linear(const nn::Linear& layer, const torch::Tensor& x, bool bf16_in_fp32) {
+  if (bf16_in_fp32 && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu()) {
+    const auto& b = layer->bias;
+    return torch::linear(x.to(torch::kFloat32), layer->weight.to(torch::kFloat32),
+                         b.defined() ? b.to(torch::kFloat32) : b)
+        .to(torch::kBFloat16);
+  }
+  return layer->forward(x);
+}
 
 // timm `PatchEmbed.proj`: a p x p convolution with stride p. Registered empty (loading fills it).
 class PatchConvImpl : public torch::nn::Module {
