@@ -47,6 +47,9 @@ else()
   set(FOCUSVLA_HAVE_OPENCV OFF)
   message(STATUS "focusvla: OpenCV not found, building without cv::Mat support")
 endif()
+# The command-line tool decodes PNG / JPEG files with OpenCV's imgcodecs when it is there.
+find_package(OpenCV QUIET COMPONENTS imgcodecs)
+set(FOCUSVLA_HAVE_IMGCODECS ${OpenCV_FOUND})
 
 # Imported targets are scoped to the directory that found them. When a project pulls focusvla in
 # with add_subdirectory, its own targets link focusvla::focusvla and so need torch, torch_cpu,

@@ -9,9 +9,21 @@
 
 #include <nlohmann/json.hpp>
 
+#ifdef FOCUSVLA_WITH_IMGCODECS
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#endif
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
 #include "focusvla/io/checkpoint.h"
+#include "focusvla/io/json_file.h"
+#include "focusvla/policy/policy.h"
 #include "focusvla/version.h"
 
 namespace {
@@ -25,6 +37,15 @@ const char* kUsage =
     "commands:\n"
     "  inspect DIR [--json]   describe a checkpoint directory: config, files, components,\n"
     "                         tensor counts, dtypes and parameter counts per component\n"
+    "  act [--checkpoint DIR] --image A.png [--image B.png ...] --instruction TEXT\n"
+    "      [--proprio v1,...,vN] [--unnorm-key KEY] [--prompt-format openvla|qwen-chat]\n"
+    "      [--dtype float32|bfloat16] [--device cpu|cuda] [--center-crop] [--num-images N]\n"
+    "      [--threads N] [--repeat N] [--json]\n"
+    "                         run the policy on one observation and print the 8 x 7 action\n"
+    "                         chunk and the time of each stage. Without --checkpoint: the demo\n"
+    "                         checkpoint ($FOCUSVLA_DEMO_CHECKPOINT or build/demo-checkpoint,\n"
+    "                         written by scripts/demo: full-size FocusVLA, random weights) on\n"
+    "                         the LIBERO sample in assets/libero-sample\n"
     "  version                print the version\n";
 
 std::string with_commas(int64_t n) {
@@ -164,6 +185,138 @@ int run_inspect(const std::vector<std::string>& args) {
   return 0;
 }
 
+
+torch::Tensor read_image(const std::string& path) {
+#ifdef FOCUSVLA_WITH_IMGCODECS
+  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
+  if (bgr.empty()) throw focusvla::Error(path + ": cannot read or decode the image");
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8).clone();
+#else
+  throw focusvla::Error(path + ": this build has no image decoder (OpenCV imgcodecs was not found)");
+#endif
+}
+
+std::vector<double> parse_numbers(const std::string& text, const std::string& what) {
+  std::vector<double> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    char* end = nullptr;
+    const double v = std::strtod(item.c_str(), &end);
+    if (item.empty() || end == item.c_str() || *end != '\0') throw focusvla::Error(what + ": '" + item + "' is not a number");
+    out.push_back(v);
+  }
+  return out;
+}
+
+std::string demo_checkpoint() {
+  if (const char* env = std::getenv("FOCUSVLA_DEMO_CHECKPOINT")) return env;
+  return "build/demo-checkpoint";
+}
+
+int run_act(const std::vector<std::string>& args) {
+  std::string checkpoint, instruction, proprio_text;
+  std::vector<std::string> images;
+  focusvla::PolicyOptions options;
+  bool as_json = false, have_proprio = false;
+  int repeat = 1;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> const std::string& {
+      if (i + 1 >= args.size()) throw focusvla::Error("act: " + a + " needs a value");
+      return args[++i];
+    };
+    if (a == "--checkpoint") checkpoint = value();
+    else if (a == "--image") images.push_back(value());
+    else if (a == "--instruction") instruction = value();
+    else if (a == "--proprio") { proprio_text = value(); have_proprio = true; }
+    else if (a == "--unnorm-key") options.unnorm_key = value();
+    else if (a == "--prompt-format") options.prompt_format = value();
+    else if (a == "--center-crop") options.center_crop = true;
+    else if (a == "--num-images") options.num_images = std::stoll(value());
+    else if (a == "--threads") options.threads = std::stoi(value());
+    else if (a == "--repeat") repeat = std::max(1, std::stoi(value()));
+    else if (a == "--json") as_json = true;
+    else if (a == "--dtype") {
+      const std::string d = value();
+      if (d == "float32" || d == "fp32") options.dtype = torch::kFloat32;
+      else if (d == "bfloat16" || d == "bf16") options.dtype = torch::kBFloat16;
+      else throw focusvla::Error("act: --dtype '" + d + "' is not float32 or bfloat16");
+    } else if (a == "--device") options.device = torch::Device(value());
+    else throw focusvla::Error("act: unknown option '" + a + "'");
+  }
+  bool demo = false;
+  if (checkpoint.empty()) {
+    demo = true;
+    checkpoint = demo_checkpoint();
+    if (!std::filesystem::exists(checkpoint + "/config.json"))
+      throw focusvla::Error("act: no --checkpoint, and no demo checkpoint at " + checkpoint +
+                            " (scripts/demo writes one: full-size FocusVLA layout, random weights)");
+    const std::string sample = std::string(std::getenv("FOCUSVLA_ASSETS") ? std::getenv("FOCUSVLA_ASSETS") : "assets") +
+                               "/libero-sample";
+    const auto obs = nlohmann::json::parse(focusvla::io::read_text_file(sample + "/observation.json"));
+    if (images.empty())
+      for (const char* k : {"agentview", "wrist"}) images.push_back(sample + "/" + obs["images"][k].get<std::string>());
+    if (instruction.empty()) instruction = obs["task_description"];
+    if (!have_proprio) {
+      for (const auto& v : obs["state"]) proprio_text += (proprio_text.empty() ? "" : ",") + std::to_string(v.get<double>());
+      have_proprio = true;
+    }
+    if (options.unnorm_key.empty()) options.unnorm_key = "libero_spatial_no_noops";
+  }
+  if (images.empty()) throw focusvla::Error("act: give at least one --image");
+  if (instruction.empty()) throw focusvla::Error("act: --instruction is required");
+  if (options.num_images == 0) options.num_images = static_cast<int64_t>(images.size());
+  const std::vector<double> proprio = have_proprio ? parse_numbers(proprio_text, "--proprio") : std::vector<double>{};
+
+  const auto load_start = std::chrono::steady_clock::now();
+  const focusvla::Policy policy = focusvla::Policy::load(checkpoint, options);
+  const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
+  std::vector<torch::Tensor> pixels;
+  for (const auto& path : images) pixels.push_back(read_image(path));
+  focusvla::ActionChunk chunk;
+  for (int r = 0; r < repeat; ++r) chunk = policy.act(pixels, instruction, proprio);
+
+  if (as_json) {
+    nlohmann::json j;
+    j["checkpoint"] = checkpoint;
+    j["untrained_demo_weights"] = demo;
+    j["instruction"] = instruction;
+    j["head"] = policy.head_kind();
+    j["unnorm_key"] = policy.unnorm_key();
+    for (Eigen::Index r = 0; r < chunk.actions.rows(); ++r) {
+      std::vector<double> row(chunk.actions.row(r).data(), chunk.actions.row(r).data() + chunk.actions.cols());
+      j["actions"].push_back(row);
+    }
+    j["timing_ms"] = {{"load", load_ms},
+                      {"preprocess", chunk.timing.preprocess_ms},
+                      {"vision", chunk.timing.vision_ms},
+                      {"llm", chunk.timing.llm_ms},
+                      {"head", chunk.timing.head_ms},
+                      {"total", chunk.timing.total_ms}};
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  if (demo)
+    std::printf("NOTE: demo checkpoint %s has RANDOM, UNTRAINED weights (no trained weights ship):\n"
+                "      these actions show the pipeline and its speed, not a policy.\n\n",
+                checkpoint.c_str());
+  std::printf("policy       %s (%s head, %lld camera(s), unnorm_key %s)\n", checkpoint.c_str(), policy.head_kind().c_str(),
+              (long long)policy.num_images(), policy.unnorm_key().c_str());
+  std::printf("instruction  %s\n\n", instruction.c_str());
+  std::printf("  step %10s %10s %10s %10s %10s %10s %10s\n", "a0", "a1", "a2", "a3", "a4", "a5", "a6");
+  for (Eigen::Index r = 0; r < chunk.actions.rows(); ++r) {
+    std::printf("  %4lld", (long long)r);
+    for (Eigen::Index c = 0; c < chunk.actions.cols(); ++c) std::printf(" %10.5f", chunk.actions(r, c));
+    std::printf("\n");
+  }
+  std::printf("\ntime (ms)    load %.0f | preprocess %.1f  vision %.1f  llm %.1f  head %.1f  total %.1f%s\n", load_ms,
+              chunk.timing.preprocess_ms, chunk.timing.vision_ms, chunk.timing.llm_ms, chunk.timing.head_ms,
+              chunk.timing.total_ms, repeat > 1 ? " (last of --repeat)" : "");
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -181,6 +334,7 @@ int main(int argc, char** argv) {
     const std::string command = args[0];
     args.erase(args.begin());
     if (command == "inspect") return run_inspect(args);
+    if (command == "act") return run_act(args);
     if (command == "version" || command == "--version") {
       std::printf("focusvla %s\n", focusvla::kVersion);
       return 0;
