@@ -15,6 +15,7 @@
 #include "focusvla/io/json_file.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/llm/qwen2.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace {
@@ -25,6 +26,8 @@ using focusvla::io::StateDict;
 using focusvla::llm::CpuBf16Matmul;
 using focusvla::llm::Qwen2Model;
 using focusvla::testing::data_path;
+using focusvla::testing::expect_error;
+using focusvla::testing::relative_error;
 
 constexpr double kTolF32 = 1e-4;
 constexpr double kTolBf16 = 2e-2;
@@ -41,17 +44,6 @@ StateDict load_weights(const std::string& shape) {
 
 StateDict load_cases(const std::string& shape) {
   return StateDict::from_safetensors(data_path("llm", shape + "/cases.safetensors"));
-}
-
-// max|a - b| / max|b|, in fp32.
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  const auto a = actual.to(torch::kFloat32);
-  const auto b = expected.to(torch::kFloat32);
-  EXPECT_EQ(a.sizes(), b.sizes());
-  if (a.sizes() != b.sizes()) return std::numeric_limits<double>::infinity();
-  if (!torch::isfinite(a).all().item<bool>()) return std::numeric_limits<double>::infinity();
-  const double scale = b.abs().max().item<double>();
-  return (a - b).abs().max().item<double>() / std::max(scale, 1e-30);
 }
 
 // Compares every hidden state (dim 0) and returns the largest relative error.
@@ -74,18 +66,6 @@ torch::Tensor nan_buffer(const Qwen2Model& model, int64_t batch, int64_t length)
   return torch::full({model->num_layers() + 1, batch, length, model->config().hidden_size},
                      std::numeric_limits<float>::quiet_NaN(),
                      torch::TensorOptions().dtype(model->dtype()).device(model->device()));
-}
-
-// Expects `fn` to throw focusvla::Error whose message contains every one of `needles`.
-template <typename Fn>
-void expect_error(Fn&& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "no focusvla::Error thrown; expected one mentioning " << needles.front();
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    for (const auto& needle : needles) EXPECT_NE(message.find(needle), std::string::npos) << "message: " << message;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 #include "focusvla/io/state_dict.h"
 #include "focusvla/policy/action_head.h"
 #include "focusvla/policy/proprio_projector.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace {
@@ -36,6 +37,7 @@ using focusvla::policy::HeadKind;
 using focusvla::policy::ProprioProjector;
 using focusvla::policy::ProprioProjectorImpl;
 using focusvla::testing::data_path;
+using focusvla::testing::relative_error;
 using focusvla::testing::expect_error;
 
 constexpr double kTolF32 = 1e-4;
@@ -63,17 +65,6 @@ Case load_case(const std::string& name) {
   c.data = StateDict::from_safetensors(data_path(kGroup, name + "/data.safetensors"));
   if (!c.meta.at("focus").is_null()) c.focus = FocusConfig::from_json(c.meta.at("focus"), meta_path);
   return c;
-}
-
-// max|a - b| / max|b|, in fp32.
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  const auto a = actual.to(torch::kFloat32);
-  const auto b = expected.to(torch::kFloat32);
-  EXPECT_EQ(a.sizes(), b.sizes());
-  if (a.sizes() != b.sizes()) return std::numeric_limits<double>::infinity();
-  if (!torch::isfinite(a).all().item<bool>()) return std::numeric_limits<double>::infinity();
-  const double scale = b.abs().max().item<double>();
-  return (a - b).abs().max().item<double>() / std::max(scale, 1e-30);
 }
 
 std::string fmt(double v) {

@@ -14,6 +14,7 @@
 #include "focusvla/io/json_file.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/policy/policy.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace focusvla {
@@ -56,9 +57,7 @@ Observation observation(const nlohmann::json& o) {
 double relative_error(const ActionChunk::Matrix& got, const torch::Tensor& expected) {
   const torch::Tensor e = expected.to(torch::kFloat64).contiguous();
   const torch::Tensor g = torch::from_blob(const_cast<double*>(got.data()), {got.rows(), got.cols()}, torch::kFloat64);
-  EXPECT_EQ(g.sizes(), e.sizes());
-  EXPECT_FALSE(g.isnan().any().item<bool>()) << "NaN in the actions";
-  return ((g - e).abs().max() / e.abs().max()).item<double>();
+  return testing::relative_error(g, e);
 }
 
 void expect_case(const std::string& name, double tolerance) {
