@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The vision encoders, focusvla (C++) against timm, same shapes, same run.
 
-Usage: bench_vision_timm.py BENCH_BINARY [--repeats 3] [--threads N] [--cases dino_fp32,...]
+Usage: bench_vision_timm.py BENCH_BINARY [--repeats 3] [--rounds 1] [--threads N] [--cases dino_fp32,...]
 
 For each case, runs BENCH_BINARY (focusvla_bench_vision) on that case alone with
 --benchmark_format=json, then times the reference on the same work right after, so that both see
-the same load on the machine; prints milliseconds, wall and process CPU time (the minimum over
+the same load on the machine (--rounds R repeats the whole alternation); prints milliseconds, wall and process CPU time (the minimum over
 the repetitions: the figures least disturbed by other processes), and the ratios
 reference / focusvla:
   dino_*, siglip_*   timm VisionTransformer (DINOv2-L/14-reg4, SigLIP-SO400M/14 at 224, random
@@ -148,17 +148,24 @@ def main():
     parser.add_argument("binary", help="path to focusvla_bench_vision")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="alternate focusvla and the reference this often")
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: " + ", ".join(CASES))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    rows, context = [], {}
-    for label in args.cases.split(","):
-        c, context = cpp_time(args.binary, label, args.threads)
-        r = reference_time(label.replace("_f32mm", ""), args.repeats)
-        rows.append((label, c, r))
-        print(f"  {label}: focusvla {c} ms, reference {r} ms (wall, cpu)", file=sys.stderr, flush=True)
+    def best(a, b):
+        return tuple(min(x, y) if x is not None and y is not None else x if y is None else y for x, y in zip(a, b))
+
+    results, context = {}, {}
+    for _ in range(args.rounds):
+        for label in args.cases.split(","):
+            c, context = cpp_time(args.binary, label, args.threads)
+            r = reference_time(label.replace("_f32mm", ""), args.repeats)
+            old_c, old_r = results.get(label, ((None, None), (None, None)))
+            results[label] = (best(old_c, c), best(old_r, r))
+            print(f"  {label}: focusvla {c} ms, reference {r} ms (wall, cpu)", file=sys.stderr, flush=True)
+    rows = [(label, *results[label]) for label in args.cases.split(",")]
 
     def cell(v, width):
         return f"{v:>{width}.1f}" if v is not None else f"{'-':>{width}}"

@@ -47,7 +47,8 @@ struct ImageView {
   int64_t row_stride = 0;
 };
 
-// ----- The resamplers. `images` is uint8 (H, W, C) or (N, H, W, C); the result has the same rank.
+// ----- The resamplers. `images` is uint8 (H, W, 3) or (N, H, W, 3) on any device; the result has
+// the same rank and device (the arithmetic runs on the host).
 
 enum class PilFilter { bilinear, bicubic, lanczos };
 // Parses a Pillow / preprocessor_config interpolation name ("bicubic", "bilinear", "lanczos");
