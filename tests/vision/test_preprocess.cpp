@@ -21,18 +21,7 @@ namespace {
 
 using focusvla::testing::asset_path;
 using focusvla::testing::data_path;
-
-template <typename F>
-void expect_preprocess_error(F&& f, std::initializer_list<std::string> fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "expected focusvla::Error, got no exception";
-  } catch (const Error& e) {
-    for (const auto& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-          << "message: " << e.what() << "\nmissing: " << fragment;
-  }
-}
+using focusvla::testing::expect_error;
 
 struct Data {
   io::StateDict tensors;
@@ -226,9 +215,9 @@ TEST(PreprocessPipeline, OpenCvMatInputs) {
   cv::Mat big(300, 300, CV_8UC3, cv::Scalar(1, 2, 3));
   c.copyTo(big(cv::Rect(10, 20, 256, 256)));
   EXPECT_TRUE(torch::equal(preprocess(big(cv::Rect(10, 20, 256, 256))), reference.slice(0, 2, 3)));
-  expect_preprocess_error([&] { preprocess(cv::Mat(10, 10, CV_32FC3)); }, {"cv::Mat", "expected uint8 data"});
-  expect_preprocess_error([&] { preprocess(cv::Mat(10, 10, CV_8UC1)); }, {"cv::Mat", "expected 3 channels", "got 1"});
-  expect_preprocess_error([&] { preprocess(cv::Mat()); }, {"cv::Mat"});
+  expect_error([&] { preprocess(cv::Mat(10, 10, CV_32FC3)); }, {"cv::Mat", "expected uint8 data"});
+  expect_error([&] { preprocess(cv::Mat(10, 10, CV_8UC1)); }, {"cv::Mat", "expected 3 channels", "got 1"});
+  expect_error([&] { preprocess(cv::Mat()); }, {"cv::Mat"});
 }
 #endif
 
@@ -259,43 +248,43 @@ TEST(PreprocessPipeline, IntoCallerBufferLeavesNoPoison) {
 
 TEST(PreprocessErrors, WrongChannelCount) {
   const ImagePreprocessor preprocess(reference_config());
-  expect_preprocess_error([&] { preprocess(torch::zeros({32, 32, 4}, torch::kUInt8)); },
+  expect_error([&] { preprocess(torch::zeros({32, 32, 4}, torch::kUInt8)); },
                           {"expected 3 channels", "got 4", "[32, 32, 4]"});
-  expect_preprocess_error([&] { preprocess(torch::zeros({2, 32, 32, 1}, torch::kUInt8)); },
+  expect_error([&] { preprocess(torch::zeros({2, 32, 32, 1}, torch::kUInt8)); },
                           {"expected 3 channels", "got 1"});
-  expect_preprocess_error([&] { pil_resize(torch::zeros({8, 8, 2}, torch::kUInt8), 4, 4); },
+  expect_error([&] { pil_resize(torch::zeros({8, 8, 2}, torch::kUInt8), 4, 4); },
                           {"pil_resize", "expected 3 channels"});
   std::vector<uint8_t> buffer(64 * 4);
-  expect_preprocess_error([&] { preprocess(ImageView{buffer.data(), 8, 8, 4}); },
+  expect_error([&] { preprocess(ImageView{buffer.data(), 8, 8, 4}); },
                           {"image buffer", "expected 3 channels", "got 4"});
 }
 
 TEST(PreprocessErrors, EmptyImage) {
   const ImagePreprocessor preprocess(reference_config());
-  expect_preprocess_error([&] { preprocess(torch::zeros({0, 10, 3}, torch::kUInt8)); }, {"empty image (0x10)"});
-  expect_preprocess_error([&] { preprocess(ImageView{nullptr, 0, 0}); }, {"image buffer", "empty image"});
-  expect_preprocess_error([&] { tf_center_crop(torch::zeros({5, 0, 3}, torch::kUInt8)); },
+  expect_error([&] { preprocess(torch::zeros({0, 10, 3}, torch::kUInt8)); }, {"empty image (0x10)"});
+  expect_error([&] { preprocess(ImageView{nullptr, 0, 0}); }, {"image buffer", "empty image"});
+  expect_error([&] { tf_center_crop(torch::zeros({5, 0, 3}, torch::kUInt8)); },
                           {"tf_center_crop", "empty image (5x0)"});
-  expect_preprocess_error([&] { preprocess(torch::Tensor()); }, {"undefined"});
+  expect_error([&] { preprocess(torch::Tensor()); }, {"undefined"});
 }
 
 TEST(PreprocessErrors, NonUint8Data) {
   const ImagePreprocessor preprocess(reference_config());
-  expect_preprocess_error([&] { preprocess(torch::zeros({16, 16, 3}, torch::kFloat32)); },
+  expect_error([&] { preprocess(torch::zeros({16, 16, 3}, torch::kFloat32)); },
                           {"expected uint8 image data", "Float"});
-  expect_preprocess_error([&] { preprocess({torch::zeros({16, 16, 3}, torch::kUInt8), torch::zeros({16, 16, 3})}); },
+  expect_error([&] { preprocess({torch::zeros({16, 16, 3}, torch::kUInt8), torch::zeros({16, 16, 3})}); },
                           {"image 1", "expected uint8 image data", "Float"});
-  expect_preprocess_error([&] { tf_resize_lanczos3(torch::zeros({16, 16, 3}, torch::kInt32), 8, 8); },
+  expect_error([&] { tf_resize_lanczos3(torch::zeros({16, 16, 3}, torch::kInt32), 8, 8); },
                           {"tf_resize_lanczos3", "Int"});
 }
 
 TEST(PreprocessErrors, ZeroCameras) {
   const ImagePreprocessor preprocess(reference_config());
-  expect_preprocess_error([&] { preprocess(std::vector<torch::Tensor>{}); }, {"zero cameras"});
-  expect_preprocess_error([&] { preprocess(std::vector<ImageView>{}); }, {"zero cameras"});
-  expect_preprocess_error([&] { preprocess(torch::zeros({0, 16, 16, 3}, torch::kUInt8)); }, {"no images (N = 0)"});
-  expect_preprocess_error([&] { preprocess.batch({}); }, {"no samples"});
-  expect_preprocess_error([&] { preprocess.batch({{}}); }, {"zero cameras"});
+  expect_error([&] { preprocess(std::vector<torch::Tensor>{}); }, {"zero cameras"});
+  expect_error([&] { preprocess(std::vector<ImageView>{}); }, {"zero cameras"});
+  expect_error([&] { preprocess(torch::zeros({0, 16, 16, 3}, torch::kUInt8)); }, {"no images (N = 0)"});
+  expect_error([&] { preprocess.batch({}); }, {"no samples"});
+  expect_error([&] { preprocess.batch({{}}); }, {"zero cameras"});
 }
 
 // Cameras of one call may differ in size (each is resized on its own), but every sample of a
@@ -304,26 +293,26 @@ TEST(PreprocessErrors, MismatchedCamerasAndBuffers) {
   const ImagePreprocessor preprocess(reference_config());
   const auto a = torch::zeros({224, 224, 3}, torch::kUInt8), b = torch::zeros({100, 120, 3}, torch::kUInt8);
   EXPECT_EQ(preprocess({a, b}).sizes(), (std::vector<int64_t>{2, 6, 224, 224}));
-  expect_preprocess_error([&] { preprocess.batch({{a, b}, {a}}); },
+  expect_error([&] { preprocess.batch({{a, b}, {a}}); },
                           {"sample 1 has 1 camera images, sample 0 has 2"});
-  expect_preprocess_error([&] { preprocess({a, torch::zeros({2, 224, 224, 3}, torch::kUInt8)}); },
+  expect_error([&] { preprocess({a, torch::zeros({2, 224, 224, 3}, torch::kUInt8)}); },
                           {"image 1", "one image [H, W, 3] per camera"});
   auto wrong = torch::zeros({3, 6, 224, 224});
-  expect_preprocess_error([&] { preprocess.into({a, b}, wrong); }, {"output buffer", "[2, 6, 224, 224]"});
+  expect_error([&] { preprocess.into({a, b}, wrong); }, {"output buffer", "[2, 6, 224, 224]"});
   auto half = torch::zeros({2, 6, 224, 224}, torch::kFloat16);
-  expect_preprocess_error([&] { preprocess.into({a, b}, half); }, {"output buffer must be float32", "Half"});
+  expect_error([&] { preprocess.into({a, b}, half); }, {"output buffer must be float32", "Half"});
 }
 
 TEST(PreprocessErrors, UnsupportedConfig) {
   auto config = reference_config();
   config.image_resize_strategy = "letterbox";
-  expect_preprocess_error([&] { ImagePreprocessor p(config); }, {"letterbox"});
+  expect_error([&] { ImagePreprocessor p(config); }, {"letterbox"});
   config = reference_config();
   config.backbones[1].interpolation = "nearest";
-  expect_preprocess_error([&] { ImagePreprocessor p(config); }, {"interpolation 'nearest'"});
+  expect_error([&] { ImagePreprocessor p(config); }, {"interpolation 'nearest'"});
   config = reference_config();
   config.backbones.pop_back();
-  expect_preprocess_error([&] { ImagePreprocessor p(config); }, {"two backbones"});
+  expect_error([&] { ImagePreprocessor p(config); }, {"two backbones"});
 }
 
 }  // namespace

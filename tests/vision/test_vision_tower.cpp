@@ -9,30 +9,15 @@
 #include "focusvla/io/checkpoint_config.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/vision/vision_tower.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace focusvla::vision {
 namespace {
 
 using focusvla::testing::data_path;
-
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  const auto a = actual.to(torch::kFloat64), b = expected.to(torch::kFloat64);
-  EXPECT_EQ(a.sizes(), b.sizes());
-  return (a - b).abs().max().item<double>() / b.abs().max().item<double>();
-}
-
-template <typename F>
-void expect_tower_error(F&& f, std::initializer_list<std::string> fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "expected focusvla::Error, got no exception";
-  } catch (const Error& e) {
-    for (const auto& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-          << "message: " << e.what() << "\nmissing: " << fragment;
-  }
-}
+using focusvla::testing::expect_error;
+using focusvla::testing::relative_error;
 
 struct Case {
   io::StateDict model;
@@ -181,50 +166,50 @@ TEST(VisionTower, FullSizeFp32MatchesPrismatic) {
 TEST(VisionTowerErrors, BadPixels) {
   const Case c = read_case("tiny16");
   const auto tower = VisionTower::load(c.model, c.config);
-  expect_tower_error([&] { tower->forward(torch::zeros({2, 5, 224, 224})); },
+  expect_error([&] { tower->forward(torch::zeros({2, 5, 224, 224})); },
                      {"expected 6 channels", "[2, 5, 224, 224]"});
-  expect_tower_error([&] { tower->forward(torch::zeros({0, 6, 224, 224})); }, {"no camera images (N = 0)"});
-  expect_tower_error([&] { tower->forward(torch::zeros({1, 0, 6, 224, 224})); }, {"no camera images (N = 0)"});
-  expect_tower_error([&] { tower->forward(torch::zeros({1, 6, 224, 224}, torch::kUInt8)); },
+  expect_error([&] { tower->forward(torch::zeros({0, 6, 224, 224})); }, {"no camera images (N = 0)"});
+  expect_error([&] { tower->forward(torch::zeros({1, 0, 6, 224, 224})); }, {"no camera images (N = 0)"});
+  expect_error([&] { tower->forward(torch::zeros({1, 6, 224, 224}, torch::kUInt8)); },
                      {"floating point", "Byte"});
-  expect_tower_error([&] { tower->forward(torch::zeros({1, 6, 256, 256})); }, {"224x224", "[1, 6, 256, 256]"});
-  expect_tower_error([&] { tower->forward(torch::zeros({6, 224, 224})); }, {"[N, 6, H, W]", "[6, 224, 224]"});
+  expect_error([&] { tower->forward(torch::zeros({1, 6, 256, 256})); }, {"224x224", "[1, 6, 256, 256]"});
+  expect_error([&] { tower->forward(torch::zeros({6, 224, 224})); }, {"[N, 6, H, W]", "[6, 224, 224]"});
 }
 
 TEST(VisionTowerErrors, MissingKeyIsNamed) {
   const Case c = read_case("tiny16");
   const std::string key = "vision_backbone.fused_featurizer.blocks.1.mlp.fc2.bias";
-  expect_tower_error([&] { VisionTower::load(edited(c.model, key), c.config); },
+  expect_error([&] { VisionTower::load(edited(c.model, key), c.config); },
                      {"loading the vision tower", "missing", key});
-  expect_tower_error([&] { VisionTower::load(edited(c.model, "projector.fc3.weight"), c.config); },
+  expect_error([&] { VisionTower::load(edited(c.model, "projector.fc3.weight"), c.config); },
                      {"missing", "projector.fc3.weight"});
 }
 
 TEST(VisionTowerErrors, MisShapedKeyNamesExpectedAndFound) {
   const Case c = read_case("tiny16");
   const std::string key = "vision_backbone.featurizer.blocks.2.attn.qkv.weight";
-  expect_tower_error([&] { VisionTower::load(edited(c.model, key, torch::zeros({10, 128})), c.config); },
+  expect_error([&] { VisionTower::load(edited(c.model, key, torch::zeros({10, 128})), c.config); },
                      {key + ": expected [384, 128], found [10, 128]"});
   const std::string fused = "vision_backbone.fused_featurizer.pos_embed";
-  expect_tower_error([&] { VisionTower::load(edited(c.model, fused, torch::zeros({1, 255, 144})), c.config); },
+  expect_error([&] { VisionTower::load(edited(c.model, fused, torch::zeros({1, 255, 144})), c.config); },
                      {fused + ": expected [1, 256, 144], found [1, 255, 144]"});
   // All problems at once, not just the first.
   auto two = edited(edited(c.model, key, torch::zeros({10, 128})), "projector.fc2.bias", torch::zeros({7}));
-  expect_tower_error([&] { VisionTower::load(two, c.config); }, {key, "projector.fc2.bias: expected [112], found [7]"});
+  expect_error([&] { VisionTower::load(two, c.config); }, {key, "projector.fc2.bias: expected [112], found [7]"});
 }
 
 TEST(VisionTowerErrors, NotAVisionCheckpoint) {
   io::StateDict state;
   state.insert("language_model.model.embed_tokens.weight", torch::zeros({4, 4}), "llm.safetensors");
   const Case c = read_case("tiny16");
-  expect_tower_error([&] { VisionTower::load(state, c.config); },
+  expect_error([&] { VisionTower::load(state, c.config); },
                      {"no 'vision_backbone.*' tensors", "vision_backbone.featurizer.cls_token"});
   io::VlaConfig single = c.config;
   single.use_fused_vision_backbone = false;
-  expect_tower_error([&] { VisionTowerConfig::from_vla_config(single); }, {"use_fused_vision_backbone"});
+  expect_error([&] { VisionTowerConfig::from_vla_config(single); }, {"use_fused_vision_backbone"});
   io::VlaConfig unknown = c.config;
   unknown.timm_model_ids[1] = "vit_huge_patch14_clip_224";
-  expect_tower_error([&] { VisionTowerConfig::from_vla_config(unknown); }, {"vit_huge_patch14_clip_224"});
+  expect_error([&] { VisionTowerConfig::from_vla_config(unknown); }, {"vit_huge_patch14_clip_224"});
 }
 
 TEST(Projector, MatchesTorchWithWidthsFromTheCheckpoint) {

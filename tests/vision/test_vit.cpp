@@ -12,31 +12,15 @@
 #include "focusvla/io/state_dict.h"
 #include "focusvla/vision/vision_tower.h"
 #include "focusvla/vision/vit.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace focusvla::vision {
 namespace {
 
 using focusvla::testing::data_path;
-
-// max|a - b| / max|b|, in double.
-double relative_error(const torch::Tensor& actual, const torch::Tensor& expected) {
-  const auto a = actual.to(torch::kFloat64), b = expected.to(torch::kFloat64);
-  EXPECT_EQ(a.sizes(), b.sizes());
-  return (a - b).abs().max().item<double>() / b.abs().max().item<double>();
-}
-
-template <typename F>
-void expect_vit_error(F&& f, std::initializer_list<std::string> fragments) {
-  try {
-    f();
-    ADD_FAILURE() << "expected focusvla::Error, got no exception";
-  } catch (const Error& e) {
-    for (const auto& fragment : fragments)
-      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos)
-          << "message: " << e.what() << "\nmissing: " << fragment;
-  }
-}
+using focusvla::testing::expect_error;
+using focusvla::testing::relative_error;
 
 // The tiny16 encoders as gen_vision.py builds them.
 VitConfig tiny_dino() {
@@ -91,19 +75,19 @@ TEST(VitConfig, TableFollowsTimm) {
 
   // The tag is optional; an unknown id names the known ones.
   EXPECT_EQ(VitConfig::from_timm_id("vit_large_patch14_reg4_dinov2").dim, 1024);
-  expect_vit_error([] { VitConfig::from_timm_id("vit_base_patch16_224.augreg_in21k"); },
+  expect_error([] { VitConfig::from_timm_id("vit_base_patch16_224.augreg_in21k"); },
                    {"vit_base_patch16_224.augreg_in21k", "not a known vision encoder", "vit_so400m_patch14_siglip_224"});
 }
 
 TEST(VitConfig, ValidationNamesTheField) {
   VitConfig c = VitConfig::dinov2_vit_large_reg4();
   c.num_heads = 7;
-  expect_vit_error([&] { VisionTransformer(c, torch::TensorOptions()); }, {"dim 1024", "num_heads 7"});
+  expect_error([&] { VisionTransformer(c, torch::TensorOptions()); }, {"dim 1024", "num_heads 7"});
   c = VitConfig::dinov2_vit_large_reg4();
   c.stop_after_block = 24;
-  expect_vit_error([&] { c.validate("featurizer"); }, {"featurizer", "stop_after_block 24"});
+  expect_error([&] { c.validate("featurizer"); }, {"featurizer", "stop_after_block 24"});
   c = VitConfig::siglip_so400m(230);
-  expect_vit_error([&] { c.validate("fused_featurizer"); }, {"image_size 230", "patch_size 14"});
+  expect_error([&] { c.validate("fused_featurizer"); }, {"image_size 230", "patch_size 14"});
 }
 
 // Our parameter names and shapes at full size are exactly timm's (with LayerScale's gamma saved as
@@ -190,9 +174,9 @@ TEST(VitTap, NamedIntermediatesMatchTimm) {
 
 TEST(VitForward, WrongPixelShapeIsAnError) {
   const VisionTransformer vit(tiny_dino(), torch::TensorOptions());
-  expect_vit_error([&] { vit->forward(torch::zeros({1, 4, 224, 224})); }, {"VisionTransformer", "[1, 4, 224, 224]"});
-  expect_vit_error([&] { vit->forward(torch::zeros({1, 3, 112, 112})); }, {"[B, 3, 224, 224]", "[1, 3, 112, 112]"});
-  expect_vit_error([&] { vit->forward(torch::zeros({3, 224, 224})); }, {"[3, 224, 224]"});
+  expect_error([&] { vit->forward(torch::zeros({1, 4, 224, 224})); }, {"VisionTransformer", "[1, 4, 224, 224]"});
+  expect_error([&] { vit->forward(torch::zeros({1, 3, 112, 112})); }, {"[B, 3, 224, 224]", "[1, 3, 112, 112]"});
+  expect_error([&] { vit->forward(torch::zeros({3, 224, 224})); }, {"[3, 224, 224]"});
 }
 
 // Loading checks every used key; the unused blocks and heads may be anything.
@@ -215,13 +199,13 @@ TEST(VitLoad, UsedKeysAreCheckedUnusedIgnored) {
   load(rebuilt(prefix + ".blocks.3.mlp.fc1.weight", torch::zeros({3, 3})));
   load(rebuilt(prefix + ".norm.weight", torch::Tensor()));
   // A used key missing or mis-shaped is reported with its name and shapes.
-  expect_vit_error([&] { load(rebuilt(prefix + ".blocks.2.attn.qkv.weight", torch::Tensor())); },
+  expect_error([&] { load(rebuilt(prefix + ".blocks.2.attn.qkv.weight", torch::Tensor())); },
                    {"missing", "vision_backbone.featurizer.blocks.2.attn.qkv.weight"});
-  expect_vit_error([&] { load(rebuilt(prefix + ".blocks.1.ls2.scale_factor", torch::zeros({127}))); },
+  expect_error([&] { load(rebuilt(prefix + ".blocks.1.ls2.scale_factor", torch::zeros({127}))); },
                    {"vision_backbone.featurizer.blocks.1.ls2.scale_factor: expected [128], found [127]"});
-  expect_vit_error([&] { load(rebuilt(prefix + ".reg_token", torch::zeros({1, 5, 128}))); },
+  expect_error([&] { load(rebuilt(prefix + ".reg_token", torch::zeros({1, 5, 128}))); },
                    {"vision_backbone.featurizer.reg_token: expected [1, 4, 128], found [1, 5, 128]"});
-  expect_vit_error([&] { load(rebuilt(prefix + ".blocks.0.attn.extra", torch::zeros({1}))); },
+  expect_error([&] { load(rebuilt(prefix + ".blocks.0.attn.extra", torch::zeros({1}))); },
                    {"unexpected", "vision_backbone.featurizer.blocks.0.attn.extra"});
 }
 
