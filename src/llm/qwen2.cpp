@@ -15,15 +15,21 @@ void emit(const ForwardContext& context, const char* name, const torch::Tensor& 
   if (context.hook != nullptr) (*context.hook)(name, context.layer, value);
 }
 
-// y = x W^T + b, for bf16 optionally as an fp32 matmul of the upcast operands (CpuBf16Matmul).
+// y = x W^T + b, for bf16 optionally as an fp32 matmul (CpuBf16Matmul) with the fp32 copies kept
+// by set_cpu_bf16_matmul (upcast for this call only when none are kept).
 torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                     const ForwardContext& context) {
+                     const ForwardContext& context, const torch::Tensor& weight_fp32 = {},
+                     const torch::Tensor& bias_fp32 = {}) {
   if (context.bf16_matmul_in_fp32 && x.scalar_type() == torch::kBFloat16) {
-    return torch::linear(x.to(torch::kFloat32), weight.to(torch::kFloat32),
-                         bias.defined() ? bias.to(torch::kFloat32) : bias)
-        .to(torch::kBFloat16);
+    if (weight_fp32.defined()) return nn::linear_bf16_as_fp32(x, weight_fp32, bias_fp32);
+    return nn::linear_bf16_as_fp32(x, weight.to(torch::kFloat32), bias.defined() ? bias.to(torch::kFloat32) : bias);
   }
   return torch::linear(x, weight, bias);
+}
+
+torch::Tensor fp32_copy(const torch::Tensor& t, bool on) {
+  torch::NoGradGuard no_grad;
+  return on && t.defined() ? t.to(torch::kFloat32) : torch::Tensor();
 }
 
 // HF apply_rotary_pos_emb on x (B, L, heads, head_dim): x * cos + rotate_half(x) * sin, with
@@ -130,17 +136,27 @@ bool Qwen2AttentionImpl::fused() const {
          is_row_block(k_proj->bias, qkv_bias_, nq) && is_row_block(v_proj->bias, qkv_bias_, nq + nkv);
 }
 
+void Qwen2AttentionImpl::keep_fp32_copies(bool on) {
+  on = on && fused();
+  qkv_weight_fp32_ = fp32_copy(qkv_weight_, on);
+  qkv_bias_fp32_ = fp32_copy(qkv_bias_, on);
+  o_proj->keep_fp32_copy(on);
+}
+
 void Qwen2AttentionImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
   fuse();
+  keep_fp32_copies(false);  // stale after a move
 }
 void Qwen2AttentionImpl::to(torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(dtype, non_blocking);
   fuse();
+  keep_fp32_copies(false);  // stale after a move
 }
 void Qwen2AttentionImpl::to(torch::Device device, bool non_blocking) {
   torch::nn::Module::to(device, non_blocking);
   fuse();
+  keep_fp32_copies(false);  // stale after a move
 }
 
 torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
@@ -151,7 +167,7 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
   const int64_t nkv = num_kv_heads_ * head_dim_;
   torch::Tensor q, k, v;
   if (fused()) {
-    const auto qkv = linear(x, qkv_weight_, qkv_bias_, context);
+    const auto qkv = linear(x, qkv_weight_, qkv_bias_, context, qkv_weight_fp32_, qkv_bias_fp32_);
     q = qkv.narrow(2, 0, nq);
     k = qkv.narrow(2, nq, nkv);
     v = qkv.narrow(2, nq + nkv, nkv);
@@ -173,7 +189,7 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
                                                /*scale=*/c10::nullopt, /*enable_gqa=*/num_kv_heads_ != num_heads_);
   o = o.transpose(1, 2).reshape({batch, length, num_heads_ * head_dim_});
   emit(context, "attn_out", o);
-  return linear(o, o_proj->weight, o_proj->bias, context);
+  return linear(o, o_proj->weight, o_proj->bias, context, o_proj->weight_fp32, o_proj->bias_fp32);
 }
 
 Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
@@ -192,23 +208,32 @@ bool Qwen2MLPImpl::fused() const {
          is_row_block(up_proj->weight, gate_up_weight_, gate_proj->weight.size(0));
 }
 
+void Qwen2MLPImpl::keep_fp32_copies(bool on) {
+  on = on && fused();
+  gate_up_weight_fp32_ = fp32_copy(gate_up_weight_, on);
+  down_proj->keep_fp32_copy(on);
+}
+
 void Qwen2MLPImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
   fuse();
+  keep_fp32_copies(false);  // stale after a move
 }
 void Qwen2MLPImpl::to(torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(dtype, non_blocking);
   fuse();
+  keep_fp32_copies(false);  // stale after a move
 }
 void Qwen2MLPImpl::to(torch::Device device, bool non_blocking) {
   torch::nn::Module::to(device, non_blocking);
   fuse();
+  keep_fp32_copies(false);  // stale after a move
 }
 
 torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x, const ForwardContext& context) const {
   torch::Tensor h;
   if (fused()) {
-    const auto gate_up = linear(x, gate_up_weight_, {}, context);
+    const auto gate_up = linear(x, gate_up_weight_, {}, context, gate_up_weight_fp32_);
     const int64_t n = gate_proj->weight.size(0);
     h = torch::silu(gate_up.narrow(-1, 0, n));
     h.mul_(gate_up.narrow(-1, n, n));
@@ -217,7 +242,7 @@ torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x, const ForwardContext
     torch::silu_(h);
     h.mul_(linear(x, up_proj->weight, {}, context));
   }
-  return linear(h, down_proj->weight, {}, context);
+  return linear(h, down_proj->weight, {}, context, down_proj->weight_fp32);
 }
 
 Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
@@ -346,15 +371,36 @@ torch::Tensor Qwen2ModelImpl::forward_into(torch::Tensor& out, const torch::Tens
         "expected " + dtype_name(dtype()) + " on " + device().str() + ", got " + dtype_name(out.scalar_type()) + " on " +
             out.device().str());
   check(out.is_contiguous(), "Qwen2Model: out", "must be contiguous");
+  return run(out, inputs_embeds, attention_mask(batch, length, lengths));
+}
+
+torch::Tensor Qwen2ModelImpl::forward_into(torch::Tensor& out, const torch::Tensor& inputs_embeds,
+                                           const AttentionMask& mask) const {
+  check_input(inputs_embeds, {});
+  const int64_t batch = inputs_embeds.size(0), length = inputs_embeds.size(1);
+  check(out.defined() && out.dim() == 4 && out.size(0) == config_.num_hidden_layers + 1 && out.size(1) == batch &&
+            out.size(2) == length && out.size(3) == config_.hidden_size && out.is_contiguous() &&
+            out.scalar_type() == dtype() && out.device() == device(),
+        "Qwen2Model: out", "must be a contiguous (layers + 1, B, L, hidden) tensor in the model's dtype and device");
+  check(mask.causal_only() || (mask.mask.dim() == 4 && mask.mask.size(0) == batch && mask.mask.size(2) == length &&
+                               mask.mask.size(3) == length && mask.mask.device() == device()),
+        "Qwen2Model: mask", "must come from attention_mask() for this batch and length");
+  return run(out, inputs_embeds, mask);
+}
+
+torch::Tensor Qwen2ModelImpl::run(torch::Tensor& out, const torch::Tensor& inputs_embeds,
+                                  const AttentionMask& mask) const {
+  const int64_t n = config_.num_hidden_layers;
+  const int64_t length = inputs_embeds.size(1);
 
   torch::NoGradGuard no_grad;
   ForwardContext context;
   context.hook = debug_hook_ ? &debug_hook_ : nullptr;
   context.bf16_matmul_in_fp32 = bf16_matmul_in_fp32();
   const auto rope = rope_tables(length, device(), dtype());
-  const auto mask = attention_mask(batch, length, lengths);
-  out.select(0, 0).copy_(inputs_embeds);
   torch::Tensor h = out.select(0, 0);
+  // The caller may have written the embeddings into out[0] already.
+  if (!(inputs_embeds.data_ptr() == h.data_ptr() && inputs_embeds.strides() == h.strides())) h.copy_(inputs_embeds);
   for (int64_t l = 0; l < n; ++l) {
     // Every layer but the last writes straight into its slot; the last one's raw output is not
     // kept (h[n] is its normed value).
@@ -364,6 +410,15 @@ torch::Tensor Qwen2ModelImpl::forward_into(torch::Tensor& out, const torch::Tens
   }
   out.select(0, n).copy_(norm->forward(h));
   return out;
+}
+
+void Qwen2ModelImpl::set_cpu_bf16_matmul(CpuBf16Matmul mode) {
+  cpu_bf16_matmul_ = mode;
+  const bool keep = bf16_matmul_in_fp32();
+  for (auto& layer : layer_list_) {
+    layer->self_attn->keep_fp32_copies(keep);
+    layer->mlp->keep_fp32_copies(keep);
+  }
 }
 
 bool Qwen2ModelImpl::bf16_matmul_in_fp32() const {

@@ -155,11 +155,18 @@ ActionHeadConfig ActionHeadConfig::from_state(const io::StateDict& head, const s
 // ---------------------------------------------------------------------------------------------
 // RoPE
 
-RopeTable rope_table(int64_t length, int64_t head_dim, const torch::TensorOptions& options) {
+torch::Tensor rope_inv_freq(int64_t head_dim, const torch::TensorOptions& options) {
   // inv_freq as the reference's buffer: fp32 on the CPU, then cast with the module.
   const auto exponents = torch::arange(0, head_dim, 2, torch::kInt64).to(torch::kFloat32) / head_dim;
-  const auto inv_freq = torch::pow(kRopeBase, exponents).reciprocal().to(options.device(), options.dtype());
-  const auto positions = torch::arange(length, options);
+  return torch::pow(kRopeBase, exponents).reciprocal().to(options.device(), options.dtype());
+}
+
+RopeTable rope_table(int64_t length, int64_t head_dim, const torch::TensorOptions& options) {
+  return rope_table(length, rope_inv_freq(head_dim, options));
+}
+
+RopeTable rope_table(int64_t length, const torch::Tensor& inv_freq) {
+  const auto positions = torch::arange(length, inv_freq.options());
   auto angles = torch::outer(positions, inv_freq);  // (L, hd / 2)
   angles = torch::cat({angles, angles}, -1);         // half-split [f, f]
   return {angles.cos(), angles.sin()};
@@ -337,6 +344,14 @@ ActionHeadImpl::ActionHeadImpl(const ActionHeadConfig& config, const torch::Tens
   }
 }
 
+torch::Tensor ActionHeadImpl::rope_inv_freq() const {
+  const std::lock_guard<std::mutex> lock(inv_freq_mutex_);
+  const auto options = fc1->weight.options();
+  if (!inv_freq_.defined() || inv_freq_.device() != options.device() || inv_freq_.scalar_type() != dtype())
+    inv_freq_ = policy::rope_inv_freq(config_.head_dim(), options);
+  return inv_freq_;
+}
+
 io::LoadOptions ActionHeadImpl::load_options() const {
   io::LoadOptions options;
   options.ignored_prefixes = config_.unused_prefixes();
@@ -403,9 +418,10 @@ torch::Tensor ActionHeadImpl::forward(const torch::Tensor& visual, const torch::
   BlockContext context;
   context.diagnostics = diagnostics;
   if (c.kind != HeadKind::base) {
-    context.rope_self = rope_table(c.chunk, c.head_dim(), options);
-    context.rope_adapter = rope_table(q.size(2) + (p.defined() ? 1 : 0), c.head_dim(), options);
-    context.rope_task = rope_table(v.size(2), c.head_dim(), options);
+    const torch::Tensor inv_freq = rope_inv_freq();
+    context.rope_self = rope_table(c.chunk, inv_freq);
+    context.rope_adapter = rope_table(q.size(2) + (p.defined() ? 1 : 0), inv_freq);
+    context.rope_task = rope_table(v.size(2), inv_freq);
   }
   if (c.kind == HeadKind::focus && c.focus.value_source == "embeddings") context.shallow = v.select(1, 0);
 

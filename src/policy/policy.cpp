@@ -1,9 +1,12 @@
 #include "focusvla/policy/policy.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <mutex>
 
+#include "focusvla/core/cuda_graph.h"
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
 #include "focusvla/io/checkpoint.h"
@@ -20,8 +23,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The action-query placeholder and stop token ids the reference appends (SPEC 6).
-constexpr int64_t kPlaceholderId = 1;
+// The stop token id the reference appends (SPEC 6). The action-query placeholders (id 1) need no
+// lookup: their embeddings are replaced by the action queries.
 constexpr int64_t kStopId = 2;
 
 double ms_since(Clock::time_point start) {
@@ -50,6 +53,33 @@ Bounds bounds_of(const io::NormStats& stats, const std::string& normalization, c
 
 }  // namespace
 
+// The buffers of one input shape, allocated on its first call and reused by every later call of
+// that shape (no per-call allocation of activations, fixed addresses for a CUDA graph).
+struct Workspace {
+  struct Key {
+    int64_t batch = 0, cameras = 0;
+    std::vector<int64_t> prompt_lengths;  // token count of each sample's prompt
+    bool operator==(const Key& o) const {
+      return batch == o.batch && cameras == o.cameras && prompt_lengths == o.prompt_lengths;
+    }
+  };
+  Key key;
+  std::vector<int64_t> lengths;  // full sequence length of each sample
+  torch::Tensor staging;         // (B, N, 2, S, S, 3) uint8 on the host (pinned with CUDA)
+  torch::Tensor images;          // the same on the device (the staging buffer itself on the CPU)
+  torch::Tensor ids_host, ids;   // (B, longest prompt) int64 prompt token ids, right-padded with 0
+  torch::Tensor proprio_host, proprio;  // (B, P) float32, normalized
+  llm::AttentionMask mask;       // padding mask of a right-padded batch (causal only otherwise)
+  torch::Tensor hidden;          // (layers + 1, B, L, D); hidden[0] holds the input embeddings
+  torch::Tensor output;          // (B, chunk, action_dim) float32 on the device
+  torch::Tensor output_host;     // the same on the host (pinned with CUDA)
+  policy::HeadDiagnostics diagnostics;
+  std::unique_ptr<CudaGraph> graph;
+  bool graph_failed = false;
+  int64_t runs = 0;
+  uint64_t last_use = 0;
+};
+
 struct Policy::Impl {
   PolicyOptions options;
   std::string unnorm_key;
@@ -60,15 +90,21 @@ struct Policy::Impl {
   vision::VisionTower vision{nullptr};
   llm::Qwen2Model llm{nullptr};
   torch::Tensor action_queries;  // (64, D)
+  torch::Tensor stop_embedding;  // (1, D): the embedding of the stop token that ends the sequence
   policy::ActionHead head{nullptr};
   policy::ProprioProjector proprio_projector{nullptr};
   Bounds action_bounds;
   std::optional<Bounds> proprio_bounds;
   int64_t max_positions = 0;
   mutable std::mutex mutex;
+  mutable std::vector<std::unique_ptr<Workspace>> workspaces;
+  mutable uint64_t calls = 0;
+  mutable std::string last_execution = "none";
 
   std::vector<int64_t> prompt_ids(const std::string& instruction) const;
-  torch::Tensor proprio_token(const std::vector<std::vector<double>>& proprio) const;
+  void normalize_proprio(const std::vector<double>& raw, float* out) const;
+  Workspace& workspace(const Workspace::Key& key) const;
+  void forward(Workspace& w, StageTimer* timer) const;
   std::vector<ActionChunk> run(const std::vector<Observation>& batch) const;
   ActionChunk unnormalize(const torch::Tensor& normalized) const;
 };
@@ -79,25 +115,22 @@ std::vector<int64_t> Policy::Impl::prompt_ids(const std::string& instruction) co
   check(!blank, "instruction", "is empty");
   const auto ids32 = tokenizer->encode(build_prompt(prompt_format, instruction));
   check(!ids32.empty(), "instruction", "tokenizes to nothing");
+  const int64_t rows = llm->embed_tokens->weight.size(0);
+  for (const int32_t id : ids32)
+    check(id >= 0 && id < rows, "instruction",
+          "token id " + std::to_string(id) + " is outside the embedding table [0, " + std::to_string(rows) + ")");
   return std::vector<int64_t>(ids32.begin(), ids32.end());
 }
 
-// Raw proprio vectors (B of P) -> normalized (SPEC 10) -> projected tokens (B, 1, D).
-torch::Tensor Policy::Impl::proprio_token(const std::vector<std::vector<double>>& proprio) const {
-  const int64_t dim = proprio_projector->proprio_dim();
-  const auto batch = static_cast<int64_t>(proprio.size());
-  torch::Tensor normalized = torch::empty({batch, dim}, torch::kFloat32);
-  auto* out = normalized.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t i = 0; i < dim; ++i) {
-      const double x = proprio[b][i];
-      const auto& p = *proprio_bounds;
-      const double n = p.mask[i] ? std::clamp(2 * (x - p.low[i]) / (p.high[i] - p.low[i] + 1e-8) - 1, -1.0, 1.0)
-                                 : std::clamp(x, -1.0, 1.0);
-      out[b * dim + i] = static_cast<float>(n);
-    }
+// Raw proprio (P) -> normalized to [-1, 1] with the dataset's bounds (SPEC 10).
+void Policy::Impl::normalize_proprio(const std::vector<double>& raw, float* out) const {
+  const auto& p = *proprio_bounds;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    const double x = raw[i];
+    const double n = p.mask[i] ? std::clamp(2 * (x - p.low[i]) / (p.high[i] - p.low[i] + 1e-8) - 1, -1.0, 1.0)
+                               : std::clamp(x, -1.0, 1.0);
+    out[i] = static_cast<float>(n);
   }
-  return proprio_projector->forward(normalized.to(options.device)).unsqueeze(1);
 }
 
 ActionChunk Policy::Impl::unnormalize(const torch::Tensor& normalized) const {
@@ -113,6 +146,96 @@ ActionChunk Policy::Impl::unnormalize(const torch::Tensor& normalized) const {
   return chunk;
 }
 
+Workspace& Policy::Impl::workspace(const Workspace::Key& key) const {
+  ++calls;
+  for (auto& w : workspaces) {
+    if (w->key == key) {
+      w->last_use = calls;
+      return *w;
+    }
+  }
+  if (static_cast<int64_t>(workspaces.size()) >= std::max(1, options.max_cached_shapes)) {
+    const auto lru = std::min_element(workspaces.begin(), workspaces.end(),
+                                      [](const auto& a, const auto& b) { return a->last_use < b->last_use; });
+    workspaces.erase(lru);
+  }
+  auto w = std::make_unique<Workspace>();
+  w->key = key;
+  w->last_use = calls;
+  const torch::Device device = options.device;
+  const bool cuda = device.is_cuda();
+  const auto host = torch::TensorOptions().pinned_memory(cuda);
+  const int64_t b = key.batch, size = preprocessor->image_size();
+  const int64_t nv = key.cameras * vision->config.tokens_per_image();
+  const int64_t nq = action_queries.size(0);
+  for (const int64_t p : key.prompt_lengths) w->lengths.push_back(nv + p + nq + 1);
+  const int64_t length = *std::max_element(w->lengths.begin(), w->lengths.end());
+  const int64_t longest_prompt = *std::max_element(key.prompt_lengths.begin(), key.prompt_lengths.end());
+
+  w->staging = torch::empty({b, key.cameras, 2, size, size, 3}, host.dtype(torch::kUInt8));
+  w->images = cuda ? torch::empty(w->staging.sizes(), w->staging.options().device(device).pinned_memory(false)) : w->staging;
+  w->ids_host = torch::zeros({b, longest_prompt}, host.dtype(torch::kInt64));
+  w->ids = cuda ? torch::zeros(w->ids_host.sizes(), torch::TensorOptions(torch::kInt64).device(device)) : w->ids_host;
+  if (proprio_projector) {
+    w->proprio_host = torch::zeros({b, proprio_projector->proprio_dim()}, host.dtype(torch::kFloat32));
+    w->proprio = cuda ? torch::zeros(w->proprio_host.sizes(), torch::TensorOptions(torch::kFloat32).device(device))
+                      : w->proprio_host;
+  }
+  w->mask = llm->attention_mask(b, length, b > 1 ? w->lengths : std::vector<int64_t>{});
+  // Zeros: the padding of shorter samples stays finite (it is never written).
+  w->hidden = torch::zeros({llm->num_layers() + 1, b, length, llm->config().hidden_size},
+                           torch::TensorOptions(options.dtype).device(device));
+  const auto& head_config = head->config();
+  w->output = torch::empty({b, head_config.chunk, head_config.action_dim}, torch::TensorOptions(torch::kFloat32).device(device));
+  w->output_host = cuda ? torch::empty(w->output.sizes(), host.dtype(torch::kFloat32)) : w->output;
+  workspaces.push_back(std::move(w));
+  return *workspaces.back();
+}
+
+// The device half of one call, from the staged inputs in `w` to w.output: only device work, so
+// that it can be captured as a CUDA graph (no host reads, no pageable copies, fixed shapes).
+void Policy::Impl::forward(Workspace& w, StageTimer* timer) const {
+  const auto mark = [&] {
+    if (timer != nullptr) timer->mark();
+  };
+  const torch::Tensor pixels = preprocessor->normalize(w.images, options.dtype);  // (B, N, 6, S, S)
+  mark();
+  const torch::Tensor visual = vision->forward(pixels);  // (B, Nv, D)
+  mark();
+
+  // Sequences [t_0] + visual + [t_1 ..] + queries + [stop], right-padded (SPEC 6, 11), written
+  // straight into hidden[0].
+  const int64_t nv = visual.size(1);
+  const int64_t nq = action_queries.size(0);
+  torch::Tensor embeds = w.hidden.select(0, 0);
+  for (int64_t b = 0; b < w.key.batch; ++b) {
+    const int64_t p = w.key.prompt_lengths[static_cast<size_t>(b)];
+    const torch::Tensor text = llm->embed_tokens->lookup(w.ids[b].narrow(0, 0, p));  // (P, D)
+    torch::Tensor row = embeds[b];
+    row.narrow(0, 0, 1).copy_(text.narrow(0, 0, 1));
+    row.narrow(0, 1, nv).copy_(visual[b]);
+    row.narrow(0, 1 + nv, p - 1).copy_(text.narrow(0, 1, p - 1));
+    row.narrow(0, nv + p, nq).copy_(action_queries);
+    row.narrow(0, nv + p + nq, 1).copy_(stop_embedding);
+  }
+  llm->forward_into(w.hidden, embeds, w.mask);  // (25, B, L, D)
+
+  // Conditioning, one position before each token (SPEC 8): visual states at 0 .. Nv-1, query
+  // states at q0-1 .. q0+Nq-2 with q0 = Nv + P the first placeholder.
+  const torch::Tensor visual_states = w.hidden.narrow(2, 0, nv).permute({1, 0, 2, 3});  // (B, 25, Nv, D)
+  std::vector<torch::Tensor> query_states;
+  for (int64_t b = 0; b < w.key.batch; ++b) {
+    const int64_t q0 = nv + w.key.prompt_lengths[static_cast<size_t>(b)];
+    query_states.push_back(w.hidden.select(1, b).narrow(1, q0 - 1, nq));  // (25, Nq, D)
+  }
+  const torch::Tensor queries = torch::stack(query_states);  // (B, 25, Nq, D)
+  mark();
+
+  const torch::Tensor p = proprio_projector ? proprio_projector->forward(w.proprio).unsqueeze(1) : torch::Tensor();
+  const torch::Tensor normalized = head->forward(visual_states, queries, p, options.diagnostics ? &w.diagnostics : nullptr);
+  w.output.copy_(normalized);
+}
+
 std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch) const {
   check(!batch.empty(), "act_batch", "no observations");
   const c10::InferenceMode inference;
@@ -121,89 +244,106 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
 
   // Validate everything before any work.
   std::vector<std::vector<int64_t>> ids;
-  std::vector<std::vector<double>> proprio;
+  Workspace::Key key;
+  key.batch = batch_size;
+  key.cameras = num_images;
   for (size_t b = 0; b < batch.size(); ++b) {
     const Observation& obs = batch[b];
     const std::string which = batch.size() > 1 ? "observation " + std::to_string(b) + ": " : "";
     check(static_cast<int64_t>(obs.images.size()) == num_images, which + "images",
           "got " + std::to_string(obs.images.size()) + " camera image(s), the checkpoint takes " +
               std::to_string(num_images));
+    for (size_t i = 0; i < obs.images.size(); ++i)
+      vision::check_images(obs.images[i], which + "image " + std::to_string(i));
     ids.push_back(prompt_ids(obs.instruction));
+    key.prompt_lengths.push_back(static_cast<int64_t>(ids.back().size()));
     if (proprio_projector) {
       const int64_t dim = proprio_projector->proprio_dim();
       check(static_cast<int64_t>(obs.proprio.size()) == dim, which + "proprio",
             "has " + std::to_string(obs.proprio.size()) + " values, the proprio projector takes " + std::to_string(dim));
       for (size_t i = 0; i < obs.proprio.size(); ++i)
         check(std::isfinite(obs.proprio[i]), which + "proprio", "value " + std::to_string(i) + " is not finite");
-      proprio.push_back(obs.proprio);
     } else {
       check(obs.proprio.empty(), which + "proprio", "given, but this checkpoint has no proprio projector");
     }
   }
+  const int64_t nv = num_images * vision->config.tokens_per_image();
+  for (size_t b = 0; b < ids.size(); ++b) {
+    const int64_t length = nv + static_cast<int64_t>(ids[b].size()) + action_queries.size(0) + 1;
+    check(length <= max_positions, "instruction",
+          "the sequence is " + std::to_string(length) + " positions long (" + std::to_string(nv) + " visual, " +
+              std::to_string(action_queries.size(0)) + " queries, prompt), over the model's limit of " +
+              std::to_string(max_positions));
+  }
 
-  // Images -> pixels (B, N, 6, S, S).
-  std::vector<std::vector<torch::Tensor>> images;
-  for (const auto& obs : batch) images.push_back(obs.images);
-  const torch::Tensor pixels = preprocessor->batch(images).to(options.device, options.dtype);
+  // Host half: images (LIBERO steps, Pillow resize), token ids and proprio into the staging
+  // buffers, then one asynchronous upload each.
+  Workspace& w = workspace(key);
+  for (int64_t b = 0; b < batch_size; ++b) {
+    preprocessor->stage(batch[static_cast<size_t>(b)].images, w.staging[b]);
+    auto* row = w.ids_host[b].data_ptr<int64_t>();
+    std::copy(ids[static_cast<size_t>(b)].begin(), ids[static_cast<size_t>(b)].end(), row);
+    if (proprio_projector) normalize_proprio(batch[static_cast<size_t>(b)].proprio, w.proprio_host[b].data_ptr<float>());
+  }
+  const bool cuda = options.device.is_cuda();
+  if (cuda) {
+    w.images.copy_(w.staging, /*non_blocking=*/true);
+    w.ids.copy_(w.ids_host, /*non_blocking=*/true);
+    if (proprio_projector) w.proprio.copy_(w.proprio_host, /*non_blocking=*/true);
+  }
+  const double host_ms = ms_since(start);
+
+  // Device half: eager on the first call of a shape (and always on the CPU), captured as a CUDA
+  // graph on the second, replayed from then on.
+  StageTimer timer(options.device);
+  timer.mark();
+  bool replayed = false;
+  if (cuda && options.cuda_graphs && !w.graph_failed && w.runs >= 1) {
+    if (!w.graph) {
+      auto graph = std::make_unique<CudaGraph>(options.device);
+      try {
+        graph->capture([&] { forward(w, nullptr); });
+        w.graph = std::move(graph);
+      } catch (const Error& e) {
+        w.graph_failed = true;
+        log_warn(std::string("act: CUDA graph capture failed for this input shape, running it eagerly: ") + e.what());
+      }
+    }
+    if (w.graph) {
+      w.graph->replay();
+      replayed = true;
+    }
+  }
+  if (!replayed) forward(w, &timer);
+  ++w.runs;
+  if (cuda) w.output_host.copy_(w.output, /*non_blocking=*/true);
+  timer.mark();
+  synchronize_stream(options.device);  // the one wait for the device
+  last_execution = !cuda ? "cpu" : replayed ? "cuda-graph" : "cuda-eager";
+
   StageTiming timing;
-  timing.preprocess_ms = ms_since(start);
-
-  auto stage = Clock::now();
-  const torch::Tensor visual = vision->forward(pixels);  // (B, Nv, D)
-  const int64_t nv = visual.size(1);
-  const int64_t dim = visual.size(2);
-  timing.vision_ms = ms_since(stage);
-
-  // Sequences [t_0] + visual + [t_1 ..] + queries + [stop], right-padded (SPEC 6, 11).
-  stage = Clock::now();
-  const int64_t nq = action_queries.size(0);
-  std::vector<int64_t> lengths;
-  for (const auto& t : ids) lengths.push_back(nv + static_cast<int64_t>(t.size()) + nq + 1);
-  const int64_t length = *std::max_element(lengths.begin(), lengths.end());
-  check(length <= max_positions, "instruction",
-        "the sequence is " + std::to_string(length) + " positions long (" + std::to_string(nv) + " visual, " +
-            std::to_string(nq) + " queries, prompt), over the model's limit of " + std::to_string(max_positions));
-  torch::Tensor embeds = torch::zeros({batch_size, length, dim}, visual.options());
-  for (int64_t b = 0; b < batch_size; ++b) {
-    const auto& t = ids[b];
-    const auto p = static_cast<int64_t>(t.size());
-    const torch::Tensor text = llm->embed(torch::tensor(t, torch::kInt64).to(options.device));  // (P, D)
-    const torch::Tensor stop = llm->embed(torch::tensor({kStopId}, torch::kInt64).to(options.device));
-    torch::Tensor row = embeds[b];
-    row.slice(0, 0, 1).copy_(text.slice(0, 0, 1));
-    row.slice(0, 1, 1 + nv).copy_(visual[b]);
-    row.slice(0, 1 + nv, nv + p).copy_(text.slice(0, 1, p));
-    row.slice(0, nv + p, nv + p + nq).copy_(action_queries);
-    row.slice(0, nv + p + nq, nv + p + nq + 1).copy_(stop);
-  }
-  (void)kPlaceholderId;  // the placeholders' embeddings are replaced by the action queries
-  const torch::Tensor hidden = llm->forward(embeds, batch_size > 1 ? lengths : std::vector<int64_t>{});  // (25, B, L, D)
-
-  // Conditioning, one position before each token (SPEC 8): visual states at 0 .. Nv-1, query
-  // states at q0-1 .. q0+Nq-2 with q0 = Nv + P the first placeholder.
-  const torch::Tensor visual_states = hidden.slice(2, 0, nv).permute({1, 0, 2, 3});  // (B, 25, Nv, D)
-  std::vector<torch::Tensor> query_states;
-  for (int64_t b = 0; b < batch_size; ++b) {
-    const int64_t q0 = nv + static_cast<int64_t>(ids[b].size());
-    query_states.push_back(hidden.select(1, b).slice(1, q0 - 1, q0 - 1 + nq));  // (25, Nq, D)
-  }
-  const torch::Tensor queries = torch::stack(query_states);  // (B, 25, Nq, D)
-  timing.llm_ms = ms_since(stage);
-
-  stage = Clock::now();
-  const torch::Tensor p = proprio_projector ? proprio_token(proprio) : torch::Tensor();
-  policy::HeadDiagnostics diagnostics;
-  const torch::Tensor normalized = head->forward(visual_states, queries, p, options.diagnostics ? &diagnostics : nullptr);
-  const torch::Tensor host = normalized.to(torch::kCPU, torch::kFloat64);  // the one host sync
-  timing.head_ms = ms_since(stage);
+  const std::vector<double> stages = timer.intervals_ms();
+  timing.cuda_graph = replayed;
   timing.total_ms = ms_since(start);
+  timing.device_ms = 0;
+  for (const double ms : stages) timing.device_ms += ms;
+  if (replayed) {
+    timing.preprocess_ms = host_ms;
+    timing.vision_ms = timing.llm_ms = timing.head_ms = std::numeric_limits<double>::quiet_NaN();
+  } else {
+    timing.preprocess_ms = host_ms + stages.at(0);
+    timing.vision_ms = stages.at(1);
+    timing.llm_ms = stages.at(2);
+    timing.head_ms = stages.at(3);
+  }
 
   std::vector<ActionChunk> out;
   for (int64_t b = 0; b < batch_size; ++b) {
-    ActionChunk chunk = unnormalize(host[b]);
+    ActionChunk chunk = unnormalize(w.output_host[b]);
     chunk.timing = timing;
-    for (const auto& k : diagnostics.kept_indices) chunk.kept_indices.push_back(k[b].cpu());
-    for (const auto& g : diagnostics.gates) chunk.gates.push_back(g.dim() > 0 && g.size(0) == batch_size ? g[b].cpu() : g.cpu());
+    for (const auto& k : w.diagnostics.kept_indices) chunk.kept_indices.push_back(k[b].cpu());
+    for (const auto& g : w.diagnostics.gates)
+      chunk.gates.push_back(g.dim() > 0 && g.size(0) == batch_size ? g[b].cpu() : g.cpu());
     out.push_back(std::move(chunk));
   }
   return out;
@@ -258,6 +398,10 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& options) 
   check(queries.dim() == 2 && queries.size(1) == ckpt.config.text_config.hidden_size, "action_queries.weight",
         "expected (N, " + std::to_string(ckpt.config.text_config.hidden_size) + "), found " + io::shape_string(queries.sizes()));
   impl->action_queries = queries.to(tensor_options).clone();
+  impl->stop_embedding = impl->llm->embed(torch::tensor({kStopId}, torch::kInt64));
+  // The RoPE table for every position once, so that no call extends (reallocates) it under a
+  // captured CUDA graph.
+  (void)impl->llm->rope_tables(impl->max_positions, options.device, options.dtype);
   impl->head = policy::ActionHeadImpl::load(ckpt.action_head, ckpt.config.focus, tensor_options);
   check(impl->head->config().action_dim == static_cast<int64_t>(impl->action_bounds.low.size()), directory,
         "the action head predicts " + std::to_string(impl->head->config().action_dim) + " dims but '" +
@@ -271,6 +415,14 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& options) 
           "have " + std::to_string(impl->proprio_bounds->low.size()) + " dims, the projector takes " +
               std::to_string(impl->proprio_projector->proprio_dim()));
   }
+  // bf16 on a CPU: fp32 matmuls of fp32 weight copies where bf16 would be emulated (see
+  // PolicyOptions::cpu_bf16_matmul), made once here.
+  impl->llm->set_cpu_bf16_matmul(options.cpu_bf16_matmul);
+  const bool fp32_matmuls = impl->llm->bf16_matmul_in_fp32();
+  impl->vision->set_bf16_matmul_in_fp32(fp32_matmuls);
+  nn::keep_fp32_copies(*impl->head, fp32_matmuls);
+  if (impl->proprio_projector) nn::keep_fp32_copies(*impl->proprio_projector, fp32_matmuls);
+  if (fp32_matmuls) log_info("bf16 on a CPU without native bf16 dot products: linear layers run as fp32 matmuls");
   log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s))");
   return Policy(impl);
 }
@@ -300,5 +452,9 @@ std::string Policy::head_kind() const {
 }
 const std::string& Policy::unnorm_key() const { return impl_->unnorm_key; }
 const PolicyOptions& Policy::options() const { return impl_->options; }
+std::string Policy::last_execution() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->last_execution;
+}
 
 }  // namespace focusvla

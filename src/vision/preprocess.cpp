@@ -447,6 +447,72 @@ ImagePreprocessor::ImagePreprocessor(const io::PreprocessorConfig& config, Prepr
   check(backbones_[0].size == backbones_[1].size, what, "the two backbones must use one input size");
   size_ = backbones_[0].size;
   check(options_.crop_scale > 0 && options_.crop_scale <= 1, "PreprocessOptions", "crop_scale must be in (0, 1]");
+  device_statistics_ = statistics(options_.device);
+}
+
+ImagePreprocessor::Statistics ImagePreprocessor::statistics(torch::Device device) const {
+  std::vector<float> mean, std;
+  for (const Backbone& b : backbones_) {
+    mean.insert(mean.end(), b.mean.begin(), b.mean.end());
+    std.insert(std.end(), b.std.begin(), b.std.end());
+  }
+  const auto n = static_cast<int64_t>(backbones_.size());
+  return Statistics{torch::tensor(mean).view({n, 1, 1, 3}).to(device), torch::tensor(std).view({n, 1, 1, 3}).to(device),
+                    torch::full({1}, 255.0f, torch::kFloat32).to(device)};
+}
+
+void ImagePreprocessor::stage(const std::vector<torch::Tensor>& images, const torch::Tensor& out) const {
+  const std::string what = "ImagePreprocessor::stage";
+  check(!images.empty(), what, "no camera images (zero cameras)");
+  const auto n = static_cast<int64_t>(images.size());
+  const auto nb = static_cast<int64_t>(backbones_.size());
+  check(out.defined() && out.scalar_type() == torch::kUInt8 && out.is_cpu() && out.is_contiguous() && out.dim() == 5 &&
+            out.size(0) == n && out.size(1) == nb && out.size(2) == size_ && out.size(3) == size_ && out.size(4) == 3,
+        what,
+        "output buffer must be a contiguous host uint8 tensor of shape [" + std::to_string(n) + ", " +
+            std::to_string(nb) + ", " + std::to_string(size_) + ", " + std::to_string(size_) + ", 3], got " +
+            (out.defined() ? std::string(c10::toString(out.scalar_type())) + " " + shape_of(out) + " on " +
+                                 out.device().str()
+                           : "undefined"));
+  for (int64_t i = 0; i < n; ++i) {
+    const torch::Tensor& image = images[static_cast<size_t>(i)];
+    check_images(image, what + ": image " + std::to_string(i));
+    check(image.dim() == 3, what + ": image " + std::to_string(i),
+          "expected one image [H, W, 3] per camera, got " + shape_of(image));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const torch::Tensor prepared = libero_steps(host_batch(images[static_cast<size_t>(i)]));
+    torch::Tensor resized;  // shared by the backbones when their resize is the same
+    for (int64_t k = 0; k < nb; ++k) {
+      const Backbone& b = backbones_[static_cast<size_t>(k)];
+      if (k == 0 || b.filter != backbones_[static_cast<size_t>(k - 1)].filter)
+        resized = pil_resize_host(prepared, b.size, b.size, b.filter, options_.pil_order);
+      out[i][k].copy_(resized[0]);
+    }
+  }
+}
+
+torch::Tensor ImagePreprocessor::normalize(const torch::Tensor& staged, torch::ScalarType dtype) const {
+  const std::string what = "ImagePreprocessor::normalize";
+  const auto nb = static_cast<int64_t>(backbones_.size());
+  check(staged.defined() && staged.scalar_type() == torch::kUInt8 && staged.dim() >= 4 &&
+            staged.size(-4) == nb && staged.size(-3) == size_ && staged.size(-2) == size_ && staged.size(-1) == 3,
+        what, "expected staged uint8 images (..., " + std::to_string(nb) + ", " + std::to_string(size_) + ", " +
+                  std::to_string(size_) + ", 3), got " +
+                  (staged.defined() ? std::string(c10::toString(staged.scalar_type())) + " " + shape_of(staged)
+                                    : "undefined"));
+  const Statistics s = staged.device() == options_.device ? device_statistics_ : statistics(staged.device());
+  // Tensor (not scalar) divisors: CUDA turns division by a host scalar into a multiplication by
+  // its reciprocal, which rounds differently from the host pipeline's float division.
+  const torch::Tensor x = staged.to(torch::kFloat32).div_(s.scale).sub_(s.mean).div_(s.std);  // (..., 2, S, S, 3)
+  // (..., backbone, y, x, c) -> (..., backbone, c, y, x) -> (..., 3 * backbones, S, S)
+  std::vector<int64_t> order;
+  const int64_t lead = staged.dim() - 4;
+  for (int64_t d = 0; d < lead; ++d) order.push_back(d);
+  for (int64_t d : {lead, lead + 3, lead + 1, lead + 2}) order.push_back(d);
+  std::vector<int64_t> shape(staged.sizes().begin(), staged.sizes().begin() + lead);
+  for (int64_t d : {3 * nb, size_, size_}) shape.push_back(d);
+  return x.permute(order).reshape(shape).to(dtype);
 }
 
 torch::Tensor ImagePreprocessor::libero_steps(const torch::Tensor& batch) const {

@@ -40,8 +40,12 @@ class TokenEmbeddingImpl : public torch::nn::Module {
  public:
   TokenEmbeddingImpl(int64_t rows, int64_t dim, const torch::TensorOptions& options)
       : weight(register_parameter("weight", torch::empty({rows, dim}, options), false)) {}
-  // ids: integer tensor of any shape with values in [0, rows); throws Error naming a bad id.
+  // ids: integer tensor of any shape with values in [0, rows); throws Error naming a bad id
+  // (checking reads the ids back: a host sync on a GPU).
   torch::Tensor forward(const torch::Tensor& ids) const;
+  // forward() for int64 ids on the weight's device that the caller has already checked against
+  // the table (no read-back, so it can run inside a CUDA graph).
+  torch::Tensor lookup(const torch::Tensor& ids) const { return torch::embedding(weight, ids); }
 
   torch::Tensor weight;
 };
@@ -119,6 +123,9 @@ class Qwen2AttentionImpl : public torch::nn::Module {
   // Makes q/k/v_proj's weight and bias row blocks of one tensor (a no-op when they already are).
   void fuse();
   bool fused() const;
+  // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32); made
+  // once from the current weights, dropped by to().
+  void keep_fp32_copies(bool on);
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
@@ -134,6 +141,8 @@ class Qwen2AttentionImpl : public torch::nn::Module {
   int64_t head_dim_;
   torch::Tensor qkv_weight_;  // (q + 2 kv rows, hidden), unregistered: the parameters view it
   torch::Tensor qkv_bias_;
+  torch::Tensor qkv_weight_fp32_;  // see keep_fp32_copies
+  torch::Tensor qkv_bias_fp32_;
 };
 TORCH_MODULE(Qwen2Attention);
 
@@ -145,6 +154,9 @@ class Qwen2MLPImpl : public torch::nn::Module {
   // Makes gate_proj's and up_proj's weights row blocks of one tensor (see Qwen2Attention).
   void fuse();
   bool fused() const;
+  // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32); made
+  // once from the current weights, dropped by to().
+  void keep_fp32_copies(bool on);
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
@@ -155,6 +167,7 @@ class Qwen2MLPImpl : public torch::nn::Module {
 
  private:
   torch::Tensor gate_up_weight_;  // (2 intermediate, hidden)
+  torch::Tensor gate_up_weight_fp32_;  // see keep_fp32_copies
 };
 TORCH_MODULE(Qwen2MLP);
 
@@ -194,6 +207,12 @@ class Qwen2ModelImpl : public torch::nn::Module {
   torch::Tensor forward_into(torch::Tensor& out, const torch::Tensor& inputs_embeds,
                              const std::vector<int64_t>& lengths = {}) const;
 
+  // forward_into with the mask computed ahead (attention_mask() of this batch's lengths): no
+  // host work at all, so a caller can run it inside a CUDA graph capture.
+  torch::Tensor forward_into(torch::Tensor& out, const torch::Tensor& inputs_embeds, const AttentionMask& mask) const;
+  // The mask forward() uses for a batch of this length with these sample lengths (empty: all L),
+  // on the model's device; causal-only (no tensor) when no sample is padded.
+  AttentionMask attention_mask(int64_t batch, int64_t length, const std::vector<int64_t>& lengths) const;
   // Token embeddings: ids (any shape, integer) -> (..., hidden). Throws Error on an id outside
   // the table.
   torch::Tensor embed(const torch::Tensor& ids) const { return embed_tokens->forward(ids); }
@@ -205,8 +224,10 @@ class Qwen2ModelImpl : public torch::nn::Module {
   // Called with named intermediates during forward (see DebugHook); pass {} to remove.
   void set_debug_hook(DebugHook hook) { debug_hook_ = std::move(hook); }
 
-  // bf16 linear layers on the CPU (see CpuBf16Matmul); default kNative.
-  void set_cpu_bf16_matmul(CpuBf16Matmul mode) { cpu_bf16_matmul_ = mode; }
+  // bf16 linear layers on the CPU (see CpuBf16Matmul); default kNative. When the result is fp32
+  // matmuls, fp32 copies of the layer weights are made here, once (so call it after loading and
+  // after to(); nothing weight-sized is allocated per forward), and dropped otherwise.
+  void set_cpu_bf16_matmul(CpuBf16Matmul mode);
   CpuBf16Matmul cpu_bf16_matmul() const { return cpu_bf16_matmul_; }
   // Whether forward currently computes bf16 linears as fp32 matmuls (bf16 model on the CPU and
   // kFloat32, or kAuto without native bf16).
@@ -225,7 +246,7 @@ class Qwen2ModelImpl : public torch::nn::Module {
 
  private:
   void check_input(const torch::Tensor& inputs_embeds, const std::vector<int64_t>& lengths) const;
-  AttentionMask attention_mask(int64_t batch, int64_t length, const std::vector<int64_t>& lengths) const;
+  torch::Tensor run(torch::Tensor& out, const torch::Tensor& inputs_embeds, const AttentionMask& mask) const;
 
   io::Qwen2Config config_;
   std::vector<Qwen2DecoderLayer> layer_list_;

@@ -40,6 +40,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -253,8 +254,13 @@ class ActionHeadImpl : public torch::nn::Module {
 
  private:
   void check_inputs(const torch::Tensor& visual, const torch::Tensor& queries, const torch::Tensor& proprio) const;
+  // RoPE inv_freq in the head's dtype and device, made on first use (an upload from the host)
+  // and reused, so that forward launches device work only (CUDA graphs).
+  torch::Tensor rope_inv_freq() const;
 
   ActionHeadConfig config_;
+  mutable std::mutex inv_freq_mutex_;
+  mutable torch::Tensor inv_freq_;
   std::vector<std::shared_ptr<HeadBlockImpl>> blocks_;  // the same modules, typed
   Tap tap_;
 };
@@ -263,6 +269,9 @@ TORCH_MODULE(ActionHead);
 // RoPE tables for `length` positions as VLA-Adapter's RotaryPositionEmbedding computes them for a
 // module of dtype `dtype` (positions, frequencies and angles in that dtype).
 RopeTable rope_table(int64_t length, int64_t head_dim, const torch::TensorOptions& options);
+// The same from the reference's inv_freq buffer (rope_inv_freq) already in the module's dtype.
+torch::Tensor rope_inv_freq(int64_t head_dim, const torch::TensorOptions& options);
+RopeTable rope_table(int64_t length, const torch::Tensor& inv_freq);
 // x (B, H, L, hd) with a table of L rows: x * cos + rotate_pairs(x) * sin.
 torch::Tensor apply_rope(const torch::Tensor& x, const RopeTable& table);
 

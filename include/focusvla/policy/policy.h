@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "focusvla/llm/qwen2.h"
+
 namespace focusvla {
 
 struct PolicyOptions {
@@ -42,6 +44,17 @@ struct PolicyOptions {
   bool diagnostics = false;
   // CPU intra-op threads; 0 leaves LibTorch's setting.
   int threads = 0;
+  // CUDA: the second act of an input shape (batch, cameras, prompt lengths) is captured as a CUDA
+  // graph and later calls of that shape replay it (one launch instead of ~2,000). Falls back to
+  // eager execution, with a warning once per shape, when capture fails. Ignored on the CPU.
+  bool cuda_graphs = true;
+  // bf16 on the CPU: kAuto runs bf16 linear layers as fp32 matmuls of fp32 weight copies (made at
+  // load) on CPUs without native bf16 dot products, where LibTorch emulates bf16 matmuls ~3x
+  // slower; kNative always uses LibTorch's bf16 kernels (bit-identical to PyTorch's bf16 on the
+  // same CPU). See llm::CpuBf16Matmul. The fp32 copies take 2x the bf16 weights' memory.
+  llm::CpuBf16Matmul cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
+  // Input shapes whose buffers (and CUDA graphs) are kept; the least recently used goes first.
+  int max_cached_shapes = 8;
 };
 
 // One observation for act_batch.
@@ -51,8 +64,16 @@ struct Observation {
   std::vector<double> proprio;        // raw robot state; empty when the checkpoint has no proprio projector
 };
 
+// Milliseconds per stage of one call. preprocess = the host part (checks, tokenizer, LIBERO steps
+// and Pillow resize into the staging buffer, upload) plus normalization on the device; head
+// includes the copy of the actions back to the host. On a GPU the stages are timed with CUDA
+// events (no extra synchronization). When the call replayed a CUDA graph, the device work is one
+// launch without stage boundaries: vision_ms, llm_ms and head_ms are NaN, and device_ms holds
+// their sum (normalization included).
 struct StageTiming {
   double preprocess_ms = 0, vision_ms = 0, llm_ms = 0, head_ms = 0, total_ms = 0;
+  double device_ms = 0;    // preprocess normalization + vision + llm + head on the device
+  bool cuda_graph = false;  // this call replayed a CUDA graph
 };
 
 struct ActionChunk {
@@ -89,6 +110,8 @@ class Policy {
   std::string head_kind() const;  // "vla-adapter", "vla-adapter-pro" or "focusvla"
   const std::string& unnorm_key() const;
   const PolicyOptions& options() const;
+  // How the last call ran: "cpu", "cuda-eager" or "cuda-graph".
+  std::string last_execution() const;
 
   struct Impl;
 

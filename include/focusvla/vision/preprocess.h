@@ -117,6 +117,17 @@ class ImagePreprocessor {
   // (e.g. one allocated once for a fixed camera count).
   void into(const std::vector<torch::Tensor>& images, const torch::Tensor& out) const;
 
+  // The pipeline in two halves, for callers that keep buffers (the policy's GPU path):
+  //   stage:     N camera images -> `out`, a contiguous uint8 host tensor (N, 2, S, S, 3) (e.g.
+  //              pinned memory): the LIBERO steps and each backbone's Pillow resize, on the host;
+  //   normalize: staged uint8 (..., 2, S, S, 3) on any device -> (..., 6, S, S) in `dtype`:
+  //              x / 255, (x - mean) / std in float32 on that device, then the cast.
+  // normalize(stage(images)) equals operator()(images) bit for bit (true IEEE division on both
+  // sides). normalize launches device work only, once the statistics are on that device (they
+  // are made for PreprocessOptions::device at construction), so it can run in a CUDA graph.
+  void stage(const std::vector<torch::Tensor>& images, const torch::Tensor& out) const;
+  torch::Tensor normalize(const torch::Tensor& staged, torch::ScalarType dtype = torch::kFloat32) const;
+
   // The uint8 image each backbone sees before normalization: (N, S, S, 3) for backbone 0 or 1.
   torch::Tensor backbone_input(const torch::Tensor& images, size_t backbone) const;
 
@@ -136,9 +147,16 @@ class ImagePreprocessor {
   // A contiguous host batch (N, H, W, 3) uint8 -> normalized into `out`, (N, 6, S, S) float32.
   void process(const torch::Tensor& batch, float* out) const;
 
+  // mean, std (2, 1, 1, 3) and 255 (1) as float32 tensors on `device`.
+  struct Statistics {
+    torch::Tensor mean, std, scale;
+  };
+  Statistics statistics(torch::Device device) const;
+
   std::vector<Backbone> backbones_;
   int64_t size_ = 224;
   PreprocessOptions options_;
+  Statistics device_statistics_;  // on options_.device
 };
 
 // Checks one uint8 image tensor (H, W, C) or batch (N, H, W, C): dtype, rank, 3 channels, non-empty.

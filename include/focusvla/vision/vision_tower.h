@@ -109,11 +109,14 @@ class VisionTowerImpl : public torch::nn::Module {
   // "vision_backbone.fused_featurizer.", then "features" and "output".
   void set_tap(Tap tap);
   // bf16 linear layers on the CPU as fp32 matmuls of the upcast operands (see vision::linear()):
-  // ~3x faster on CPUs without native bf16 dot products; off by default.
+  // ~3x faster on CPUs without native bf16 dot products; off by default. Keeps fp32 copies of
+  // the linear weights (made now: call after loading).
   void set_bf16_matmul_in_fp32(bool on) {
     vision_backbone->featurizer->set_bf16_matmul_in_fp32(on);
     vision_backbone->fused_featurizer->set_bf16_matmul_in_fp32(on);
     projector->bf16_in_fp32 = on;
+    for (auto* layer : {&projector->fc1, &projector->fc2, &projector->fc3})
+      (*layer)->keep_fp32_copy(on && (*layer)->weight.scalar_type() == torch::kBFloat16 && (*layer)->weight.is_cpu());
   }
 
   // Builds the tower a checkpoint holds: VisionTowerConfig::from_vla_config(config).fitted_to(state).

@@ -72,17 +72,14 @@ struct VitConfig {
 // during the call (clone it to keep it).
 using Tap = std::function<void(const std::string& name, const torch::Tensor& value)>;
 
-// y = x W^T + b. With `bf16_in_fp32` and bf16 operands on the CPU: the same products as an fp32
-// matmul of the exactly upcast operands, rounded to bf16 once (what LibTorch's bf16 kernel does
-// with native bf16 instructions). On CPUs without them (no AVX512-BF16 / AMX / Arm BF16) LibTorch
-// emulates bf16 matmuls about 3x slower than fp32; this path is then ~3x faster, and differs from
-// the native kernel only in accumulation order. Off by default (bit-identical to timm's bf16).
+// y = x W^T + b. With `bf16_in_fp32` and bf16 operands on the CPU: nn::linear_bf16_as_fp32 with
+// the layer's fp32 weight copies (kept by set_bf16_matmul_in_fp32, so nothing weight-sized is made
+// per call). Off by default (bit-identical to timm's bf16).
 inline torch::Tensor linear(const nn::Linear& layer, const torch::Tensor& x, bool bf16_in_fp32) {
   if (bf16_in_fp32 && x.scalar_type() == torch::kBFloat16 && x.device().is_cpu()) {
-    const auto& b = layer->bias;
-    return torch::linear(x.to(torch::kFloat32), layer->weight.to(torch::kFloat32),
-                         b.defined() ? b.to(torch::kFloat32) : b)
-        .to(torch::kBFloat16);
+    if (layer->weight_fp32.defined()) return nn::linear_bf16_as_fp32(x, layer->weight_fp32, layer->bias_fp32);
+    const auto& b = layer->bias;  // no copies kept (flag set by hand): upcast for this call
+    return nn::linear_bf16_as_fp32(x, layer->weight.to(torch::kFloat32), b.defined() ? b.to(torch::kFloat32) : b);
   }
   return layer->forward(x);
 }
@@ -210,9 +207,14 @@ class VisionTransformerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& pixels) const;
 
   void set_tap(Tap tap) { tap_ = std::move(tap); }
-  // bf16 linear layers on the CPU as fp32 matmuls (see linear()); off by default.
+  // bf16 linear layers on the CPU as fp32 matmuls (see linear()); off by default. Keeps fp32
+  // copies of the block weights (made now: call after loading), dropped again with `false`.
   void set_bf16_matmul_in_fp32(bool on) {
-    for (auto& block : block_list_) block->attn->bf16_in_fp32 = block->mlp->bf16_in_fp32 = on;
+    for (auto& block : block_list_) {
+      block->attn->bf16_in_fp32 = block->mlp->bf16_in_fp32 = on;
+      for (auto* layer : {&block->attn->qkv, &block->attn->proj, &block->mlp->fc1, &block->mlp->fc2})
+        (*layer)->keep_fp32_copy(on && (*layer)->weight.scalar_type() == torch::kBFloat16 && (*layer)->weight.is_cpu());
+    }
   }
 
   const VitConfig config;
