@@ -293,9 +293,12 @@ int run_act(const std::vector<std::string>& args) {
     j["timing_ms"] = {{"load", load_ms},
                       {"preprocess", chunk.timing.preprocess_ms},
                       {"vision", chunk.timing.vision_ms},
+                      {"projector", chunk.timing.projector_ms},
                       {"llm", chunk.timing.llm_ms},
                       {"head", chunk.timing.head_ms},
+                      {"device", chunk.timing.device_ms},
                       {"total", chunk.timing.total_ms}};
+    j["execution"] = policy.last_execution();
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -312,9 +315,14 @@ int run_act(const std::vector<std::string>& args) {
     for (Eigen::Index c = 0; c < chunk.actions.cols(); ++c) std::printf(" %10.5f", chunk.actions(r, c));
     std::printf("\n");
   }
-  std::printf("\ntime (ms)    load %.0f | preprocess %.1f  vision %.1f  llm %.1f  head %.1f  total %.1f%s\n", load_ms,
-              chunk.timing.preprocess_ms, chunk.timing.vision_ms, chunk.timing.llm_ms, chunk.timing.head_ms,
-              chunk.timing.total_ms, repeat > 1 ? " (last of --repeat)" : "");
+  const char* last = repeat > 1 ? " (last of --repeat)" : "";
+  if (chunk.timing.cuda_graph)
+    std::printf("\ntime (ms)    load %.0f | host %.2f  device %.2f (one CUDA graph)  total %.2f%s\n", load_ms,
+                chunk.timing.preprocess_ms, chunk.timing.device_ms, chunk.timing.total_ms, last);
+  else
+    std::printf("\ntime (ms)    load %.0f | preprocess %.1f  vision %.1f  projector %.1f  llm %.1f  head %.1f  total %.1f%s\n",
+                load_ms, chunk.timing.preprocess_ms, chunk.timing.vision_ms, chunk.timing.projector_ms,
+                chunk.timing.llm_ms, chunk.timing.head_ms, chunk.timing.total_ms, last);
   return 0;
 }
 }  // namespace

@@ -200,7 +200,9 @@ void Policy::Impl::forward(Workspace& w, StageTimer* timer) const {
   };
   const torch::Tensor pixels = preprocessor->normalize(w.images, options.dtype);  // (B, N, 6, S, S)
   mark();
-  const torch::Tensor visual = vision->forward(pixels);  // (B, Nv, D)
+  const torch::Tensor features = vision->features(pixels);  // (B, Nv, 2176)
+  mark();
+  const torch::Tensor visual = vision->projector->forward(features);  // (B, Nv, D)
   mark();
 
   // Sequences [t_0] + visual + [t_1 ..] + queries + [stop], right-padded (SPEC 6, 11), written
@@ -329,12 +331,13 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
   for (const double ms : stages) timing.device_ms += ms;
   if (replayed) {
     timing.preprocess_ms = host_ms;
-    timing.vision_ms = timing.llm_ms = timing.head_ms = std::numeric_limits<double>::quiet_NaN();
+    timing.vision_ms = timing.projector_ms = timing.llm_ms = timing.head_ms = std::numeric_limits<double>::quiet_NaN();
   } else {
     timing.preprocess_ms = host_ms + stages.at(0);
     timing.vision_ms = stages.at(1);
-    timing.llm_ms = stages.at(2);
-    timing.head_ms = stages.at(3);
+    timing.projector_ms = stages.at(2);
+    timing.llm_ms = stages.at(3);
+    timing.head_ms = stages.at(4);
   }
 
   std::vector<ActionChunk> out;

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -39,6 +40,8 @@ nlohmann::json find_case(const std::string& name) {
 PolicyOptions options_for(const nlohmann::json& c) {
   PolicyOptions o;
   o.dtype = c["dtype"] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+  // LibTorch's own bf16 kernels, as the reference runs (the default kAuto is tested apart).
+  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kNative;
   o.unnorm_key = c["unnorm_key"];
   o.prompt_format = c["prompt_format"];
   return o;
@@ -92,6 +95,93 @@ TEST(PolicyConformance, ProOneCameraNoProprioBatch4) { expect_case("pro_1cam_nop
 TEST(PolicyConformance, ProOneCameraQwenChat) { expect_case("pro_1cam_qwen_chat", 1e-4); }
 TEST(PolicyConformance, OriginalVlaAdapterHead) { expect_case("base_openvla", 1e-4); }
 TEST(PolicyConformance, FocusVlaBf16) { expect_case("focus_bf16", 2e-2); }
+
+// The bf16 weights as fp32 on both sides.
+TEST(PolicyConformance, Bf16WeightsInFp32) { expect_case("focus_bf16_as_f32", 1e-4); }
+
+// Our max relative distance from `expected` and the reference's own bf16-to-fp32 distance, for
+// observation 0 of the bf16 checkpoint.
+std::pair<double, double> bf16_distances(const ActionChunk& ours) {
+  const torch::Tensor fp32 = tensors().at("focus_bf16_as_f32.0.actions");
+  const torch::Tensor ref_bf16 = tensors().at("focus_bf16.0.actions");
+  return {relative_error(ours.actions, fp32), testing::relative_error(ref_bf16, fp32)};
+}
+
+// bf16 with the default CpuBf16Matmul::kAuto (fp32 matmuls on CPUs without native bf16): not the
+// reference's bf16 bits, but a bf16 computation: within twice the distance that the reference's
+// own bf16 keeps from fp32.
+TEST(PolicyConformance, Bf16AutoMatmulWithinBf16OfFp32) {
+  const auto c = find_case("focus_bf16");
+  PolicyOptions o = options_for(c);
+  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Observation obs = observation(c["observations"][0]);
+  const auto [ours, reference] = bf16_distances(policy.act(obs.images, obs.instruction, obs.proprio));
+  std::printf("  bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e\n", ours, reference);
+  EXPECT_GT(reference, 0.0);  // the case must show bf16 rounding at all
+  EXPECT_LE(ours, 2 * reference);
+}
+
+// Buffers are kept per input shape: repeated and interleaved shapes, and an evicted shape built
+// again, give the reference's values every time.
+TEST(PolicyWorkspace, ReusedAndEvictedShapesGiveTheSameActions) {
+  const auto c = find_case("focus_openvla");
+  for (const int shapes : {1, 8}) {
+    PolicyOptions o = options_for(c);
+    o.max_cached_shapes = shapes;
+    const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+    for (const int i : {0, 1, 0, 0, 1}) {
+      SCOPED_TRACE("max_cached_shapes " + std::to_string(shapes) + ", observation " + std::to_string(i));
+      const Observation obs = observation(c["observations"][i]);
+      const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
+      const std::string key = c["observations"][i]["key"];
+      EXPECT_LE(relative_error(chunk.actions, tensors().at(key + ".actions")), 1e-4);
+      EXPECT_FALSE(chunk.timing.cuda_graph);
+      EXPECT_TRUE(std::isfinite(chunk.timing.vision_ms) && std::isfinite(chunk.timing.llm_ms));
+    }
+    EXPECT_EQ(policy.last_execution(), "cpu");
+  }
+}
+
+// The GPU path, where this machine has one (skipped otherwise): eager on the first call of a
+// shape, a captured CUDA graph from the second; both against the reference (fp32 with TF32 off,
+// so that only summation order differs).
+TEST(PolicyCuda, EagerAndGraphMatchTheReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const auto c = find_case("focus_openvla");
+  PolicyOptions o = options_for(c);
+  o.device = torch::kCUDA;
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Observation obs = observation(c["observations"][0]);
+  const torch::Tensor expected = tensors().at(c["observations"][0]["key"].get<std::string>() + ".actions");
+  for (const char* mode : {"cuda-eager", "cuda-graph", "cuda-graph"}) {
+    const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
+    EXPECT_EQ(policy.last_execution(), mode);
+    const double err = relative_error(chunk.actions, expected);
+    std::printf("  %s: relative error %.2e, %.3f ms\n", mode, err, chunk.timing.total_ms);
+    EXPECT_LE(err, 1e-4) << mode;
+  }
+  const auto chunks = policy.act_batch({observation(c["observations"][0]), observation(c["observations"][1])});
+  EXPECT_LE(relative_error(chunks[1].actions, tensors().at(c["observations"][1]["key"].get<std::string>() + ".actions")),
+            1e-4);
+}
+
+TEST(PolicyCuda, Bf16WithinBf16OfFp32) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto c = find_case("focus_bf16");
+  PolicyOptions o = options_for(c);
+  o.device = torch::kCUDA;
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Observation obs = observation(c["observations"][0]);
+  for (int i = 0; i < 3; ++i) {
+    const auto [ours, reference] = bf16_distances(policy.act(obs.images, obs.instruction, obs.proprio));
+    std::printf("  %s bf16 vs fp32: %.2e; reference bf16 vs fp32: %.2e\n", policy.last_execution().c_str(), ours,
+                reference);
+    EXPECT_LE(ours, 2 * reference);
+  }
+}
 
 TEST(PolicyConformance, FullSizeFocusVlaFp32) {
   const auto cases = io::read_json_file(data_path("policy", "cases.json"));

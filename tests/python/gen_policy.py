@@ -86,6 +86,9 @@ def main():
     make_checkpoint.write_directory(os.path.join(out, "focus_bf16"), size="tiny", dtype="bf16", head="focus", seed=4)
     ref = ReferencePolicy(os.path.join(out, "focus_bf16"), "tiny", torch.bfloat16)
     add_case("focus_bf16", "focus_bf16", ref, obs2[:1], "openvla", "bfloat16", True)
+    # The same bf16 weights computed in fp32: how far the reference's own bf16 lands from fp32.
+    ref = ReferencePolicy(os.path.join(out, "focus_bf16"), "tiny", torch.float32)
+    add_case("focus_bf16_as_f32", "focus_bf16", ref, obs2[:1], "openvla", "float32", True)
 
     if full:
         make_checkpoint.write_directory(os.path.join(out, "full_focus"), size="full", dtype="bf16", head="focus", seed=5)

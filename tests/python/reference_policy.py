@@ -97,14 +97,26 @@ class ReferencePolicy:
         self.projector = [(w.to(dtype), b.to(dtype)) for w, b in self.projector]
         self.action_queries = self.action_queries.to(dtype)
 
+    def to(self, device):
+        """Moves every module and tensor to `device` (for benchmarks on a GPU)."""
+        self.device = torch.device(device)
+        for m in (self.dino, self.siglip, self.llm, self.head) + ((self.proprio_projector,) if self.proprio_projector else ()):
+            m.to(self.device)
+        self.projector = [(w.to(self.device), b.to(self.device)) for w, b in self.projector]
+        self.action_queries = self.action_queries.to(self.device)
+        return self
+
     def stats(self, unnorm_key):
         return self.norm_stats[unnorm_key]
 
     @torch.no_grad()
-    def act(self, images, instruction, proprio, prompt_format, unnorm_key):
+    def act(self, images, instruction, proprio, prompt_format, unnorm_key, lm_head=False):
         """images: list of (H, W, 3) uint8; proprio: list of floats or None. Returns a dict with
-        actions (8, 7) float64, normalized, fused features, hidden states."""
-        pixels = prismatic_processor(images, self.preprocessor).to(self.dtype)      # (N, 6, 224, 224)
+        actions (8, 7) float64, normalized, fused features, hidden states. lm_head: also compute
+        the logits over every position, as the released model's forward does (its Qwen2 LM head is
+        the tied embedding); the policy does not use them (for benchmarks only)."""
+        device = getattr(self, "device", torch.device("cpu"))
+        pixels = prismatic_processor(images, self.preprocessor).to(device, self.dtype)  # (N, 6, 224, 224)
         dino = featurize(self.dino, pixels[:, :3])
         sig = featurize(self.siglip, pixels[:, 3:])
         fused = torch.cat([dino, sig], dim=2).reshape(1, -1, dino.shape[2] + sig.shape[2])  # (1, N*256, 2176)
@@ -117,11 +129,13 @@ class ReferencePolicy:
         prompt = PROMPTS[prompt_format].format(task=instruction.lower())
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         embed = self.llm.embed_tokens
-        text = embed(torch.tensor([ids]))
-        stop = embed(torch.tensor([[STOP_ID]]))
+        text = embed(torch.tensor([ids], device=device))
+        stop = embed(torch.tensor([[STOP_ID]], device=device))
         seq = torch.cat([text[:, :1], visual, text[:, 1:], self.action_queries[None], stop], dim=1)
         out = self.llm(inputs_embeds=seq, output_hidden_states=True)
         hidden = torch.stack(out.hidden_states)                                      # (25, 1, L, D)
+        if lm_head:
+            out.logits = F.linear(out.last_hidden_state, embed.weight)               # (1, L, vocab)
         nv, p = visual.shape[1], len(ids)
         q0 = nv + p
         vis_states = hidden[:, :, :nv].permute(1, 0, 2, 3)
@@ -134,11 +148,11 @@ class ReferencePolicy:
             mask = np.array(s.get("mask", np.ones_like(low, dtype=bool)))
             x = np.array(proprio, dtype=np.float64)
             n = np.clip(np.where(mask, 2 * (x - low) / (high - low + 1e-8) - 1, x), -1.0, 1.0)
-            token = self.proprio_projector(torch.tensor(n, dtype=torch.float32).to(self.dtype)[None])[:, None]
+            token = self.proprio_projector(torch.tensor(n, dtype=torch.float32).to(device, self.dtype)[None])[:, None]
         normalized = reference_heads.head_forward(self.head, vis_states, query_states, token)[0]
         a = stats["action"]
         low, high = np.array(a["q01"]), np.array(a["q99"])
         mask = np.array(a.get("mask", np.ones_like(low, dtype=bool)))
-        n = normalized.float().numpy().astype(np.float64)
+        n = normalized.float().cpu().numpy().astype(np.float64)
         actions = np.where(mask, 0.5 * (n + 1) * (high - low + 1e-8) + low, n)
         return {"actions": actions, "normalized": n, "fused": fused[0], "hidden": hidden[:, 0]}

@@ -246,6 +246,35 @@ TEST(PreprocessPipeline, IntoCallerBufferLeavesNoPoison) {
   }
 }
 
+// The two halves the policy runs (host stage into a uint8 buffer, normalization on the device)
+// give operator()'s values bit for bit, on every device here, in float32 and cast to bf16.
+TEST(PreprocessPipeline, StageThenNormalizeEqualsTheWholePipeline) {
+  for (const auto& c : data().cases["pipeline"]) {
+    PreprocessOptions options;
+    options.libero_resize = options.center_crop = c["libero"].get<bool>();
+    const ImagePreprocessor preprocess(reference_config(), options);
+    const auto inputs = pipeline_inputs(c);
+    const auto whole = preprocess(inputs);
+    auto staged = torch::full({static_cast<int64_t>(inputs.size()), 2, 224, 224, 3}, 255, torch::kUInt8);
+    staged[0][0][7][9][2] = 1;  // some poison a forgotten write would leave
+    preprocess.stage(inputs, staged);
+    for (const auto& device : devices()) {
+      const auto out = preprocess.normalize(staged.to(device));
+      EXPECT_EQ(out.device(), device);
+      EXPECT_TRUE(torch::equal(out.cpu(), whole)) << device;
+      EXPECT_TRUE(torch::equal(preprocess.normalize(staged.to(device), torch::kBFloat16).cpu(), whole.to(torch::kBFloat16)));
+      // A batch dimension in front.
+      EXPECT_TRUE(torch::equal(preprocess.normalize(staged.unsqueeze(0).to(device)).cpu(), whole.unsqueeze(0)));
+    }
+  }
+  const ImagePreprocessor preprocess(reference_config());
+  const auto inputs = pipeline_inputs(data().cases["pipeline"][0]);
+  expect_error([&] { preprocess.stage(inputs, torch::empty({1, 2, 224, 224, 3}, torch::kUInt8)); },
+               {"ImagePreprocessor::stage", "output buffer"});
+  expect_error([&] { preprocess.normalize(torch::empty({2, 224, 224, 3}, torch::kUInt8)); },
+               {"ImagePreprocessor::normalize", "staged uint8"});
+}
+
 TEST(PreprocessErrors, WrongChannelCount) {
   const ImagePreprocessor preprocess(reference_config());
   expect_error([&] { preprocess(torch::zeros({32, 32, 4}, torch::kUInt8)); },

@@ -67,11 +67,12 @@ struct Observation {
 // Milliseconds per stage of one call. preprocess = the host part (checks, tokenizer, LIBERO steps
 // and Pillow resize into the staging buffer, upload) plus normalization on the device; head
 // includes the copy of the actions back to the host. On a GPU the stages are timed with CUDA
-// events (no extra synchronization). When the call replayed a CUDA graph, the device work is one
-// launch without stage boundaries: vision_ms, llm_ms and head_ms are NaN, and device_ms holds
-// their sum (normalization included).
+// events (no extra synchronization). vision = the two encoders, projector = the MLP projector,
+// llm = sequence assembly and the decoder, head = proprio projector and action head. When the
+// call replayed a CUDA graph, the device work is one launch without stage boundaries: vision_ms,
+// projector_ms, llm_ms and head_ms are NaN, and device_ms holds their sum (normalization included).
 struct StageTiming {
-  double preprocess_ms = 0, vision_ms = 0, llm_ms = 0, head_ms = 0, total_ms = 0;
+  double preprocess_ms = 0, vision_ms = 0, projector_ms = 0, llm_ms = 0, head_ms = 0, total_ms = 0;
   double device_ms = 0;    // preprocess normalization + vision + llm + head on the device
   bool cuda_graph = false;  // this call replayed a CUDA graph
 };
