@@ -271,7 +271,7 @@ TEST(PreprocessPipeline, StageThenNormalizeEqualsTheWholePipeline) {
   const auto inputs = pipeline_inputs(data().cases["pipeline"][0]);
   expect_error([&] { preprocess.stage(inputs, torch::empty({1, 2, 224, 224, 3}, torch::kUInt8)); },
                {"ImagePreprocessor::stage", "output buffer"});
-  expect_error([&] { preprocess.normalize(torch::empty({2, 224, 224, 3}, torch::kUInt8)); },
+  expect_error([&] { preprocess.normalize(torch::empty({1, 2, 224, 224, 4}, torch::kUInt8)); },
                {"ImagePreprocessor::normalize", "staged uint8"});
 }
 
