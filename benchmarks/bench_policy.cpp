@@ -17,6 +17,7 @@
 //   stages/<device>/<dtype>/b<B>/cam<N>  eager, p50 of each stage (StageTiming; CUDA events on a GPU)
 // Memory: on a GPU gpu_weights_gb (allocated after load) and gpu_peak_gb (peak allocated during
 // the case, weights included); on the CPU rss_peak_gb, the process's peak resident set so far.
+// load_s: the wall time of the Policy::load behind the case (checkpoint files to device weights).
 // benchmarks/bench_policy_reference.py runs this binary next to the Python reference pipeline and
 // prints the ratio table.
 
@@ -71,6 +72,7 @@ struct Loaded {
   bool graphs = true;
   std::unique_ptr<Policy> policy;
   double weights_gb = 0;
+  double load_s = 0;  // Policy::load wall time (the page cache is warm after the first load)
 };
 
 double gpu_allocated_gb(bool peak) {
@@ -109,7 +111,9 @@ Policy& policy_for(const Case& c, bool graphs) {
     o.threads = std::stoi(env("FOCUSVLA_BENCH_THREADS", "0"));
     const std::string key = env("FOCUSVLA_BENCH_UNNORM_KEY", "");
     o.unnorm_key = key;
+    const auto start = std::chrono::steady_clock::now();
     loaded.policy = std::make_unique<Policy>(Policy::load(env("FOCUSVLA_BENCH_CHECKPOINT", ""), o));
+    loaded.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     loaded.device = c.device;
     loaded.dtype = c.dtype;
     loaded.cameras = c.cameras;
@@ -174,6 +178,7 @@ void BM_Act(benchmark::State& state, Case c) {
   } else {
     state.counters["rss_peak_gb"] = rss_peak_gb();
   }
+  state.counters["load_s"] = loaded_policy().load_s;
   state.SetLabel(policy.last_execution());
 }
 

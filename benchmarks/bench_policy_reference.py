@@ -76,7 +76,8 @@ def ours(binary, checkpoint, device, dtype, batches, cameras, iters, threads):
     if threads:
         env["FOCUSVLA_BENCH_THREADS"] = str(threads)
     result = subprocess.run([binary, "--benchmark_format=json"], check=True, capture_output=True, text=True, env=env)
-    return {b["name"]: b for b in json.loads(result.stdout)["benchmarks"]}
+    # "act/cpu/bf16/b1/cam2/iterations:3/manual_time" -> "act/cpu/bf16/b1/cam2"
+    return {b["name"].split("/iterations")[0]: b for b in json.loads(result.stdout)["benchmarks"]}
 
 
 def main():
@@ -119,7 +120,7 @@ def main():
                 rows.append(dict(device=args.device, dtype=dtype, batch=b, cameras=c, p50_ms=act["p50_ms"],
                                  p99_ms=act["p99_ms"], actions_per_s=act["actions_per_s"], execution=act.get("label", ""),
                                  gpu_peak_gb=act.get("gpu_peak_gb"), gpu_weights_gb=act.get("gpu_weights_gb"),
-                                 rss_peak_gb=act.get("rss_peak_gb"),
+                                 rss_peak_gb=act.get("rss_peak_gb"), load_s=act.get("load_s"),
                                  stages={k: stages.get(k + "_ms") for k in ("preprocess", "vision", "projector", "llm", "head")},
                                  reference_p50_ms=rp50, reference_p99_ms=rp99, speedup=rp50 / act["p50_ms"]))
 
@@ -136,12 +137,14 @@ def main():
         s = r["stages"]
         if all(v is not None for v in s.values()):
             print(f"  {r['dtype']} b{r['batch']} cam{r['cameras']}: " + " / ".join(f"{s[k]:.2f}" for k in s))
+    print("\nfocusvla memory and load time")
     for r in rows:
+        load = f", Policy::load {r['load_s']:.1f} s" if r.get("load_s") is not None else ""
         if r["gpu_peak_gb"] is not None:
             print(f"  {r['dtype']} b{r['batch']} cam{r['cameras']}: GPU weights {r['gpu_weights_gb']:.2f} GB, "
-                  f"peak {r['gpu_peak_gb']:.2f} GB")
+                  f"peak {r['gpu_peak_gb']:.2f} GB{load}")
         elif r["rss_peak_gb"] is not None:
-            print(f"  {r['dtype']} b{r['batch']} cam{r['cameras']}: process peak RSS {r['rss_peak_gb']:.2f} GB")
+            print(f"  {r['dtype']} b{r['batch']} cam{r['cameras']}: process peak RSS {r['rss_peak_gb']:.2f} GB{load}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "device_name": device_name, "iters": iters, "rows": rows}, f, indent=1)

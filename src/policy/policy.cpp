@@ -352,7 +352,15 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
   return out;
 }
 
-Policy Policy::load(const std::string& directory, const PolicyOptions& options) {
+Policy Policy::load(const std::string& directory, const PolicyOptions& requested) {
+  PolicyOptions options = requested;
+  // "cuda" means the current CUDA device: name it (cuda:0, ...), as every tensor reports its
+  // device with the index and caches keyed by device (RoPE tables, normalization statistics)
+  // must find their entries, never rebuild them (from host memory) under a CUDA graph capture.
+  if (options.device.is_cuda() && !options.device.has_index()) {
+    check(torch::cuda::is_available(), "PolicyOptions::device", "CUDA requested, but no CUDA device is available");
+    options.device = torch::empty({0}, torch::TensorOptions().device(options.device)).device();
+  }
   auto impl = std::make_shared<Impl>();
   impl->options = options;
   if (options.threads > 0) torch::set_num_threads(options.threads);

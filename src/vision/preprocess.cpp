@@ -501,7 +501,9 @@ torch::Tensor ImagePreprocessor::normalize(const torch::Tensor& staged, torch::S
                   std::to_string(size_) + ", 3), got " +
                   (staged.defined() ? std::string(c10::toString(staged.scalar_type())) + " " + shape_of(staged)
                                     : "undefined"));
-  const Statistics s = staged.device() == options_.device ? device_statistics_ : statistics(staged.device());
+  // Compared with the statistics' own device, which has its index even when options_.device
+  // was plain "cuda".
+  const Statistics s = staged.device() == device_statistics_.mean.device() ? device_statistics_ : statistics(staged.device());
   // Tensor (not scalar) divisors: CUDA turns division by a host scalar into a multiplication by
   // its reciprocal, which rounds differently from the host pipeline's float division.
   const torch::Tensor x = staged.to(torch::kFloat32).div_(s.scale).sub_(s.mean).div_(s.std);  // (..., 2, S, S, 3)

@@ -99,11 +99,12 @@ TEST(PolicyConformance, FocusVlaBf16) { expect_case("focus_bf16", 2e-2); }
 // The bf16 weights as fp32 on both sides.
 TEST(PolicyConformance, Bf16WeightsInFp32) { expect_case("focus_bf16_as_f32", 1e-4); }
 
-// Our max relative distance from `expected` and the reference's own bf16-to-fp32 distance, for
-// observation 0 of the bf16 checkpoint.
-std::pair<double, double> bf16_distances(const ActionChunk& ours) {
-  const torch::Tensor fp32 = tensors().at("focus_bf16_as_f32.0.actions");
-  const torch::Tensor ref_bf16 = tensors().at("focus_bf16.0.actions");
+// Our max relative distance from the reference's fp32 actions and the reference's own
+// bf16-to-fp32 distance, for observation 0 of a bf16 checkpoint (cases `fp32_case`, `bf16_case`).
+std::pair<double, double> bf16_distances(const ActionChunk& ours, const std::string& fp32_case = "focus_bf16_as_f32",
+                                         const std::string& bf16_case = "focus_bf16") {
+  const torch::Tensor fp32 = tensors().at(fp32_case + ".0.actions");
+  const torch::Tensor ref_bf16 = tensors().at(bf16_case + ".0.actions");
   return {relative_error(ours.actions, fp32), testing::relative_error(ref_bf16, fp32)};
 }
 
@@ -181,6 +182,25 @@ TEST(PolicyCuda, Bf16WithinBf16OfFp32) {
                 reference);
     EXPECT_LE(ours, 2 * reference);
   }
+}
+
+// The CPU target of the bf16 path at full size: bf16 (kAuto: fp32 matmuls here when the CPU has
+// no native bf16) within twice the distance of the reference's bf16 from fp32.
+TEST(PolicyConformance, FullSizeBf16WithinBf16OfFp32) {
+  const auto cases = io::read_json_file(data_path("policy", "cases.json"));
+  bool present = false;
+  for (const auto& c : cases) present = present || c["name"] == "full_focus_bf16";
+  if (!present) GTEST_FAIL() << "gen_policy.py was run without --full";
+  const auto c = find_case("full_focus_bf16");
+  PolicyOptions o = options_for(c);
+  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Observation obs = observation(c["observations"][0]);
+  const auto [ours, reference] =
+      bf16_distances(policy.act(obs.images, obs.instruction, obs.proprio), "full_focus_f32", "full_focus_bf16");
+  std::printf("  full size: bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e\n", ours, reference);
+  EXPECT_GT(reference, 0.0);
+  EXPECT_LE(ours, 2 * reference);
 }
 
 TEST(PolicyConformance, FullSizeFocusVlaFp32) {

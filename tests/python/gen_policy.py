@@ -95,6 +95,10 @@ def main():
         ref = ReferencePolicy(os.path.join(out, "full_focus"), "full", torch.float32)
         add_case("full_focus_f32", "full_focus", ref, obs2[:1], "openvla", "float32", True)
         del ref
+        # The reference's own bf16 at full size: how far bf16 may land from fp32 there.
+        ref = ReferencePolicy(os.path.join(out, "full_focus"), "full", torch.bfloat16)
+        add_case("full_focus_bf16", "full_focus", ref, obs2[:1], "openvla", "bfloat16", True)
+        del ref
 
     save_file(tensors, os.path.join(out, "tensors.safetensors"))
     with open(os.path.join(out, "cases.json"), "w") as f:
