@@ -117,8 +117,10 @@ TEST(PolicyConformance, Bf16AutoMatmulWithinBf16OfFp32) {
   o.cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
   const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
   const Observation obs = observation(c["observations"][0]);
-  const auto [ours, reference] = bf16_distances(policy.act(obs.images, obs.instruction, obs.proprio));
-  std::printf("  bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e\n", ours, reference);
+  const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
+  const auto [ours, reference] = bf16_distances(chunk);
+  std::printf("  bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e; ours vs reference bf16: %.2e\n", ours,
+              reference, relative_error(chunk.actions, tensors().at("focus_bf16.0.actions")));
   EXPECT_GT(reference, 0.0);  // the case must show bf16 rounding at all
   EXPECT_LE(ours, 2 * reference);
 }
@@ -196,9 +198,10 @@ TEST(PolicyConformance, FullSizeBf16WithinBf16OfFp32) {
   o.cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
   const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
   const Observation obs = observation(c["observations"][0]);
-  const auto [ours, reference] =
-      bf16_distances(policy.act(obs.images, obs.instruction, obs.proprio), "full_focus_f32", "full_focus_bf16");
-  std::printf("  full size: bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e\n", ours, reference);
+  const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
+  const auto [ours, reference] = bf16_distances(chunk, "full_focus_f32", "full_focus_bf16");
+  std::printf("  full size: bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e; ours vs reference bf16: %.2e\n",
+              ours, reference, relative_error(chunk.actions, tensors().at("full_focus_bf16.0.actions")));
   EXPECT_GT(reference, 0.0);
   EXPECT_LE(ours, 2 * reference);
 }
