@@ -327,7 +327,6 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
   const std::vector<double> stages = timer.intervals_ms();
   timing.cuda_graph = replayed;
   timing.total_ms = ms_since(start);
-  timing.device_ms = 0;
   for (const double ms : stages) timing.device_ms += ms;
   if (replayed) {
     timing.preprocess_ms = host_ms;

@@ -481,14 +481,8 @@ void ImagePreprocessor::stage(const std::vector<torch::Tensor>& images, const to
           "expected one image [H, W, 3] per camera, got " + shape_of(image));
   }
   for (int64_t i = 0; i < n; ++i) {
-    const torch::Tensor prepared = libero_steps(host_batch(images[static_cast<size_t>(i)]));
-    torch::Tensor resized;  // shared by the backbones when their resize is the same
-    for (int64_t k = 0; k < nb; ++k) {
-      const Backbone& b = backbones_[static_cast<size_t>(k)];
-      if (k == 0 || b.filter != backbones_[static_cast<size_t>(k - 1)].filter)
-        resized = pil_resize_host(prepared, b.size, b.size, b.filter, options_.pil_order);
-      out[i][k].copy_(resized[0]);
-    }
+    const std::vector<torch::Tensor> resized = backbone_images(host_batch(images[static_cast<size_t>(i)]));
+    for (int64_t k = 0; k < nb; ++k) out[i][k].copy_(resized[static_cast<size_t>(k)][0]);
   }
 }
 
@@ -533,14 +527,25 @@ torch::Tensor ImagePreprocessor::backbone_input(const torch::Tensor& images, siz
   return out.to(images.device());
 }
 
-void ImagePreprocessor::process(const torch::Tensor& batch, float* out) const {
+std::vector<torch::Tensor> ImagePreprocessor::backbone_images(const torch::Tensor& batch) const {
   const torch::Tensor prepared = libero_steps(batch);
-  const int64_t plane = size_ * size_;
-  torch::Tensor resized;  // shared by the backbones when their resize is the same
+  std::vector<torch::Tensor> out;
   for (size_t i = 0; i < backbones_.size(); ++i) {
     const Backbone& b = backbones_[i];
-    if (i == 0 || b.filter != backbones_[i - 1].filter)
-      resized = pil_resize_host(prepared, b.size, b.size, b.filter, options_.pil_order);
+    // Shared by consecutive backbones with the same resize.
+    out.push_back(i > 0 && b.filter == backbones_[i - 1].filter
+                      ? out.back()
+                      : pil_resize_host(prepared, b.size, b.size, b.filter, options_.pil_order));
+  }
+  return out;
+}
+
+void ImagePreprocessor::process(const torch::Tensor& batch, float* out) const {
+  const int64_t plane = size_ * size_;
+  const std::vector<torch::Tensor> images = backbone_images(batch);
+  for (size_t i = 0; i < backbones_.size(); ++i) {
+    const Backbone& b = backbones_[i];
+    const torch::Tensor& resized = images[i];
     // torchvision: to_tensor (u8 -> float / 255), then normalize: (x - mean) / std, in float32.
     const uint8_t* src = resized.data_ptr<uint8_t>();
     for (int64_t n = 0; n < resized.size(0); ++n) {

@@ -144,6 +144,8 @@ class ImagePreprocessor {
   };
   // The LIBERO steps on a contiguous host batch (N, H, W, 3) uint8.
   torch::Tensor libero_steps(const torch::Tensor& batch) const;
+  // A contiguous host batch (N, H, W, 3) uint8 -> the uint8 (N, S, S, 3) each backbone sees.
+  std::vector<torch::Tensor> backbone_images(const torch::Tensor& batch) const;
   // A contiguous host batch (N, H, W, 3) uint8 -> normalized into `out`, (N, 6, S, S) float32.
   void process(const torch::Tensor& batch, float* out) const;
 

@@ -36,8 +36,7 @@ class ProjectorImpl : public torch::nn::Module {
         fc3(register_module("fc3", nn::Linear(config.llm_dim, config.llm_dim, true, options))) {}
 
   torch::Tensor forward(const torch::Tensor& features) const {
-    const auto h = torch::gelu(linear(fc2, torch::gelu(linear(fc1, features, bf16_in_fp32)), bf16_in_fp32));
-    return linear(fc3, h, bf16_in_fp32);
+    return fc3->forward(torch::gelu(fc2->forward(torch::gelu(fc1->forward(features)))));
   }
 
   // The widths a checkpoint's `projector.fc{1,2,3}.weight` shapes show; fields whose tensor is
@@ -47,7 +46,6 @@ class ProjectorImpl : public torch::nn::Module {
   nn::Linear fc1;
   nn::Linear fc2;
   nn::Linear fc3;
-  bool bf16_in_fp32 = false;  // see vision::linear()
 };
 TORCH_MODULE(Projector);
 
@@ -108,16 +106,10 @@ class VisionTowerImpl : public torch::nn::Module {
   // Named intermediates (see Tap): the encoders' under "vision_backbone.featurizer." and
   // "vision_backbone.fused_featurizer.", then "features" and "output".
   void set_tap(Tap tap);
-  // bf16 linear layers on the CPU as fp32 matmuls of the upcast operands (see vision::linear()):
-  // ~3x faster on CPUs without native bf16 dot products; off by default. Keeps fp32 copies of
-  // the linear weights (made now: call after loading).
-  void set_bf16_matmul_in_fp32(bool on) {
-    vision_backbone->featurizer->set_bf16_matmul_in_fp32(on);
-    vision_backbone->fused_featurizer->set_bf16_matmul_in_fp32(on);
-    projector->bf16_in_fp32 = on;
-    for (auto* layer : {&projector->fc1, &projector->fc2, &projector->fc3})
-      (*layer)->keep_fp32_copy(on && (*layer)->weight.scalar_type() == torch::kBFloat16 && (*layer)->weight.is_cpu());
-  }
+  // bf16 linear layers on the CPU as fp32 matmuls of fp32 weight copies (nn::keep_fp32_copies,
+  // made now: call after loading): ~3x faster on CPUs without native bf16 dot products; off by
+  // default.
+  void set_bf16_matmul_in_fp32(bool on) { nn::keep_fp32_copies(*this, on); }
 
   // Builds the tower a checkpoint holds: VisionTowerConfig::from_vla_config(config).fitted_to(state).
   static VisionTower load(const io::StateDict& state, const io::VlaConfig& config,
