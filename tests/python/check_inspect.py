@@ -17,6 +17,13 @@ import make_checkpoint  # noqa: E402
 
 def main():
     cli, work = sys.argv[1], sys.argv[2]
+    try:
+        return check(cli, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # 2.9 GB: never left behind, pass or fail
+
+
+def check(cli, work):
     ckpt = os.path.join(work, "checkpoint")
     shutil.rmtree(work, ignore_errors=True)
     expected = make_checkpoint.write_directory(ckpt, size="full", dtype="bf16", shards=2, head="pro")
@@ -42,7 +49,6 @@ def main():
     bad = subprocess.run([cli, "inspect", os.path.join(work, "absent")], capture_output=True, text=True)
     if bad.returncode != 1 or "not a directory" not in bad.stderr:
         failures.append(f"inspect of a missing directory: rc {bad.returncode}, stderr {bad.stderr!r}")
-    shutil.rmtree(work, ignore_errors=True)
     if failures:
         print("\n".join(failures))
         return 1
