@@ -125,7 +125,8 @@ struct StageTimer::State {
   torch::Device device;
   std::vector<Clock::time_point> host;
 #ifdef FOCUSVLA_WITH_CUDA
-  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> events;
+  std::vector<std::unique_ptr<at::cuda::CUDAEvent>> events;  // events[0, marks) hold this call's marks
+  size_t marks = 0;
 #endif
 };
 
@@ -135,20 +136,27 @@ StageTimer::~StageTimer() = default;
 void StageTimer::mark() {
 #ifdef FOCUSVLA_WITH_CUDA
   if (state_->device.is_cuda()) {
-    auto event = std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault);  // timing enabled
-    event->record(c10::cuda::getCurrentCUDAStream(state_->device.index()));
-    state_->events.push_back(std::move(event));
+    if (state_->marks == state_->events.size())
+      state_->events.push_back(std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault));  // timing enabled
+    state_->events[state_->marks++]->record(c10::cuda::getCurrentCUDAStream(state_->device.index()));
     return;
   }
 #endif
   state_->host.push_back(Clock::now());
 }
 
+void StageTimer::restart() {
+  state_->host.clear();
+#ifdef FOCUSVLA_WITH_CUDA
+  state_->marks = 0;
+#endif
+}
+
 std::vector<double> StageTimer::intervals_ms() const {
   std::vector<double> out;
 #ifdef FOCUSVLA_WITH_CUDA
   if (state_->device.is_cuda()) {
-    for (size_t i = 1; i < state_->events.size(); ++i)
+    for (size_t i = 1; i < state_->marks; ++i)
       out.push_back(state_->events[i - 1]->elapsed_time(*state_->events[i]));
     return out;
   }

@@ -74,6 +74,7 @@ struct Workspace {
   torch::Tensor output;          // (B, chunk, action_dim) float32 on the device
   torch::Tensor output_host;     // the same on the host (pinned with CUDA)
   policy::HeadDiagnostics diagnostics;
+  std::unique_ptr<StageTimer> timer;  // its CUDA events are made on the first call, then reused
   std::unique_ptr<CudaGraph> graph;
   bool graph_failed = false;
   int64_t runs = 0;
@@ -188,6 +189,7 @@ Workspace& Policy::Impl::workspace(const Workspace::Key& key) const {
   const auto& head_config = head->config();
   w->output = torch::empty({b, head_config.chunk, head_config.action_dim}, torch::TensorOptions(torch::kFloat32).device(device));
   w->output_host = cuda ? torch::empty(w->output.sizes(), host.dtype(torch::kFloat32)) : w->output;
+  w->timer = std::make_unique<StageTimer>(device);
   workspaces.push_back(std::move(w));
   return *workspaces.back();
 }
@@ -297,7 +299,8 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
 
   // Device half: eager on the first call of a shape (and always on the CPU), captured as a CUDA
   // graph on the second, replayed from then on.
-  StageTimer timer(options.device);
+  StageTimer& timer = *w.timer;
+  timer.restart();
   timer.mark();
   bool replayed = false;
   if (cuda && options.cuda_graphs && !w.graph_failed && w.runs >= 1) {
@@ -352,6 +355,14 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
 }
 
 Policy Policy::load(const std::string& directory, const PolicyOptions& requested) {
+  // Where load time goes, for the info log: (phase, ms).
+  const auto load_start = Clock::now();
+  auto lap_start = load_start;
+  std::string phases;
+  const auto lap = [&](const char* phase) {
+    phases += (phases.empty() ? "" : ", ") + std::string(phase) + " " + std::to_string(std::lround(ms_since(lap_start))) + " ms";
+    lap_start = Clock::now();
+  };
   PolicyOptions options = requested;
   // "cuda" means the current CUDA device: name it (cuda:0, ...), as every tensor reports its
   // device with the index and caches keyed by device (RoPE tables, normalization statistics)
@@ -370,6 +381,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
         "PolicyOptions::dtype", "must be float32, bfloat16 or float16");
 
   const io::Checkpoint ckpt = io::Checkpoint::open(directory);
+  lap("checkpoint files");
   check(!ckpt.files.action_head.empty(), directory, "no action head (action_head--*checkpoint.pt)");
   check(ckpt.preprocessor.has_value(), directory, "no preprocessor_config.json");
 
@@ -396,12 +408,14 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
 
   const auto tensor_options = torch::TensorOptions().dtype(options.dtype).device(options.device);
   impl->tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_directory(directory));
+  lap("tokenizer");
   vision::PreprocessOptions pre;
   pre.center_crop = options.center_crop;
   pre.libero_resize = options.center_crop;
   pre.device = options.device;
   impl->preprocessor = std::make_unique<vision::ImagePreprocessor>(*ckpt.preprocessor, pre);
   impl->vision = vision::VisionTower::load(ckpt.model, ckpt.config, tensor_options);
+  lap("vision");
   impl->llm = llm::load_qwen2(ckpt.model, ckpt.config.text_config, tensor_options);
   impl->max_positions = ckpt.config.text_config.max_position_embeddings;
   const torch::Tensor& queries = ckpt.model.at("action_queries.weight");
@@ -412,6 +426,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   // The RoPE table for every position once, so that no call extends (reallocates) it under a
   // captured CUDA graph.
   (void)impl->llm->rope_tables(impl->max_positions, options.device, options.dtype);
+  lap("llm");
   impl->head = policy::ActionHeadImpl::load(ckpt.action_head, ckpt.config.focus, tensor_options);
   check(impl->head->config().action_dim == static_cast<int64_t>(impl->action_bounds.low.size()), directory,
         "the action head predicts " + std::to_string(impl->head->config().action_dim) + " dims but '" +
@@ -425,6 +440,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
           "have " + std::to_string(impl->proprio_bounds->low.size()) + " dims, the projector takes " +
               std::to_string(impl->proprio_projector->proprio_dim()));
   }
+  lap("head");
   // bf16 on a CPU: fp32 matmuls of fp32 weight copies where bf16 would be emulated (see
   // PolicyOptions::cpu_bf16_matmul), made once here.
   impl->llm->set_cpu_bf16_matmul(options.cpu_bf16_matmul);
@@ -432,8 +448,12 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   impl->vision->set_bf16_matmul_in_fp32(fp32_matmuls);
   nn::keep_fp32_copies(*impl->head, fp32_matmuls);
   if (impl->proprio_projector) nn::keep_fp32_copies(*impl->proprio_projector, fp32_matmuls);
-  if (fp32_matmuls) log_info("bf16 on a CPU without native bf16 dot products: linear layers run as fp32 matmuls");
-  log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s))");
+  if (fp32_matmuls) {
+    log_info("bf16 on a CPU without native bf16 dot products: linear layers run as fp32 matmuls");
+    lap("fp32 weight copies");
+  }
+  log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s)) in " +
+           std::to_string(std::lround(ms_since(load_start))) + " ms: " + phases);
   return Policy(impl);
 }
 

@@ -35,6 +35,14 @@ TEST(CudaGraph, StageTimerOnTheCpuUsesHostClocks) {
   EXPECT_GE(ms[0], 19.0);
   EXPECT_GE(ms[1], 0.0);
   EXPECT_LT(ms[1], ms[0]);
+
+  // restart(): the next call's marks only.
+  timer.restart();
+  EXPECT_TRUE(timer.intervals_ms().empty());
+  timer.mark();
+  timer.mark();
+  ASSERT_EQ(timer.intervals_ms().size(), 1u);
+  EXPECT_LT(timer.intervals_ms()[0], 19.0);
 }
 
 TEST(CudaGraph, CapturesReplaysAndFallsBackOnTheGpu) {
@@ -64,6 +72,14 @@ TEST(CudaGraph, CapturesReplaysAndFallsBackOnTheGpu) {
   synchronize_stream(torch::kCUDA);
   ASSERT_EQ(timer.intervals_ms().size(), 1u);
   EXPECT_GT(timer.intervals_ms()[0], 0.0);
+  // A second call on the same timer reuses its events and reports its own marks only.
+  timer.restart();
+  timer.mark();
+  timer.mark();
+  timer.mark();
+  synchronize_stream(torch::kCUDA);
+  ASSERT_EQ(timer.intervals_ms().size(), 2u);
+  EXPECT_GE(timer.intervals_ms()[0], 0.0);
 }
 
 }  // namespace

@@ -48,7 +48,8 @@ void synchronize_stream(torch::Device device);
 
 // Time between marks of one call: host clocks on the CPU (where work is synchronous), CUDA events
 // on the current stream on a GPU (no synchronization; read intervals after the stream has been
-// synchronized, e.g. after the result was copied back).
+// synchronized, e.g. after the result was copied back). One timer serves many calls: restart()
+// forgets the marks and keeps the events, so a call creates none once the first has run.
 class StageTimer {
  public:
   explicit StageTimer(torch::Device device);
@@ -56,6 +57,7 @@ class StageTimer {
   StageTimer(const StageTimer&) = delete;
   StageTimer& operator=(const StageTimer&) = delete;
   void mark();
+  void restart();
   // Milliseconds from each mark to the next (marks - 1 values).
   std::vector<double> intervals_ms() const;
 
