@@ -11,6 +11,8 @@
 //   FOCUSVLA_BENCH_CAMERAS  1,2        (default)
 //   FOCUSVLA_BENCH_ITERS    timed calls per case (default: 100 on a GPU, 3 on the CPU)
 //   FOCUSVLA_BENCH_THREADS  CPU threads (default: LibTorch's)
+//   FOCUSVLA_BENCH_UNNORM_KEY  the dataset statistics to use (required when the checkpoint has
+//                           several, as the demo checkpoint has: libero_spatial_no_noops)
 // Two families per case:
 //   act/<device>/<dtype>/b<B>/cam<N>     the call a robot makes (CUDA graphs on a GPU): counters
 //                                        p50_ms, p99_ms, actions_per_s (B x 8 / p50), peak memory
@@ -152,8 +154,19 @@ double rss_peak_gb() {
   return static_cast<double>(usage.ru_maxrss) * 1024 / 1e9;
 }
 
+// A case that cannot run (a bad checkpoint, an unnorm_key missing, out of memory) is reported
+// with its error message and the others go on.
+template <typename Body>
+void run_case(benchmark::State& state, const Body& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
+}
+
 // The same observations every call: a robot re-plans one task, so prompt lengths repeat.
-void BM_Act(benchmark::State& state, Case c) {
+void act_case(benchmark::State& state, const Case& c) {
   Policy& policy = policy_for(c, /*graphs=*/true);
   const auto batch = observations(policy, c.batch);
   const int warmup = c.device == "cuda" ? 5 : 1;  // the 2nd call of a shape captures the CUDA graph
@@ -182,7 +195,7 @@ void BM_Act(benchmark::State& state, Case c) {
   state.SetLabel(policy.last_execution());
 }
 
-void BM_Stages(benchmark::State& state, Case c) {
+void stages_case(benchmark::State& state, const Case& c) {
   Policy& policy = policy_for(c, /*graphs=*/false);
   const auto batch = observations(policy, c.batch);
   policy.act_batch(batch);
@@ -204,6 +217,13 @@ void BM_Stages(benchmark::State& state, Case c) {
   state.counters["llm_ms"] = percentile(llm, 0.5);
   state.counters["head_ms"] = percentile(head, 0.5);
   state.SetLabel(policy.last_execution());
+}
+
+void BM_Act(benchmark::State& state, Case c) {
+  run_case(state, [&] { act_case(state, c); });
+}
+void BM_Stages(benchmark::State& state, Case c) {
+  run_case(state, [&] { stages_case(state, c); });
 }
 
 void register_cases() {
