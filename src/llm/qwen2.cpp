@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "focusvla/core/error.h"
+#include "focusvla/nn/fused_linear.h"
 
 namespace focusvla::llm {
 namespace {
@@ -13,23 +14,6 @@ std::string dtype_name(torch::ScalarType dtype) { return c10::toString(dtype); }
 
 void emit(const ForwardContext& context, const char* name, const torch::Tensor& value) {
   if (context.hook != nullptr) (*context.hook)(name, context.layer, value);
-}
-
-// y = x W^T + b, for bf16 optionally as an fp32 matmul (CpuBf16Matmul) with the fp32 copies kept
-// by set_cpu_bf16_matmul (upcast for this call only when none are kept).
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                     const ForwardContext& context, const torch::Tensor& weight_fp32 = {},
-                     const torch::Tensor& bias_fp32 = {}) {
-  if (context.bf16_matmul_in_fp32 && x.scalar_type() == torch::kBFloat16) {
-    if (weight_fp32.defined()) return nn::linear_bf16_as_fp32(x, weight_fp32, bias_fp32);
-    return nn::linear_bf16_as_fp32(x, weight.to(torch::kFloat32), bias.defined() ? bias.to(torch::kFloat32) : bias);
-  }
-  return torch::linear(x, weight, bias);
-}
-
-torch::Tensor fp32_copy(const torch::Tensor& t, bool on) {
-  torch::NoGradGuard no_grad;
-  return on && t.defined() ? t.to(torch::kFloat32) : torch::Tensor();
 }
 
 // HF apply_rotary_pos_emb on x (B, L, heads, head_dim): x * cos + rotate_half(x) * sin, with
@@ -45,26 +29,6 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
   auto out = x * cos;
   out.add_(rotated * sin);
   return out;
-}
-
-// Copies `parts` into one tensor stacked along dim 0 and makes each part a view of its rows.
-torch::Tensor fuse_rows(const std::vector<torch::Tensor>& parts) {
-  torch::NoGradGuard no_grad;
-  auto whole = torch::cat(parts, 0);
-  int64_t row = 0;
-  for (auto part : parts) {
-    const int64_t rows = part.size(0);
-    part.set_data(whole.narrow(0, row, rows));
-    row += rows;
-  }
-  return whole;
-}
-
-// True when `part` is exactly rows [row, row + part.size(0)) of `whole`.
-bool is_row_block(const torch::Tensor& part, const torch::Tensor& whole, int64_t row) {
-  return part.defined() && whole.defined() && part.is_alias_of(whole) && part.dim() == whole.dim() &&
-         part.strides() == whole.strides() && part.sizes().slice(1) == whole.sizes().slice(1) &&
-         part.storage_offset() == whole.storage_offset() + row * whole.stride(0);
 }
 
 void check_config(const io::Qwen2Config& c) {
@@ -118,44 +82,16 @@ Qwen2AttentionImpl::Qwen2AttentionImpl(const io::Qwen2Config& c, const torch::Te
       o_proj(register_module("o_proj", nn::Linear(c.num_attention_heads * c.head_dim(), c.hidden_size, false, options))),
       num_heads_(c.num_attention_heads),
       num_kv_heads_(c.num_key_value_heads),
-      head_dim_(c.head_dim()) {
-  fuse();
-}
-
-void Qwen2AttentionImpl::fuse() {
-  if (fused()) return;
-  qkv_weight_ = fuse_rows({q_proj->weight, k_proj->weight, v_proj->weight});
-  qkv_bias_ = fuse_rows({q_proj->bias, k_proj->bias, v_proj->bias});
-}
-
-bool Qwen2AttentionImpl::fused() const {
-  const int64_t nq = num_heads_ * head_dim_;
-  const int64_t nkv = num_kv_heads_ * head_dim_;
-  return is_row_block(q_proj->weight, qkv_weight_, 0) && is_row_block(k_proj->weight, qkv_weight_, nq) &&
-         is_row_block(v_proj->weight, qkv_weight_, nq + nkv) && is_row_block(q_proj->bias, qkv_bias_, 0) &&
-         is_row_block(k_proj->bias, qkv_bias_, nq) && is_row_block(v_proj->bias, qkv_bias_, nq + nkv);
-}
+      head_dim_(c.head_dim()),
+      qkv_({q_proj, k_proj, v_proj}) {}
 
 void Qwen2AttentionImpl::keep_fp32_copies(bool on) {
-  on = on && fused();
-  qkv_weight_fp32_ = fp32_copy(qkv_weight_, on);
-  qkv_bias_fp32_ = fp32_copy(qkv_bias_, on);
-  o_proj->keep_fp32_copy(on);
+  qkv_.keep_fp32_copy(on);
+  o_proj->keep_fp32_copy(on && fused());
 }
 
-void Qwen2AttentionImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  torch::nn::Module::to(device, dtype, non_blocking);
-  fuse();
-  keep_fp32_copies(false);  // stale after a move
-}
-void Qwen2AttentionImpl::to(torch::Dtype dtype, bool non_blocking) {
-  torch::nn::Module::to(dtype, non_blocking);
-  fuse();
-  keep_fp32_copies(false);  // stale after a move
-}
-void Qwen2AttentionImpl::to(torch::Device device, bool non_blocking) {
-  torch::nn::Module::to(device, non_blocking);
-  fuse();
+void Qwen2AttentionImpl::refuse() {
+  qkv_.fuse();
   keep_fp32_copies(false);  // stale after a move
 }
 
@@ -163,22 +99,10 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
                                           const ForwardContext& context) const {
   const int64_t batch = x.size(0);
   const int64_t length = x.size(1);
-  const int64_t nq = num_heads_ * head_dim_;
-  const int64_t nkv = num_kv_heads_ * head_dim_;
-  torch::Tensor q, k, v;
-  if (fused()) {
-    const auto qkv = linear(x, qkv_weight_, qkv_bias_, context, qkv_weight_fp32_, qkv_bias_fp32_);
-    q = qkv.narrow(2, 0, nq);
-    k = qkv.narrow(2, nq, nkv);
-    v = qkv.narrow(2, nq + nkv, nkv);
-  } else {
-    q = linear(x, q_proj->weight, q_proj->bias, context);
-    k = linear(x, k_proj->weight, k_proj->bias, context);
-    v = linear(x, v_proj->weight, v_proj->bias, context);
-  }
-  q = apply_rope(q.view({batch, length, num_heads_, head_dim_}), rope);
-  k = apply_rope(k.view({batch, length, num_kv_heads_, head_dim_}), rope);
-  v = v.view({batch, length, num_kv_heads_, head_dim_});
+  const auto qkv = qkv_.forward(x, context.bf16_matmul_in_fp32);
+  const auto q = apply_rope(qkv[0].view({batch, length, num_heads_, head_dim_}), rope);
+  const auto k = apply_rope(qkv[1].view({batch, length, num_kv_heads_, head_dim_}), rope);
+  const auto v = qkv[2].view({batch, length, num_kv_heads_, head_dim_});
   emit(context, "q", q);
   emit(context, "k", k);
   emit(context, "v", v);
@@ -189,60 +113,30 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
                                                /*scale=*/c10::nullopt, /*enable_gqa=*/num_kv_heads_ != num_heads_);
   o = o.transpose(1, 2).reshape({batch, length, num_heads_ * head_dim_});
   emit(context, "attn_out", o);
-  return linear(o, o_proj->weight, o_proj->bias, context, o_proj->weight_fp32, o_proj->bias_fp32);
+  return nn::linear(o, o_proj->weight, o_proj->bias, context.bf16_matmul_in_fp32, o_proj->weight_fp32, o_proj->bias_fp32);
 }
 
 Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
     : gate_proj(register_module("gate_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
       up_proj(register_module("up_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
-      down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))) {
-  fuse();
-}
-
-void Qwen2MLPImpl::fuse() {
-  if (!fused()) gate_up_weight_ = fuse_rows({gate_proj->weight, up_proj->weight});
-}
-
-bool Qwen2MLPImpl::fused() const {
-  return is_row_block(gate_proj->weight, gate_up_weight_, 0) &&
-         is_row_block(up_proj->weight, gate_up_weight_, gate_proj->weight.size(0));
-}
+      down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))),
+      gate_up_({gate_proj, up_proj}) {}
 
 void Qwen2MLPImpl::keep_fp32_copies(bool on) {
-  on = on && fused();
-  gate_up_weight_fp32_ = fp32_copy(gate_up_weight_, on);
-  down_proj->keep_fp32_copy(on);
+  gate_up_.keep_fp32_copy(on);
+  down_proj->keep_fp32_copy(on && fused());
 }
 
-void Qwen2MLPImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
-  torch::nn::Module::to(device, dtype, non_blocking);
-  fuse();
-  keep_fp32_copies(false);  // stale after a move
-}
-void Qwen2MLPImpl::to(torch::Dtype dtype, bool non_blocking) {
-  torch::nn::Module::to(dtype, non_blocking);
-  fuse();
-  keep_fp32_copies(false);  // stale after a move
-}
-void Qwen2MLPImpl::to(torch::Device device, bool non_blocking) {
-  torch::nn::Module::to(device, non_blocking);
-  fuse();
+void Qwen2MLPImpl::refuse() {
+  gate_up_.fuse();
   keep_fp32_copies(false);  // stale after a move
 }
 
 torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x, const ForwardContext& context) const {
-  torch::Tensor h;
-  if (fused()) {
-    const auto gate_up = linear(x, gate_up_weight_, {}, context, gate_up_weight_fp32_);
-    const int64_t n = gate_proj->weight.size(0);
-    h = torch::silu(gate_up.narrow(-1, 0, n));
-    h.mul_(gate_up.narrow(-1, n, n));
-  } else {
-    h = linear(x, gate_proj->weight, {}, context);
-    torch::silu_(h);
-    h.mul_(linear(x, up_proj->weight, {}, context));
-  }
-  return linear(h, down_proj->weight, {}, context, down_proj->weight_fp32);
+  const auto gate_up = gate_up_.forward(x, context.bf16_matmul_in_fp32);
+  torch::Tensor h = torch::silu(gate_up[0]);
+  h.mul_(gate_up[1]);
+  return nn::linear(h, down_proj->weight, {}, context.bf16_matmul_in_fp32, down_proj->weight_fp32);
 }
 
 Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)

@@ -31,6 +31,7 @@
 
 #include "focusvla/io/checkpoint_config.h"
 #include "focusvla/io/state_dict.h"
+#include "focusvla/nn/fused_linear.h"
 #include "focusvla/nn/layers.h"
 
 namespace focusvla::llm {
@@ -109,26 +110,20 @@ struct ForwardContext {
   bool bf16_matmul_in_fp32 = false;  // see CpuBf16Matmul
 };
 
-// Fused projections: q/k/v (and gate/up in the MLP) keep their HF names and shapes as
-// parameters, but are row blocks of one tensor, so that each runs as a single matmul. Loading
-// writes through the views; Module::to() re-fuses (copying once). When the parameters stop being
-// views of one tensor (a caller replaced one), forward falls back to separate matmuls.
-class Qwen2AttentionImpl : public torch::nn::Module {
+// q/k/v (and gate/up in the MLP) keep their HF names and shapes as parameters but run as one
+// matmul each (nn::FusedLinear; Module::to() re-fuses).
+class Qwen2AttentionImpl : public nn::FusingModule {
  public:
   Qwen2AttentionImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   // x: (B, L, hidden) -> (B, L, hidden).
   torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
                         const ForwardContext& context = {}) const;
 
-  // Makes q/k/v_proj's weight and bias row blocks of one tensor (a no-op when they already are).
-  void fuse();
-  bool fused() const;
+  // Whether q/k/v_proj's weights and biases are row blocks of one tensor (one matmul).
+  bool fused() const { return qkv_.fused(); }
   // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32); made
   // once from the current weights, dropped by to().
   void keep_fp32_copies(bool on);
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Device device, bool non_blocking = false) override;
 
   nn::Linear q_proj;
   nn::Linear k_proj;
@@ -136,38 +131,33 @@ class Qwen2AttentionImpl : public torch::nn::Module {
   nn::Linear o_proj;
 
  private:
+  void refuse() override;
+
   int64_t num_heads_;
   int64_t num_kv_heads_;
   int64_t head_dim_;
-  torch::Tensor qkv_weight_;  // (q + 2 kv rows, hidden), unregistered: the parameters view it
-  torch::Tensor qkv_bias_;
-  torch::Tensor qkv_weight_fp32_;  // see keep_fp32_copies
-  torch::Tensor qkv_bias_fp32_;
+  nn::FusedLinear qkv_;
 };
 TORCH_MODULE(Qwen2Attention);
 
-class Qwen2MLPImpl : public torch::nn::Module {
+class Qwen2MLPImpl : public nn::FusingModule {
  public:
   Qwen2MLPImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x, const ForwardContext& context = {}) const;
 
-  // Makes gate_proj's and up_proj's weights row blocks of one tensor (see Qwen2Attention).
-  void fuse();
-  bool fused() const;
-  // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32); made
-  // once from the current weights, dropped by to().
+  // Whether gate_proj's and up_proj's weights are row blocks of one tensor (one matmul).
+  bool fused() const { return gate_up_.fused(); }
+  // As Qwen2Attention::keep_fp32_copies.
   void keep_fp32_copies(bool on);
-  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Dtype dtype, bool non_blocking = false) override;
-  void to(torch::Device device, bool non_blocking = false) override;
 
   nn::Linear gate_proj;
   nn::Linear up_proj;
   nn::Linear down_proj;
 
  private:
-  torch::Tensor gate_up_weight_;  // (2 intermediate, hidden)
-  torch::Tensor gate_up_weight_fp32_;  // see keep_fp32_copies
+  void refuse() override;
+
+  nn::FusedLinear gate_up_;
 };
 TORCH_MODULE(Qwen2MLP);
 
