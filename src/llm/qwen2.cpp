@@ -90,7 +90,7 @@ void Qwen2AttentionImpl::keep_fp32_copies(bool on) {
   o_proj->keep_fp32_copy(on && fused());
 }
 
-void Qwen2AttentionImpl::refuse() {
+void Qwen2AttentionImpl::after_to() {
   qkv_.fuse();
   keep_fp32_copies(false);  // stale after a move
 }
@@ -99,7 +99,7 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
                                           const ForwardContext& context) const {
   const int64_t batch = x.size(0);
   const int64_t length = x.size(1);
-  const auto qkv = qkv_.forward(x, context.bf16_matmul_in_fp32);
+  const auto qkv = qkv_.forward(x);
   const auto q = apply_rope(qkv[0].view({batch, length, num_heads_, head_dim_}), rope);
   const auto k = apply_rope(qkv[1].view({batch, length, num_kv_heads_, head_dim_}), rope);
   const auto v = qkv[2].view({batch, length, num_kv_heads_, head_dim_});
@@ -113,7 +113,7 @@ torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTabl
                                                /*scale=*/c10::nullopt, /*enable_gqa=*/num_kv_heads_ != num_heads_);
   o = o.transpose(1, 2).reshape({batch, length, num_heads_ * head_dim_});
   emit(context, "attn_out", o);
-  return nn::linear(o, o_proj->weight, o_proj->bias, context.bf16_matmul_in_fp32, o_proj->weight_fp32, o_proj->bias_fp32);
+  return o_proj->forward(o);
 }
 
 Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
@@ -127,16 +127,16 @@ void Qwen2MLPImpl::keep_fp32_copies(bool on) {
   down_proj->keep_fp32_copy(on && fused());
 }
 
-void Qwen2MLPImpl::refuse() {
+void Qwen2MLPImpl::after_to() {
   gate_up_.fuse();
   keep_fp32_copies(false);  // stale after a move
 }
 
-torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x, const ForwardContext& context) const {
-  const auto gate_up = gate_up_.forward(x, context.bf16_matmul_in_fp32);
+torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x) const {
+  const auto gate_up = gate_up_.forward(x);
   torch::Tensor h = torch::silu(gate_up[0]);
   h.mul_(gate_up[1]);
-  return nn::linear(h, down_proj->weight, {}, context.bf16_matmul_in_fp32, down_proj->weight_fp32);
+  return down_proj->forward(h);
 }
 
 Qwen2DecoderLayerImpl::Qwen2DecoderLayerImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
@@ -153,7 +153,7 @@ torch::Tensor Qwen2DecoderLayerImpl::forward(const torch::Tensor& h, const RopeT
   emit(context, "attn_residual", x);
   const auto ffn_in = post_attention_layernorm->forward(x);
   emit(context, "ffn_norm", ffn_in);
-  const auto y = mlp->forward(ffn_in, context);
+  const auto y = mlp->forward(ffn_in);
   emit(context, "ffn_out", y);
   if (out.defined()) {
     torch::add_out(out, x, y);
@@ -290,7 +290,6 @@ torch::Tensor Qwen2ModelImpl::run(torch::Tensor& out, const torch::Tensor& input
   torch::NoGradGuard no_grad;
   ForwardContext context;
   context.hook = debug_hook_ ? &debug_hook_ : nullptr;
-  context.bf16_matmul_in_fp32 = bf16_matmul_in_fp32();
   const auto rope = rope_tables(length, device(), dtype());
   torch::Tensor h = out.select(0, 0);
   // The caller may have written the embeddings into out[0] already.
@@ -305,6 +304,8 @@ torch::Tensor Qwen2ModelImpl::run(torch::Tensor& out, const torch::Tensor& input
   out.select(0, n).copy_(norm->forward(h));
   return out;
 }
+
+void Qwen2ModelImpl::after_to() { set_cpu_bf16_matmul(cpu_bf16_matmul_); }
 
 void Qwen2ModelImpl::set_cpu_bf16_matmul(CpuBf16Matmul mode) {
   cpu_bf16_matmul_ = mode;

@@ -32,15 +32,6 @@ torch::Tensor fp32_copy(const torch::Tensor& t, bool on) {
 
 }  // namespace
 
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool bf16_in_fp32,
-                     const torch::Tensor& weight_fp32, const torch::Tensor& bias_fp32) {
-  if (bf16_in_fp32 && x.scalar_type() == torch::kBFloat16) {
-    if (weight_fp32.defined()) return linear_bf16_as_fp32(x, weight_fp32, bias_fp32);
-    return linear_bf16_as_fp32(x, weight.to(torch::kFloat32), bias.defined() ? bias.to(torch::kFloat32) : bias);
-  }
-  return torch::linear(x, weight, bias);
-}
-
 FusedLinear::FusedLinear(std::vector<Linear> parts) : parts_(std::move(parts)) {
   check(!parts_.empty(), "FusedLinear", "no parts");
   for (const auto& p : parts_) {
@@ -78,10 +69,11 @@ void FusedLinear::keep_fp32_copy(bool on) {
   bias_fp32_ = fp32_copy(bias_, on);
 }
 
-std::vector<torch::Tensor> FusedLinear::forward(const torch::Tensor& x, bool bf16_in_fp32) const {
+std::vector<torch::Tensor> FusedLinear::forward(const torch::Tensor& x) const {
   std::vector<torch::Tensor> out;
   if (fused()) {
-    const auto y = linear(x, weight_, bias_, bf16_in_fp32, weight_fp32_, bias_fp32_);
+    const bool in_fp32 = weight_fp32_.defined() && x.scalar_type() == torch::kBFloat16 && x.is_cpu();
+    const auto y = in_fp32 ? linear_bf16_as_fp32(x, weight_fp32_, bias_fp32_) : torch::linear(x, weight_, bias_);
     int64_t column = 0;
     for (const auto& p : parts_) {
       out.push_back(y.narrow(-1, column, p->weight.size(0)));
@@ -89,21 +81,21 @@ std::vector<torch::Tensor> FusedLinear::forward(const torch::Tensor& x, bool bf1
     }
     return out;
   }
-  for (const auto& p : parts_) out.push_back(linear(x, p->weight, p->bias, bf16_in_fp32));
+  for (const auto& p : parts_) out.push_back(p->forward(x));
   return out;
 }
 
 void FusingModule::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
-  refuse();
+  after_to();
 }
 void FusingModule::to(torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(dtype, non_blocking);
-  refuse();
+  after_to();
 }
 void FusingModule::to(torch::Device device, bool non_blocking) {
   torch::nn::Module::to(device, non_blocking);
-  refuse();
+  after_to();
 }
 
 }  // namespace focusvla::nn

@@ -133,6 +133,17 @@ TEST(Qwen2Bf16Matmul, AutoFollowsTheCpu) {
   auto f32 = focusvla::llm::load_qwen2(load_weights("mha"), load_config("mha"));
   f32->set_cpu_bf16_matmul(CpuBf16Matmul::kFloat32);
   EXPECT_FALSE(f32->bf16_matmul_in_fp32()) << "only bf16 models are affected";
+  EXPECT_FALSE(f32->layer(0)->mlp->down_proj->weight_fp32.defined());
+  // Module::to() re-fuses and makes the fp32 copies the mode asks for, for the new dtype.
+  f32->to(torch::kBFloat16);
+  EXPECT_TRUE(f32->bf16_matmul_in_fp32());
+  for (int64_t l = 0; l < f32->num_layers(); ++l) {
+    EXPECT_TRUE(f32->layer(l)->self_attn->fused()) << l;
+    EXPECT_TRUE(f32->layer(l)->mlp->down_proj->weight_fp32.defined()) << l;
+    EXPECT_TRUE(f32->layer(l)->self_attn->o_proj->weight_fp32.defined()) << l;
+  }
+  f32->to(torch::kFloat32);
+  EXPECT_FALSE(f32->layer(0)->mlp->down_proj->weight_fp32.defined()) << "fp32 weights need no copies";
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen2Shapes, Qwen2Conformance,

@@ -107,7 +107,6 @@ bool cpu_has_native_bf16();
 struct ForwardContext {
   const DebugHook* hook = nullptr;  // named intermediates, or none
   int64_t layer = -1;               // the layer index reported to the hook
-  bool bf16_matmul_in_fp32 = false;  // see CpuBf16Matmul
 };
 
 // q/k/v (and gate/up in the MLP) keep their HF names and shapes as parameters but run as one
@@ -121,8 +120,9 @@ class Qwen2AttentionImpl : public nn::FusingModule {
 
   // Whether q/k/v_proj's weights and biases are row blocks of one tensor (one matmul).
   bool fused() const { return qkv_.fused(); }
-  // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32); made
-  // once from the current weights, dropped by to().
+  // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32): while
+  // kept, bf16 matmuls on the CPU run in fp32. Made once from the current weights; to() drops
+  // them (Qwen2Model::to() makes them again when its mode asks for them).
   void keep_fp32_copies(bool on);
 
   nn::Linear q_proj;
@@ -131,7 +131,7 @@ class Qwen2AttentionImpl : public nn::FusingModule {
   nn::Linear o_proj;
 
  private:
-  void refuse() override;
+  void after_to() override;
 
   int64_t num_heads_;
   int64_t num_kv_heads_;
@@ -143,7 +143,7 @@ TORCH_MODULE(Qwen2Attention);
 class Qwen2MLPImpl : public nn::FusingModule {
  public:
   Qwen2MLPImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
-  torch::Tensor forward(const torch::Tensor& x, const ForwardContext& context = {}) const;
+  torch::Tensor forward(const torch::Tensor& x) const;
 
   // Whether gate_proj's and up_proj's weights are row blocks of one tensor (one matmul).
   bool fused() const { return gate_up_.fused(); }
@@ -155,7 +155,7 @@ class Qwen2MLPImpl : public nn::FusingModule {
   nn::Linear down_proj;
 
  private:
-  void refuse() override;
+  void after_to() override;
 
   nn::FusedLinear gate_up_;
 };
@@ -176,7 +176,7 @@ class Qwen2DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Qwen2DecoderLayer);
 
-class Qwen2ModelImpl : public torch::nn::Module {
+class Qwen2ModelImpl : public nn::FusingModule {
  public:
   // Throws Error on a config the decoder cannot run (heads that do not divide hidden_size,
   // kv heads that do not divide heads, an activation other than SiLU, ...). `embedding_rows`
@@ -215,8 +215,8 @@ class Qwen2ModelImpl : public torch::nn::Module {
   void set_debug_hook(DebugHook hook) { debug_hook_ = std::move(hook); }
 
   // bf16 linear layers on the CPU (see CpuBf16Matmul); default kNative. When the result is fp32
-  // matmuls, fp32 copies of the layer weights are made here, once (so call it after loading and
-  // after to(); nothing weight-sized is allocated per forward), and dropped otherwise.
+  // matmuls, fp32 copies of the layer weights are made here, once (call it after loading; to()
+  // makes them again; nothing weight-sized is allocated per forward), and dropped otherwise.
   void set_cpu_bf16_matmul(CpuBf16Matmul mode);
   CpuBf16Matmul cpu_bf16_matmul() const { return cpu_bf16_matmul_; }
   // Whether forward currently computes bf16 linears as fp32 matmuls (bf16 model on the CPU and
@@ -237,6 +237,7 @@ class Qwen2ModelImpl : public torch::nn::Module {
  private:
   void check_input(const torch::Tensor& inputs_embeds, const std::vector<int64_t>& lengths) const;
   torch::Tensor run(torch::Tensor& out, const torch::Tensor& inputs_embeds, const AttentionMask& mask) const;
+  void after_to() override;  // the fp32 copies again, for the new dtype / device
 
   io::Qwen2Config config_;
   std::vector<Qwen2DecoderLayer> layer_list_;

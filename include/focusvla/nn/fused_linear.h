@@ -14,11 +14,6 @@
 
 namespace focusvla::nn {
 
-// x W^T + b; with `bf16_in_fp32` and a bf16 x, as linear_bf16_as_fp32 of the fp32 copies given,
-// or of fp32 copies made for this call when none are given.
-torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias, bool bf16_in_fp32,
-                     const torch::Tensor& weight_fp32 = {}, const torch::Tensor& bias_fp32 = {});
-
 class FusedLinear {
  public:
   FusedLinear() = default;
@@ -29,11 +24,13 @@ class FusedLinear {
   void fuse();
   bool fused() const;
   // Keeps (true) or drops fp32 copies of the fused weight and bias, for bf16 on CPUs without
-  // native bf16 dot products (see linear_bf16_as_fp32). Only while fused.
+  // native bf16 dot products; while kept, bf16 inputs on the CPU go through linear_bf16_as_fp32,
+  // as in Linear. Only while fused (fuse() drops them).
   void keep_fp32_copy(bool on);
 
-  // One output per part, in order: views of one matmul's output when fused.
-  std::vector<torch::Tensor> forward(const torch::Tensor& x, bool bf16_in_fp32 = false) const;
+  // One output per part, in order: views of one matmul's output when fused, else each part's own
+  // Linear::forward.
+  std::vector<torch::Tensor> forward(const torch::Tensor& x) const;
 
  private:
   std::vector<Linear> parts_;
@@ -43,9 +40,9 @@ class FusedLinear {
   torch::Tensor bias_fp32_;
 };
 
-// A module holding FusedLinear members (and Linear layers with fp32 copies): after Module::to()
-// it calls refuse(), which rebuilds the fused blocks and drops the fp32 copies (they would be
-// stale: Module::to() does not see them).
+// A module whose state views or copies its parameters (FusedLinear blocks, fp32 copies): after
+// Module::to() has given every parameter a new tensor it calls after_to(), which rebuilds that
+// state (Module::to() does not see it).
 class FusingModule : public torch::nn::Module {
  public:
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
@@ -53,7 +50,7 @@ class FusingModule : public torch::nn::Module {
   void to(torch::Device device, bool non_blocking = false) override;
 
  protected:
-  virtual void refuse() = 0;
+  virtual void after_to() = 0;
 };
 
 }  // namespace focusvla::nn
