@@ -109,6 +109,9 @@ Policy& policy_for(const Case& c, bool graphs) {
     o.device = c.device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
     o.dtype = c.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
     o.num_images = c.cameras;
+    // The same work as bench_policy_reference.py's reference call: `In: ... Out:` prompt, no crop.
+    o.prompt_format = "openvla";
+    o.center_crop = false;
     o.cuda_graphs = graphs;
     o.threads = std::stoi(env("FOCUSVLA_BENCH_THREADS", "0"));
     const std::string key = env("FOCUSVLA_BENCH_UNNORM_KEY", "");

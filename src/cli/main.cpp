@@ -1,8 +1,17 @@
-// The `focusvla` command-line tool.
+// The `focusvla` command-line tool (arguments parsed with CLI11; every command answers --help).
 //   focusvla inspect DIR [--json]    config, files, components, tensor counts, dtypes, parameters
+//   focusvla act [options]           one observation -> the action chunk, the settings that ran
+//   focusvla version
 // Global options: --log-level trace|debug|info|warn|error|off, --version, --help.
+// Exit status: 0 success, 1 an Error (bad file, bad input), 2 a usage error, 3 an internal error.
 
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <optional>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -30,23 +39,6 @@ namespace {
 
 using focusvla::io::Checkpoint;
 using focusvla::io::ComponentSummary;
-
-const char* kUsage =
-    "usage: focusvla [--log-level LEVEL] <command> [args]\n"
-    "\n"
-    "commands:\n"
-    "  inspect DIR [--json]   describe a checkpoint directory: config, files, components,\n"
-    "                         tensor counts, dtypes and parameter counts per component\n"
-    "  act [--checkpoint DIR] --image A.png [--image B.png ...] --instruction TEXT\n"
-    "      [--proprio v1,...,vN] [--unnorm-key KEY] [--prompt-format openvla|qwen-chat]\n"
-    "      [--dtype float32|bfloat16] [--device cpu|cuda] [--center-crop] [--num-images N]\n"
-    "      [--threads N] [--repeat N] [--json]\n"
-    "                         run the policy on one observation and print the 8 x 7 action\n"
-    "                         chunk and the time of each stage. Without --checkpoint: the demo\n"
-    "                         checkpoint ($FOCUSVLA_DEMO_CHECKPOINT or build/demo-checkpoint,\n"
-    "                         written by scripts/demo: full-size FocusVLA, random weights) on\n"
-    "                         the LIBERO sample in assets/libero-sample\n"
-    "  version                print the version\n";
 
 std::string with_commas(int64_t n) {
   std::string digits = std::to_string(n);
@@ -162,29 +154,14 @@ void print_inspection(const Checkpoint& ckpt, const std::vector<ComponentSummary
   std::printf("  %-36s %8zu %16s\n", "total", total_tensors, with_commas(total_params).c_str());
 }
 
-int run_inspect(const std::vector<std::string>& args) {
-  std::string dir;
-  bool as_json = false;
-  for (const auto& a : args) {
-    if (a == "--json")
-      as_json = true;
-    else if (!a.empty() && a[0] == '-')
-      throw focusvla::Error("inspect: unknown option '" + a + "'");
-    else if (dir.empty())
-      dir = a;
-    else
-      throw focusvla::Error("inspect: more than one directory given");
-  }
-  if (dir.empty()) throw focusvla::Error("inspect: missing checkpoint directory\n" + std::string(kUsage));
+void run_inspect(const std::string& dir, bool as_json) {
   const Checkpoint ckpt = Checkpoint::open(dir);
   const auto parts = focusvla::io::summarize(ckpt);
   if (as_json)
     std::cout << inspect_json(ckpt, parts).dump(2) << "\n";
   else
     print_inspection(ckpt, parts);
-  return 0;
 }
-
 
 torch::Tensor read_image(const std::string& path) {
 #ifdef FOCUSVLA_WITH_IMGCODECS
@@ -216,76 +193,130 @@ std::string demo_checkpoint() {
   return "build/demo-checkpoint";
 }
 
-int run_act(const std::vector<std::string>& args) {
-  std::string checkpoint, instruction, proprio_text;
+// What `act` was asked for, as parsed.
+struct ActArgs {
+  std::string checkpoint, instruction, proprio, unnorm_key, device = "cpu";
+  std::string prompt_format = "auto", dtype = "auto";
   std::vector<std::string> images;
-  focusvla::PolicyOptions options;
-  bool as_json = false, have_proprio = false;
-  int repeat = 1;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> const std::string& {
-      if (i + 1 >= args.size()) throw focusvla::Error("act: " + a + " needs a value");
-      return args[++i];
-    };
-    if (a == "--checkpoint") checkpoint = value();
-    else if (a == "--image") images.push_back(value());
-    else if (a == "--instruction") instruction = value();
-    else if (a == "--proprio") { proprio_text = value(); have_proprio = true; }
-    else if (a == "--unnorm-key") options.unnorm_key = value();
-    else if (a == "--prompt-format") options.prompt_format = value();
-    else if (a == "--center-crop") options.center_crop = true;
-    else if (a == "--num-images") options.num_images = std::stoll(value());
-    else if (a == "--threads") options.threads = std::stoi(value());
-    else if (a == "--repeat") repeat = std::max(1, std::stoi(value()));
-    else if (a == "--json") as_json = true;
-    else if (a == "--dtype") {
-      const std::string d = value();
-      if (d == "float32" || d == "fp32") options.dtype = torch::kFloat32;
-      else if (d == "bfloat16" || d == "bf16") options.dtype = torch::kBFloat16;
-      else throw focusvla::Error("act: --dtype '" + d + "' is not float32 or bfloat16");
-    } else if (a == "--device") options.device = torch::Device(value());
-    else throw focusvla::Error("act: unknown option '" + a + "'");
+  bool center_crop = false, no_center_crop = false, json = false;
+  int64_t num_images = 0;
+  int threads = 0, repeat = 1;
+};
+
+// "cpu", "cuda", "cuda:N": a device LibTorch knows and this machine has.
+torch::Device parse_device(const std::string& text) {
+  std::optional<torch::Device> device;
+  try {
+    device = torch::Device(text);
+  } catch (const std::exception&) {
+    throw focusvla::Error("--device '" + text + "': not a device (cpu, cuda or cuda:N)");
   }
+  if (device->is_cuda()) {
+    const int64_t count = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+    if (count == 0) throw focusvla::Error("--device '" + text + "': this machine has no CUDA device");
+    if (device->has_index() && device->index() >= count)
+      throw focusvla::Error("--device '" + text + "': no such CUDA device (this machine has " + std::to_string(count) +
+                            ": cuda:0 .. cuda:" + std::to_string(count - 1) + ")");
+  } else if (!device->is_cpu()) {
+    throw focusvla::Error("--device '" + text + "': only cpu and cuda are supported");
+  }
+  return *device;
+}
+
+std::optional<torch::ScalarType> parse_dtype(const std::string& d) {
+  if (d == "auto") return std::nullopt;
+  if (d == "float32" || d == "fp32") return torch::kFloat32;
+  if (d == "bfloat16" || d == "bf16") return torch::kBFloat16;
+  if (d == "float16" || d == "fp16") return torch::kFloat16;
+  throw focusvla::Error("--dtype '" + d + "': not auto, float32, bfloat16 or float16");
+}
+
+std::string dtype_name(torch::ScalarType t) {
+  return t == torch::kBFloat16 ? "bfloat16" : t == torch::kFloat16 ? "float16" : "float32";
+}
+
+// The value at quantile q (0..1) of `values` (nearest rank).
+double quantile(std::vector<double> values, double q) {
+  std::sort(values.begin(), values.end());
+  const auto rank = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
+  return values[std::min(values.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+// JSON-style quoting for the prompt text (it holds newlines and special tokens).
+std::string quoted(const std::string& text) { return nlohmann::json(text).dump(); }
+
+nlohmann::json settings_json(const focusvla::PolicySettings& s) {
+  return {{"head", s.head},
+          {"prompt_format", s.prompt_format},
+          {"prompt_format_source", s.prompt_format_source},
+          {"center_crop", s.center_crop},
+          {"dtype", dtype_name(s.dtype)},
+          {"dtype_source", s.dtype_source},
+          {"device", s.device.str()},
+          {"matmul", s.matmul},
+          {"unnorm_key", s.unnorm_key},
+          {"normalization", s.normalization},
+          {"cameras", s.cameras},
+          {"proprio_dim", s.proprio_dim}};
+}
+
+void run_act(ActArgs a) {
+  focusvla::PolicyOptions options;
+  options.device = parse_device(a.device);
+  options.dtype = parse_dtype(a.dtype);
+  options.prompt_format = a.prompt_format;
+  options.center_crop = !a.no_center_crop;
+  options.unnorm_key = a.unnorm_key;
+  options.threads = a.threads;
   bool demo = false;
-  if (checkpoint.empty()) {
+  if (a.checkpoint.empty()) {
     demo = true;
-    checkpoint = demo_checkpoint();
-    if (!std::filesystem::exists(checkpoint + "/config.json"))
-      throw focusvla::Error("act: no --checkpoint, and no demo checkpoint at " + checkpoint +
+    a.checkpoint = demo_checkpoint();
+    if (!std::filesystem::exists(a.checkpoint + "/config.json"))
+      throw focusvla::Error("act: no --checkpoint, and no demo checkpoint at " + a.checkpoint +
                             " (scripts/demo writes one: full-size FocusVLA layout, random weights)");
     const std::string sample = std::string(std::getenv("FOCUSVLA_ASSETS") ? std::getenv("FOCUSVLA_ASSETS") : "assets") +
                                "/libero-sample";
-    const auto obs = nlohmann::json::parse(focusvla::io::read_text_file(sample + "/observation.json"));
-    if (images.empty())
-      for (const char* k : {"agentview", "wrist"}) images.push_back(sample + "/" + obs["images"][k].get<std::string>());
-    if (instruction.empty()) instruction = obs["task_description"];
-    if (!have_proprio) {
-      for (const auto& v : obs["state"]) proprio_text += (proprio_text.empty() ? "" : ",") + std::to_string(v.get<double>());
-      have_proprio = true;
-    }
+    const auto obs = focusvla::io::read_json_file(sample + "/observation.json");
+    if (a.images.empty())
+      for (const char* k : {"agentview", "wrist"}) a.images.push_back(sample + "/" + obs["images"][k].get<std::string>());
+    if (a.instruction.empty()) a.instruction = obs["task_description"];
+    if (a.proprio.empty())
+      for (const auto& v : obs["state"]) a.proprio += (a.proprio.empty() ? "" : ",") + std::to_string(v.get<double>());
     if (options.unnorm_key.empty()) options.unnorm_key = "libero_spatial_no_noops";
   }
-  if (images.empty()) throw focusvla::Error("act: give at least one --image");
-  if (instruction.empty()) throw focusvla::Error("act: --instruction is required");
-  if (options.num_images == 0) options.num_images = static_cast<int64_t>(images.size());
-  const std::vector<double> proprio = have_proprio ? parse_numbers(proprio_text, "--proprio") : std::vector<double>{};
+  if (a.images.empty()) throw focusvla::Error("act: give at least one --image");
+  if (a.instruction.empty()) throw focusvla::Error("act: --instruction is required");
+  const auto given = static_cast<int64_t>(a.images.size());
+  if (a.num_images > 0 && a.num_images != given)
+    throw focusvla::Error("act: --num-images " + std::to_string(a.num_images) + " but " + std::to_string(given) +
+                          " --image given: give one --image per camera");
+  options.num_images = given;
+  const std::vector<double> proprio = a.proprio.empty() ? std::vector<double>{} : parse_numbers(a.proprio, "--proprio");
 
   const auto load_start = std::chrono::steady_clock::now();
-  const focusvla::Policy policy = focusvla::Policy::load(checkpoint, options);
+  const focusvla::Policy policy = focusvla::Policy::load(a.checkpoint, options);
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
   std::vector<torch::Tensor> pixels;
-  for (const auto& path : images) pixels.push_back(read_image(path));
+  for (const auto& path : a.images) pixels.push_back(read_image(path));
+  const focusvla::PromptText prompt = policy.prompt(a.instruction);
   focusvla::ActionChunk chunk;
-  for (int r = 0; r < repeat; ++r) chunk = policy.act(pixels, instruction, proprio);
+  std::vector<double> totals;
+  for (int r = 0; r < a.repeat; ++r) {
+    chunk = policy.act(pixels, a.instruction, proprio);
+    totals.push_back(chunk.timing.total_ms);
+  }
+  const auto& settings = policy.settings();
 
-  if (as_json) {
+  if (a.json) {
     nlohmann::json j;
-    j["checkpoint"] = checkpoint;
+    j["checkpoint"] = a.checkpoint;
     j["untrained_demo_weights"] = demo;
-    j["instruction"] = instruction;
+    j["instruction"] = a.instruction;
     j["head"] = policy.head_kind();
     j["unnorm_key"] = policy.unnorm_key();
+    j["settings"] = settings_json(settings);
+    j["prompt"] = {{"text", prompt.text}, {"ids", prompt.ids}};
     for (Eigen::Index r = 0; r < chunk.actions.rows(); ++r) {
       std::vector<double> row(chunk.actions.row(r).data(), chunk.actions.row(r).data() + chunk.actions.cols());
       j["actions"].push_back(row);
@@ -298,56 +329,130 @@ int run_act(const std::vector<std::string>& args) {
                       {"head", chunk.timing.head_ms},
                       {"device", chunk.timing.device_ms},
                       {"total", chunk.timing.total_ms}};
+    j["repeat"] = {{"calls", a.repeat},
+                   {"total_ms", {{"min", quantile(totals, 0)}, {"p50", quantile(totals, 0.5)}, {"p99", quantile(totals, 0.99)}}}};
     j["execution"] = policy.last_execution();
     std::cout << j.dump(2) << "\n";
-    return 0;
+    return;
   }
   if (demo)
     std::printf("NOTE: demo checkpoint %s has RANDOM, UNTRAINED weights (no trained weights ship):\n"
                 "      these actions show the pipeline and its speed, not a policy.\n\n",
-                checkpoint.c_str());
-  std::printf("policy       %s (%s head, %lld camera(s), unnorm_key %s)\n", checkpoint.c_str(), policy.head_kind().c_str(),
-              (long long)policy.num_images(), policy.unnorm_key().c_str());
-  std::printf("instruction  %s\n\n", instruction.c_str());
+                a.checkpoint.c_str());
+  std::printf("policy       %s (%s head, %lld camera(s), unnorm_key %s)\n", a.checkpoint.c_str(), policy.head_kind().c_str(),
+              (long long)settings.cameras, settings.unnorm_key.c_str());
+  std::printf("settings     prompt %s (%s), center crop %s, dtype %s (%s), device %s, matmul %s\n",
+              settings.prompt_format.c_str(), settings.prompt_format_source.c_str(), settings.center_crop ? "on" : "off",
+              dtype_name(settings.dtype).c_str(), settings.dtype_source.c_str(), settings.device.str().c_str(),
+              settings.matmul.c_str());
+  std::printf("instruction  %s\n", a.instruction.c_str());
+  std::printf("prompt       %s\n", quoted(prompt.text).c_str());
+  std::printf("token ids    %s (%zu)\n\n", nlohmann::json(prompt.ids).dump().c_str(), prompt.ids.size());
   std::printf("  step %10s %10s %10s %10s %10s %10s %10s\n", "a0", "a1", "a2", "a3", "a4", "a5", "a6");
   for (Eigen::Index r = 0; r < chunk.actions.rows(); ++r) {
     std::printf("  %4lld", (long long)r);
     for (Eigen::Index c = 0; c < chunk.actions.cols(); ++c) std::printf(" %10.5f", chunk.actions(r, c));
     std::printf("\n");
   }
-  const char* last = repeat > 1 ? " (last of --repeat)" : "";
   if (chunk.timing.cuda_graph)
-    std::printf("\ntime (ms)    load %.0f | host %.2f  device %.2f (one CUDA graph)  total %.2f%s\n", load_ms,
-                chunk.timing.preprocess_ms, chunk.timing.device_ms, chunk.timing.total_ms, last);
+    std::printf("\ntime (ms)    load %.0f | host %.2f  device %.2f (one CUDA graph)  total %.2f\n", load_ms,
+                chunk.timing.preprocess_ms, chunk.timing.device_ms, chunk.timing.total_ms);
   else
-    std::printf("\ntime (ms)    load %.0f | preprocess %.1f  vision %.1f  projector %.1f  llm %.1f  head %.1f  total %.1f%s\n",
+    std::printf("\ntime (ms)    load %.0f | preprocess %.1f  vision %.1f  projector %.1f  llm %.1f  head %.1f  total %.1f\n",
                 load_ms, chunk.timing.preprocess_ms, chunk.timing.vision_ms, chunk.timing.projector_ms,
-                chunk.timing.llm_ms, chunk.timing.head_ms, chunk.timing.total_ms, last);
-  return 0;
+                chunk.timing.llm_ms, chunk.timing.head_ms, chunk.timing.total_ms);
+  if (a.repeat > 1)
+    std::printf("             %d calls: total min %.2f  p50 %.2f  p99 %.2f (stages above: the last call)\n", a.repeat,
+                quantile(totals, 0), quantile(totals, 0.5), quantile(totals, 0.99));
 }
+
+// An integer option in [low, high]; a value that is not one names the flag, the value and the
+// accepted range (CLI11's own range check would call "abc" out of range).
+template <typename Int>
+void add_int_option(CLI::App& command, const std::string& flag, Int& target, int64_t low, int64_t high,
+                    const std::string& help) {
+  command
+      .add_option_function<std::string>(
+          flag,
+          [&target, flag, low, high](const std::string& text) {
+            const std::string range = " (accepted: " + std::to_string(low) + " .. " + std::to_string(high) + ")";
+            int64_t value = 0;
+            const char* end = text.data() + text.size();
+            const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+            if (text.empty() || ec == std::errc::invalid_argument || ptr != end)
+              throw CLI::ValidationError(flag, "'" + text + "' is not an integer" + range);
+            if (ec == std::errc::result_out_of_range || value < low || value > high)
+              throw CLI::ValidationError(flag, "'" + text + "' is out of range" + range);
+            target = static_cast<Int>(value);
+          },
+          help)
+      ->type_name("INT");
+}
+
+// Adds the `act` command and its options to `app`.
+CLI::App* add_act_command(CLI::App& app, ActArgs& a) {
+  CLI::App* act = app.add_subcommand(
+      "act",
+      "Run the policy on one observation: print the 8 x 7 action chunk, the settings that ran (prompt format and "
+      "text, token ids, center crop, dtype, device, matmul mode, unnorm key, cameras) and the time of each stage. "
+      "The defaults are the reference's evaluation settings for the checkpoint. Without --checkpoint: the demo "
+      "checkpoint ($FOCUSVLA_DEMO_CHECKPOINT or build/demo-checkpoint, written by scripts/demo: full-size FocusVLA, "
+      "random weights) on the LIBERO sample in assets/libero-sample.");
+  act->add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
+  act->add_option("--image", a.images, "camera image (PNG / JPEG), once per camera, in the trained order");
+  act->add_option("--instruction", a.instruction, "the task, e.g. \"put the bowl on the plate\"");
+  act->add_option("--proprio", a.proprio, "robot state, comma-separated (v1,...,vN)");
+  act->add_option("--unnorm-key", a.unnorm_key, "dataset statistics to un-normalize with");
+  act->add_option("--prompt-format", a.prompt_format, "prompt format (auto: the reference's for this checkpoint)")
+      ->check(CLI::IsMember({"auto", "openvla", "qwen-chat"}));
+  act->add_option("--dtype", a.dtype,
+                  "compute dtype (auto: the checkpoint's where the device computes it natively, else float32)")
+      ->check(CLI::IsMember({"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}));
+  act->add_option("--device", a.device, "cpu, cuda or cuda:N");
+  auto* crop = act->add_flag("--center-crop", a.center_crop, "the 0.9 center crop (the default)");
+  act->add_flag("--no-center-crop", a.no_center_crop, "no center crop (policies trained without crop augmentation)")
+      ->excludes(crop);
+  add_int_option(*act, "--num-images", a.num_images, 1, 16, "cameras per observation (must equal the --image count)");
+  add_int_option(*act, "--threads", a.threads, 1, 1024, "CPU threads");
+  add_int_option(*act, "--repeat", a.repeat, 1, 1000000, "calls to time (reports min, p50, p99 of the total)");
+  act->add_flag("--json", a.json, "print JSON");
+  return act;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
+  CLI::App app{"focusvla: FocusVLA / VLA-Adapter robot policies on LibTorch", "focusvla"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options after the command too: focusvla act --log-level info ...
+  std::string log_level;
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off");
+  app.set_version_flag("--version", std::string("focusvla ") + focusvla::kVersion);
+
+  std::string inspect_dir;
+  bool inspect_as_json = false;
+  CLI::App* inspect = app.add_subcommand(
+      "inspect", "Describe a checkpoint directory: config, files, components, tensor counts, dtypes, parameters.");
+  inspect->add_option("DIR", inspect_dir, "checkpoint directory")->required();
+  inspect->add_flag("--json", inspect_as_json, "print JSON");
+
+  ActArgs act_args;
+  CLI::App* act = add_act_command(app, act_args);
+  CLI::App* version = app.add_subcommand("version", "Print the version.");
+
   try {
-    while (!args.empty() && args[0] == "--log-level") {
-      if (args.size() < 2) throw focusvla::Error("--log-level: missing value");
-      focusvla::set_log_level(focusvla::parse_log_level(args[1]));
-      args.erase(args.begin(), args.begin() + 2);
-    }
-    if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-      std::fputs(kUsage, args.empty() ? stderr : stdout);
-      return args.empty() ? 2 : 0;
-    }
-    const std::string command = args[0];
-    args.erase(args.begin());
-    if (command == "inspect") return run_inspect(args);
-    if (command == "act") return run_act(args);
-    if (command == "version" || command == "--version") {
-      std::printf("focusvla %s\n", focusvla::kVersion);
-      return 0;
-    }
-    throw focusvla::Error("unknown command '" + command + "'\n" + std::string(kUsage));
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::fprintf(stderr, "focusvla: error: %s\n(run 'focusvla --help' or 'focusvla <command> --help')\n", e.what());
+    return 2;
+  }
+  try {
+    if (!log_level.empty()) focusvla::set_log_level(focusvla::parse_log_level(log_level));
+    if (*inspect) run_inspect(inspect_dir, inspect_as_json);
+    if (*act) run_act(act_args);
+    if (*version) std::printf("focusvla %s\n", focusvla::kVersion);
+    return 0;
   } catch (const focusvla::Error& e) {
     std::fprintf(stderr, "focusvla: error: %s\n", e.what());
     return 1;

@@ -5,6 +5,9 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <optional>
+#include <tuple>
+#include <utility>
 
 #include "focusvla/core/cuda_graph.h"
 #include "focusvla/core/error.h"
@@ -51,6 +54,41 @@ Bounds bounds_of(const io::NormStats& stats, const std::string& normalization, c
   return b;
 }
 
+// The prompt format the reference evaluates this checkpoint with (SPEC 6): get_vla_action uses
+// the Qwen chat template whenever the backbone is the Qwen2.5 mini-VLM (use_minivlm=True, the
+// default of its LIBERO and CALVIN evaluations) and `In: ... Out:` for the OpenVLA backbones.
+std::pair<PromptFormat, std::string> resolve_prompt_format(const std::string& requested, const io::VlaConfig& config) {
+  if (requested != "auto") return {parse_prompt_format(requested), "option"};
+  const std::string& backbone = config.llm_backbone_id;
+  if (backbone.empty()) return {PromptFormat::qwen_chat, "checkpoint: Qwen2 text_config (no llm_backbone_id)"};
+  const bool qwen = backbone.rfind("qwen", 0) == 0;
+  return {qwen ? PromptFormat::qwen_chat : PromptFormat::openvla, "checkpoint: llm_backbone_id " + backbone};
+}
+
+std::string dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return c10::toString(dtype);
+  }
+}
+
+// The checkpoint's dtype (its decoder weights' as stored: config.json's torch_dtype says bf16
+// whatever the weights are) where the device computes it natively, float32 elsewhere.
+std::pair<torch::ScalarType, std::string> resolve_dtype(const std::optional<torch::ScalarType>& requested,
+                                                         const io::StateDict& model, const torch::Device& device) {
+  if (requested) return {*requested, "option"};
+  const std::string key = "language_model.model.embed_tokens.weight";
+  check(model.contains(key), key, "missing from the checkpoint's weights");
+  const torch::ScalarType stored = model.at(key).scalar_type();
+  const std::string checkpoint = "checkpoint " + dtype_name(stored);
+  if (stored != torch::kBFloat16 && stored != torch::kFloat16) return {torch::kFloat32, checkpoint};
+  if (device.is_cuda()) return {stored, checkpoint + " on CUDA"};
+  if (stored == torch::kBFloat16 && llm::cpu_has_native_bf16()) return {stored, checkpoint + ", CPU with native bf16"};
+  return {torch::kFloat32, checkpoint + ", float32 on a CPU without native " + dtype_name(stored)};
+}
+
 }  // namespace
 
 // The buffers of one input shape, allocated on its first call and reused by every later call of
@@ -82,10 +120,13 @@ struct Workspace {
 };
 
 struct Policy::Impl {
-  PolicyOptions options;
+  PolicyOptions options;   // as requested
+  PolicySettings settings;  // as resolved
+  torch::ScalarType dtype = torch::kFloat32;
   std::string unnorm_key;
   int64_t num_images = 0;
-  PromptFormat prompt_format = PromptFormat::openvla;
+  std::string cameras_source;  // where num_images comes from, for errors
+  PromptFormat prompt_format = PromptFormat::qwen_chat;
   std::unique_ptr<BpeTokenizer> tokenizer;
   std::unique_ptr<vision::ImagePreprocessor> preprocessor;
   vision::VisionTower vision{nullptr};
@@ -102,7 +143,7 @@ struct Policy::Impl {
   mutable uint64_t calls = 0;
   mutable std::string last_execution = "none";
 
-  std::vector<int64_t> prompt_ids(const std::string& instruction) const;
+  PromptText prompt(const std::string& instruction) const;
   void normalize_proprio(const std::vector<double>& raw, float* out) const;
   Workspace& workspace(const Workspace::Key& key) const;
   void forward(Workspace& w, StageTimer* timer) const;
@@ -110,17 +151,24 @@ struct Policy::Impl {
   ActionChunk unnormalize(const torch::Tensor& normalized) const;
 };
 
-std::vector<int64_t> Policy::Impl::prompt_ids(const std::string& instruction) const {
+PromptText Policy::Impl::prompt(const std::string& instruction) const {
   bool blank = true;
   for (char c : instruction) blank = blank && std::isspace(static_cast<unsigned char>(c));
   check(!blank, "instruction", "is empty");
-  const auto ids32 = tokenizer->encode(build_prompt(prompt_format, instruction));
+  PromptText out;
+  try {
+    out.text = build_prompt(prompt_format, instruction);
+  } catch (const Error& e) {
+    throw Error(std::string("instruction: ") + e.what());
+  }
+  const auto ids32 = tokenizer->encode(out.text);
   check(!ids32.empty(), "instruction", "tokenizes to nothing");
   const int64_t rows = llm->embed_tokens->weight.size(0);
   for (const int32_t id : ids32)
     check(id >= 0 && id < rows, "instruction",
           "token id " + std::to_string(id) + " is outside the embedding table [0, " + std::to_string(rows) + ")");
-  return std::vector<int64_t>(ids32.begin(), ids32.end());
+  out.ids.assign(ids32.begin(), ids32.end());
+  return out;
 }
 
 // Raw proprio (P) -> normalized to [-1, 1] with the dataset's bounds (SPEC 10).
@@ -185,7 +233,7 @@ Workspace& Policy::Impl::workspace(const Workspace::Key& key) const {
   w->mask = llm->attention_mask(b, length, b > 1 ? w->lengths : std::vector<int64_t>{});
   // Zeros: the padding of shorter samples stays finite (it is never written).
   w->hidden = torch::zeros({llm->num_layers() + 1, b, length, llm->config().hidden_size},
-                           torch::TensorOptions(options.dtype).device(device));
+                           torch::TensorOptions(dtype).device(device));
   const auto& head_config = head->config();
   w->output = torch::empty({b, head_config.chunk, head_config.action_dim}, torch::TensorOptions(torch::kFloat32).device(device));
   w->output_host = cuda ? torch::empty(w->output.sizes(), host.dtype(torch::kFloat32)) : w->output;
@@ -200,7 +248,7 @@ void Policy::Impl::forward(Workspace& w, StageTimer* timer) const {
   const auto mark = [&] {
     if (timer != nullptr) timer->mark();
   };
-  const torch::Tensor pixels = preprocessor->normalize(w.images, options.dtype);  // (B, N, 6, S, S)
+  const torch::Tensor pixels = preprocessor->normalize(w.images, dtype);  // (B, N, 6, S, S)
   mark();
   const torch::Tensor features = vision->features(pixels);  // (B, Nv, 2176)
   mark();
@@ -255,11 +303,11 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
     const Observation& obs = batch[b];
     const std::string which = batch.size() > 1 ? "observation " + std::to_string(b) + ": " : "";
     check(static_cast<int64_t>(obs.images.size()) == num_images, which + "images",
-          "got " + std::to_string(obs.images.size()) + " camera image(s), the checkpoint takes " +
-              std::to_string(num_images));
+          "got " + std::to_string(obs.images.size()) + " camera image(s), the policy takes " +
+              std::to_string(num_images) + " (" + cameras_source + ")");
     for (size_t i = 0; i < obs.images.size(); ++i)
       vision::check_images(obs.images[i], which + "image " + std::to_string(i));
-    ids.push_back(prompt_ids(obs.instruction));
+    ids.push_back(prompt(obs.instruction).ids);
     key.prompt_lengths.push_back(static_cast<int64_t>(ids.back().size()));
     if (proprio_projector) {
       const int64_t dim = proprio_projector->proprio_dim();
@@ -367,21 +415,30 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   // "cuda" means the current CUDA device: name it (cuda:0, ...), as every tensor reports its
   // device with the index and caches keyed by device (RoPE tables, normalization statistics)
   // must find their entries, never rebuild them (from host memory) under a CUDA graph capture.
-  if (options.device.is_cuda() && !options.device.has_index()) {
-    check(torch::cuda::is_available(), "PolicyOptions::device", "CUDA requested, but no CUDA device is available");
-    options.device = torch::empty({0}, torch::TensorOptions().device(options.device)).device();
+  if (options.device.is_cuda()) {
+    const int64_t count = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+    check(count > 0, "PolicyOptions::device " + options.device.str(), "CUDA requested, but no CUDA device is available");
+    check(!options.device.has_index() || options.device.index() < count, "PolicyOptions::device " + options.device.str(),
+          "no such CUDA device (" + std::to_string(count) + " available)");
+    if (!options.device.has_index()) options.device = torch::empty({0}, torch::TensorOptions().device(options.device)).device();
+  } else {
+    check(options.device.is_cpu(), "PolicyOptions::device " + options.device.str(), "only cpu and cuda are supported");
   }
   auto impl = std::make_shared<Impl>();
   impl->options = options;
   if (options.threads > 0) torch::set_num_threads(options.threads);
-  impl->prompt_format = parse_prompt_format(options.prompt_format);
+  if (options.prompt_format != "auto") (void)parse_prompt_format(options.prompt_format);  // named error before I/O
   check(options.normalization == "bounds_q99" || options.normalization == "bounds", "PolicyOptions::normalization",
         "'" + options.normalization + "' is not 'bounds_q99' or 'bounds'");
-  check(options.dtype == torch::kFloat32 || options.dtype == torch::kBFloat16 || options.dtype == torch::kFloat16,
+  check(!options.dtype || *options.dtype == torch::kFloat32 || *options.dtype == torch::kBFloat16 ||
+            *options.dtype == torch::kFloat16,
         "PolicyOptions::dtype", "must be float32, bfloat16 or float16");
 
   const io::Checkpoint ckpt = io::Checkpoint::open(directory);
   lap("checkpoint files");
+  PolicySettings& settings = impl->settings;
+  std::tie(impl->prompt_format, settings.prompt_format_source) = resolve_prompt_format(options.prompt_format, ckpt.config);
+  std::tie(impl->dtype, settings.dtype_source) = resolve_dtype(options.dtype, ckpt.model, options.device);
   check(!ckpt.files.action_head.empty(), directory, "no action head (action_head--*checkpoint.pt)");
   check(ckpt.preprocessor.has_value(), directory, "no preprocessor_config.json");
 
@@ -402,11 +459,12 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   impl->action_bounds = bounds_of(stats.action, options.normalization, impl->unnorm_key + " action statistics");
 
   impl->num_images = options.num_images > 0 ? options.num_images : ckpt.config.num_images_in_input;
+  impl->cameras_source = options.num_images > 0 ? "PolicyOptions::num_images" : "config.json num_images_in_input";
   check(impl->num_images > 0, directory,
         "config.json has no num_images_in_input: set PolicyOptions::num_images to the camera count the policy was "
         "trained with");
 
-  const auto tensor_options = torch::TensorOptions().dtype(options.dtype).device(options.device);
+  const auto tensor_options = torch::TensorOptions().dtype(impl->dtype).device(options.device);
   impl->tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_directory(directory));
   lap("tokenizer");
   vision::PreprocessOptions pre;
@@ -425,7 +483,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   impl->stop_embedding = impl->llm->embed(torch::tensor({kStopId}, torch::kInt64));
   // The RoPE table for every position once, so that no call extends (reallocates) it under a
   // captured CUDA graph.
-  (void)impl->llm->rope_tables(impl->max_positions, options.device, options.dtype);
+  (void)impl->llm->rope_tables(impl->max_positions, options.device, impl->dtype);
   lap("llm");
   impl->head = policy::ActionHeadImpl::load(ckpt.action_head, ckpt.config.focus, tensor_options);
   check(impl->head->config().action_dim == static_cast<int64_t>(impl->action_bounds.low.size()), directory,
@@ -452,7 +510,29 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
     log_info("bf16 on a CPU without native bf16 dot products: linear layers run as fp32 matmuls");
     lap("fp32 weight copies");
   }
-  log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s)) in " +
+  switch (impl->head->config().kind) {
+    case policy::HeadKind::base: settings.head = "vla-adapter"; break;
+    case policy::HeadKind::pro: settings.head = "vla-adapter-pro"; break;
+    case policy::HeadKind::focus: settings.head = "focusvla"; break;
+  }
+  settings.prompt_format = to_string(impl->prompt_format);
+  settings.center_crop = options.center_crop;
+  settings.dtype = impl->dtype;
+  settings.device = options.device;
+  settings.matmul = options.device.is_cuda()              ? "cuda"
+                    : impl->dtype == torch::kFloat32        ? "fp32"
+                    : impl->dtype == torch::kFloat16        ? "native-fp16"
+                    : fp32_matmuls                          ? "fp32-copies"
+                                                            : "native-bf16";
+  settings.unnorm_key = impl->unnorm_key;
+  settings.normalization = options.normalization;
+  settings.cameras = impl->num_images;
+  settings.proprio_dim = impl->proprio_projector ? impl->proprio_projector->proprio_dim() : 0;
+  settings.chunk = impl->head->config().chunk;
+  settings.action_dim = impl->head->config().action_dim;
+  log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s), " +
+           settings.prompt_format + " prompt, center crop " + (settings.center_crop ? "on" : "off") + ", " +
+           dtype_name(impl->dtype) + ", matmul " + settings.matmul + ") in " +
            std::to_string(std::lround(ms_since(load_start))) + " ms: " + phases);
   return Policy(impl);
 }
@@ -472,16 +552,11 @@ int64_t Policy::num_images() const { return impl_->num_images; }
 int64_t Policy::chunk_size() const { return impl_->head->config().chunk; }
 int64_t Policy::action_dim() const { return impl_->head->config().action_dim; }
 int64_t Policy::proprio_dim() const { return impl_->proprio_projector ? impl_->proprio_projector->proprio_dim() : 0; }
-std::string Policy::head_kind() const {
-  switch (impl_->head->config().kind) {
-    case policy::HeadKind::base: return "vla-adapter";
-    case policy::HeadKind::pro: return "vla-adapter-pro";
-    case policy::HeadKind::focus: return "focusvla";
-  }
-  return "?";
-}
+std::string Policy::head_kind() const { return impl_->settings.head; }
 const std::string& Policy::unnorm_key() const { return impl_->unnorm_key; }
 const PolicyOptions& Policy::options() const { return impl_->options; }
+const PolicySettings& Policy::settings() const { return impl_->settings; }
+PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
 std::string Policy::last_execution() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->last_execution;

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <thread>
 
 #include "focusvla/core/error.h"
@@ -37,6 +38,7 @@ nlohmann::json find_case(const std::string& name) {
   return {};
 }
 
+// Every setting the case was computed with, explicit (no defaults).
 PolicyOptions options_for(const nlohmann::json& c) {
   PolicyOptions o;
   o.dtype = c["dtype"] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
@@ -44,6 +46,7 @@ PolicyOptions options_for(const nlohmann::json& c) {
   o.cpu_bf16_matmul = llm::CpuBf16Matmul::kNative;
   o.unnorm_key = c["unnorm_key"];
   o.prompt_format = c["prompt_format"];
+  o.center_crop = c.value("center_crop", false);
   return o;
 }
 
@@ -63,9 +66,9 @@ double relative_error(const ActionChunk::Matrix& got, const torch::Tensor& expec
   return testing::relative_error(g, e);
 }
 
-void expect_case(const std::string& name, double tolerance) {
+void expect_case(const std::string& name, double tolerance, const std::optional<PolicyOptions>& options = {}) {
   const auto c = find_case(name);
-  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), options_for(c));
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), options ? *options : options_for(c));
   std::vector<Observation> batch;
   for (const auto& o : c["observations"]) {
     SCOPED_TRACE(o["key"].get<std::string>());
@@ -95,10 +98,139 @@ TEST(PolicyConformance, ProOneCameraNoProprioBatch4) { expect_case("pro_1cam_nop
 TEST(PolicyConformance, ProOneCameraQwenChat) { expect_case("pro_1cam_qwen_chat", 1e-4); }
 TEST(PolicyConformance, OriginalVlaAdapterHead) { expect_case("base_openvla", 1e-4); }
 // LibTorch's bf16 kernels on both sides: only summation order differs (1.6e-5 measured).
-TEST(PolicyConformance, FocusVlaBf16) { expect_case("focus_bf16", 1e-4); }
 
 // The bf16 weights as fp32 on both sides.
 TEST(PolicyConformance, Bf16WeightsInFp32) { expect_case("focus_bf16_as_f32", 1e-4); }
+TEST(PolicyConformance, ProBf16WeightsInFp32) { expect_case("pro_bf16_as_f32", 1e-4); }
+
+// The reference's LIBERO evaluation (get_vla_action with run_libero_eval.py's defaults: the Qwen
+// chat prompt, the 0.9 center crop) reproduced by PolicyOptions' defaults: only the unnorm_key is
+// set. The checkpoints hold fp32 weights, so the default dtype is float32 on every machine.
+void expect_reference_evaluation_by_default(const std::string& name) {
+  const auto c = find_case(name);
+  ASSERT_TRUE(c["defaults"].get<bool>());
+  PolicyOptions defaults;
+  defaults.unnorm_key = c["unnorm_key"];
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), defaults);
+  const PolicySettings& s = policy.settings();
+  EXPECT_EQ(s.prompt_format, c["prompt_format"].get<std::string>());
+  EXPECT_NE(s.prompt_format_source.find("llm_backbone_id qwen25-0_5b-extra"), std::string::npos) << s.prompt_format_source;
+  EXPECT_TRUE(s.center_crop);
+  EXPECT_EQ(s.dtype, torch::kFloat32);
+  EXPECT_EQ(s.dtype_source, "checkpoint float32");
+  EXPECT_EQ(s.matmul, "fp32");
+  expect_case(name, 1e-4, defaults);
+}
+
+TEST(PolicyDefaults, FocusVlaReproducesTheReferenceLiberoEvaluation) {
+  expect_reference_evaluation_by_default("focus_libero_eval");
+}
+TEST(PolicyDefaults, ProReproducesTheReferenceLiberoEvaluation) {
+  expect_reference_evaluation_by_default("pro_libero_eval");
+}
+
+// The same observations without the defaults' crop or prompt are other inputs: the defaults
+// matter (this is what a user got before they were the defaults).
+TEST(PolicyDefaults, WithoutCropOrChatPromptTheActionsDiffer) {
+  const auto c = find_case("pro_libero_eval");
+  const Observation obs = observation(c["observations"][0]);
+  const torch::Tensor expected = tensors().at(c["observations"][0]["key"].get<std::string>() + ".actions");
+  for (const auto& [format, crop] : {std::pair<std::string, bool>{"openvla", true}, {"qwen-chat", false}}) {
+    PolicyOptions o = options_for(c);
+    o.prompt_format = format;
+    o.center_crop = crop;
+    const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+    const double err = relative_error(policy.act(obs.images, obs.instruction, obs.proprio).actions, expected);
+    std::printf("  %s prompt, center crop %s: %.2e from the reference's evaluation\n", format.c_str(), crop ? "on" : "off", err);
+    EXPECT_GT(err, 1e-2) << format << (crop ? " with" : " without") << " crop";
+  }
+}
+
+// The dtype follows the checkpoint's weights and the machine: bf16 weights run in bf16 where the
+// CPU has native bf16 dot products, in fp32 elsewhere; an explicit dtype is kept as given.
+TEST(PolicyDefaults, DtypeFollowsTheWeightsAndTheCpu) {
+  const auto c = find_case("focus_bf16");
+  PolicyOptions o;
+  o.unnorm_key = c["unnorm_key"];
+  const Policy bf16_weights = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const bool native = llm::cpu_has_native_bf16();
+  EXPECT_EQ(bf16_weights.settings().dtype, native ? torch::kBFloat16 : torch::kFloat32);
+  EXPECT_EQ(bf16_weights.settings().matmul, native ? "native-bf16" : "fp32");
+  EXPECT_NE(bf16_weights.settings().dtype_source.find("checkpoint bfloat16"), std::string::npos);
+  o.dtype = torch::kBFloat16;
+  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kFloat32;
+  const Policy explicit_bf16 = Policy::load(data_path("policy", c["checkpoint"]), o);
+  EXPECT_EQ(explicit_bf16.settings().dtype, torch::kBFloat16);
+  EXPECT_EQ(explicit_bf16.settings().dtype_source, "option");
+  EXPECT_EQ(explicit_bf16.settings().matmul, "fp32-copies");
+}
+
+// A backbone that is not Qwen2.5 (OpenVLA's Llama 2) is evaluated with the `In: ... Out:` prompt.
+TEST(PolicyDefaults, PromptFormatFollowsTheBackbone) {
+  const auto c = find_case("focus_openvla");
+  const std::string dir = testing::scratch_dir("policy_llama_backbone");
+  for (const auto& e : fs::directory_iterator(data_path("policy", "focus_f32")))
+    if (e.is_regular_file()) fs::create_symlink(e.path(), dir + "/" + e.path().filename().string());
+  auto config = io::read_json_file(dir + "/config.json");
+  config["llm_backbone_id"] = "llama2-7b-pure";
+  fs::remove(dir + "/config.json");
+  std::ofstream(dir + "/config.json") << config.dump();
+  PolicyOptions o;
+  o.unnorm_key = c["unnorm_key"];
+  const Policy policy = Policy::load(dir, o);
+  EXPECT_EQ(policy.settings().prompt_format, "openvla");
+  EXPECT_EQ(policy.settings().prompt_format_source, "checkpoint: llm_backbone_id llama2-7b-pure");
+  // The prompt it builds, token ids included, is the one the reference's openvla case used.
+  const PromptText prompt = policy.prompt("Put the BOWL on the stove");
+  EXPECT_EQ(prompt.text, "In: What action should the robot take to put the bowl on the stove?\nOut:");
+  EXPECT_FALSE(prompt.ids.empty());
+  const Observation obs = observation(c["observations"][0]);
+  o.center_crop = false;
+  o.dtype = torch::kFloat32;
+  const Policy uncropped = Policy::load(dir, o);
+  EXPECT_LE(relative_error(uncropped.act(obs.images, obs.instruction, obs.proprio).actions,
+                           tensors().at(c["observations"][0]["key"].get<std::string>() + ".actions")),
+            1e-4);
+  testing::remove_tree(dir);
+}
+
+// bf16 against the measured bound: the reference's own bf16 lands at distance d from its fp32 on
+// the same case; ours, in either CPU matmul mode, must land within 2d of that fp32. (Which
+// kernels LibTorch picks depends on the CPU, so bit-identity cannot be a test across machines.)
+void expect_bf16_within_bf16_of_fp32(const std::string& bf16_case, const std::string& fp32_case,
+                                     llm::CpuBf16Matmul mode) {
+  const auto c = find_case(bf16_case);
+  PolicyOptions o = options_for(c);
+  o.cpu_bf16_matmul = mode;
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const bool native = mode == llm::CpuBf16Matmul::kNative ||
+                      (mode == llm::CpuBf16Matmul::kAuto && llm::cpu_has_native_bf16());
+  EXPECT_EQ(policy.settings().matmul, native ? "native-bf16" : "fp32-copies");
+  const Observation obs = observation(c["observations"][0]);
+  const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
+  const torch::Tensor fp32 = tensors().at(fp32_case + ".0.actions");
+  const torch::Tensor ref_bf16 = tensors().at(bf16_case + ".0.actions");
+  const double ours = relative_error(chunk.actions, fp32), reference = testing::relative_error(ref_bf16, fp32);
+  std::printf("  %s, %s matmul (CPU native bf16: %s): bf16 vs fp32 %.2e; reference bf16 vs fp32 %.2e; "
+              "ours vs reference bf16 %.2e\n",
+              bf16_case.c_str(), policy.settings().matmul.c_str(), llm::cpu_has_native_bf16() ? "yes" : "no", ours,
+              reference, relative_error(chunk.actions, ref_bf16));
+  EXPECT_GT(reference, 0.0);  // the case must show bf16 rounding at all
+  EXPECT_LE(ours, 2 * reference);
+}
+
+TEST(PolicyConformance, FocusVlaBf16NativeMatmul) {
+  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", llm::CpuBf16Matmul::kNative);
+}
+TEST(PolicyConformance, FocusVlaBf16Fp32CopiesMatmul) {
+  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", llm::CpuBf16Matmul::kFloat32);
+}
+TEST(PolicyConformance, ProBf16NativeMatmul) {
+  expect_bf16_within_bf16_of_fp32("pro_bf16", "pro_bf16_as_f32", llm::CpuBf16Matmul::kNative);
+}
+TEST(PolicyConformance, ProBf16Fp32CopiesMatmul) {
+  expect_bf16_within_bf16_of_fp32("pro_bf16", "pro_bf16_as_f32", llm::CpuBf16Matmul::kFloat32);
+}
 
 // Our max relative distance from the reference's fp32 actions and the reference's own
 // bf16-to-fp32 distance, for observation 0 of a bf16 checkpoint (cases `fp32_case`, `bf16_case`).
@@ -109,23 +241,6 @@ std::pair<double, double> bf16_distances(const ActionChunk& ours, const std::str
   return {relative_error(ours.actions, fp32), testing::relative_error(ref_bf16, fp32)};
 }
 
-// bf16 with the default CpuBf16Matmul::kAuto (fp32 matmuls on CPUs without native bf16): not the
-// reference's bf16 bits, but a bf16 computation: within twice the distance that the reference's
-// own bf16 keeps from fp32, on observation 0 of `bf16_case` (its fp32 reference: `fp32_case`).
-void expect_auto_bf16_within_bf16_of_fp32(const std::string& bf16_case, const std::string& fp32_case) {
-  const auto c = find_case(bf16_case);
-  PolicyOptions o = options_for(c);
-  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
-  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
-  const Observation obs = observation(c["observations"][0]);
-  const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
-  const auto [ours, reference] = bf16_distances(chunk, fp32_case, bf16_case);
-  std::printf("  %s: bf16 (auto matmul) vs fp32: %.2e; reference bf16 vs fp32: %.2e; ours vs reference bf16: %.2e\n",
-              bf16_case.c_str(), ours, reference, relative_error(chunk.actions, tensors().at(bf16_case + ".0.actions")));
-  EXPECT_GT(reference, 0.0);  // the case must show bf16 rounding at all
-  EXPECT_LE(ours, 2 * reference);
-}
-
 // Whether gen_policy.py wrote `name` (the full-size cases need --full).
 bool has_case(const std::string& name) {
   for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
@@ -134,7 +249,7 @@ bool has_case(const std::string& name) {
 }
 
 TEST(PolicyConformance, Bf16AutoMatmulWithinBf16OfFp32) {
-  expect_auto_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32");
+  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", llm::CpuBf16Matmul::kAuto);
 }
 
 // Buffers are kept per input shape: repeated and interleaved shapes, and an evicted shape built
@@ -201,7 +316,7 @@ TEST(PolicyCuda, Bf16WithinBf16OfFp32) {
 // The CPU target of the bf16 path at full size.
 TEST(PolicyConformance, FullSizeBf16WithinBf16OfFp32) {
   if (!has_case("full_focus_bf16")) GTEST_FAIL() << "gen_policy.py was run without --full";
-  expect_auto_bf16_within_bf16_of_fp32("full_focus_bf16", "full_focus_f32");
+  expect_bf16_within_bf16_of_fp32("full_focus_bf16", "full_focus_f32", llm::CpuBf16Matmul::kAuto);
 }
 
 TEST(PolicyConformance, FullSizeFocusVlaFp32) {
@@ -239,7 +354,8 @@ TEST(PolicyErrors, BadObservations) {
   const auto c = find_case("focus_openvla");
   const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), options_for(c));
   const Observation good = observation(c["observations"][0]);
-  expect_error([&] { policy.act({good.images[0]}, good.instruction, good.proprio); }, {"images", "got 1 camera", "takes 2"});
+  expect_error([&] { policy.act({good.images[0]}, good.instruction, good.proprio); }, {"images", "got 1 camera", "takes 2", "config.json num_images_in_input"});
+  expect_error([&] { policy.act(good.images, "put the \xff bowl", good.proprio); }, {"instruction", "invalid UTF-8"});
   expect_error([&] { policy.act(good.images, "   ", good.proprio); }, {"instruction", "empty"});
   expect_error([&] { policy.act(good.images, good.instruction, {1.0, 2.0}); }, {"proprio", "has 2 values", "takes 8"});
   auto nan = good.proprio;
@@ -277,6 +393,15 @@ TEST(PolicyErrors, UnnormKeyMustNameADataset) {
   o = options_for(c);
   o.prompt_format = "llama";
   expect_error([&] { Policy::load(data_path("policy", c["checkpoint"]), o); }, {"llama"});
+  o = options_for(c);
+  o.device = torch::Device(torch::kCUDA, 7);
+  expect_error([&] { Policy::load(data_path("policy", c["checkpoint"]), o); }, {"PolicyOptions::device cuda:7"});
+  o = options_for(c);
+  o.num_images = 3;
+  const Policy three = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Observation obs = observation(c["observations"][0]);
+  expect_error([&] { three.act(obs.images, obs.instruction, obs.proprio); },
+               {"images", "got 2 camera", "takes 3", "PolicyOptions::num_images"});
 }
 
 // A copy of a checkpoint directory with one file changed.

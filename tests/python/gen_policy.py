@@ -48,10 +48,12 @@ def main():
 
     tensors, cases = {}, []
 
-    def add_case(name, ckpt, ref, observations, prompt_format, dtype_name, proprio):
+    def add_case(name, ckpt, ref, observations, prompt_format, dtype_name, proprio, center_crop=False, defaults=False):
+        """defaults: the case is the reference's LIBERO evaluation (qwen-chat, center crop) that
+        focusvla must reproduce with its default options."""
         expected = []
         for j, (imgs, instruction, st) in enumerate(observations):
-            r = ref.act(imgs, instruction, st if proprio else None, prompt_format, UNNORM)
+            r = ref.act(imgs, instruction, st if proprio else None, prompt_format, UNNORM, center_crop=center_crop)
             key = f"{name}.{j}"
             tensors[key + ".actions"] = torch.tensor(r["actions"], dtype=torch.float64)
             tensors[key + ".fused"] = r["fused"].float().contiguous()
@@ -60,7 +62,8 @@ def main():
             expected.append({"key": key, "instruction": instruction, "proprio": list(map(float, st)) if proprio else [],
                              "cameras": len(imgs)})
         cases.append({"name": name, "checkpoint": ckpt, "prompt_format": prompt_format, "dtype": dtype_name,
-                      "unnorm_key": UNNORM, "observations": expected})
+                      "center_crop": center_crop, "defaults": defaults, "unnorm_key": UNNORM,
+                      "observations": expected})
 
     # FocusVLA head, 2 cameras, proprio; fp32 weights.
     make_checkpoint.write_directory(os.path.join(out, "focus_f32"), size="tiny", dtype="f32", head="focus", seed=1)
@@ -68,6 +71,18 @@ def main():
     obs2 = [(images, task, state)] + [(extra[i], tasks[i + 1], states[i + 1]) for i in range(3)]
     add_case("focus_openvla", "focus_f32", ref, obs2, "openvla", "float32", True)
     add_case("focus_qwen_chat", "focus_f32", ref, obs2[:1], "qwen-chat", "float32", True)
+
+    # The reference's LIBERO evaluation (get_vla_action with run_libero_eval.py's defaults:
+    # use_minivlm -> the Qwen chat prompt, center_crop=True) on 224x224 cameras, as the LIBERO
+    # environment renders them: what focusvla's defaults must reproduce.
+    libero_obs = [(images, task, state),
+                  ([rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(2)], tasks[1], states[1])]
+    add_case("focus_libero_eval", "focus_f32", ref, libero_obs, "qwen-chat", "float32", True, center_crop=True,
+             defaults=True)
+    make_checkpoint.write_directory(os.path.join(out, "pro_f32"), size="tiny", dtype="f32", head="pro", seed=6)
+    ref = ReferencePolicy(os.path.join(out, "pro_f32"), "tiny", torch.float32)
+    add_case("pro_libero_eval", "pro_f32", ref, libero_obs, "qwen-chat", "float32", True, center_crop=True,
+             defaults=True)
 
     # VLA-Adapter-Pro head, 1 camera, no proprio projector.
     make_checkpoint.write_directory(os.path.join(out, "pro_f32_1cam"), size="tiny", dtype="f32", head="pro", seed=2,
@@ -89,6 +104,12 @@ def main():
     # The same bf16 weights computed in fp32: how far the reference's own bf16 lands from fp32.
     ref = ReferencePolicy(os.path.join(out, "focus_bf16"), "tiny", torch.float32)
     add_case("focus_bf16_as_f32", "focus_bf16", ref, obs2[:1], "openvla", "float32", True)
+    # The same for the Pro head (bit-identical to the reference's bf16 with LibTorch's kernels).
+    make_checkpoint.write_directory(os.path.join(out, "pro_bf16"), size="tiny", dtype="bf16", head="pro", seed=7)
+    ref = ReferencePolicy(os.path.join(out, "pro_bf16"), "tiny", torch.bfloat16)
+    add_case("pro_bf16", "pro_bf16", ref, obs2[:1], "openvla", "bfloat16", True)
+    ref = ReferencePolicy(os.path.join(out, "pro_bf16"), "tiny", torch.float32)
+    add_case("pro_bf16_as_f32", "pro_bf16", ref, obs2[:1], "openvla", "float32", True)
 
     if full:
         make_checkpoint.write_directory(os.path.join(out, "full_focus"), size="full", dtype="bf16", head="focus", seed=5)

@@ -1,7 +1,7 @@
 #pragma once
 // The one API robot code links against (SPEC sections 1, 2, 6, 8, 10):
 //
-//   auto policy = focusvla::Policy::load("/path/to/checkpoint", {.device = torch::kCUDA, .dtype = torch::kBFloat16});
+//   auto policy = focusvla::Policy::load("/path/to/checkpoint");  // the reference's evaluation settings
 //   focusvla::ActionChunk chunk = policy.act({agentview, wrist}, "put the bowl on the plate", proprio);
 //   // chunk.actions: 8 x 7 un-normalized actions; chunk.timing: the time of each stage
 //
@@ -26,18 +26,31 @@
 
 namespace focusvla {
 
+// What to load and how to run it. The defaults reproduce the reference's evaluation of a released
+// checkpoint (SPEC 6, `experiments/robot/openvla_utils.py` get_vla_action with
+// `run_libero_eval.py`'s GenerateConfig): its prompt format, its 0.9 center crop, its bf16 where
+// the device computes bf16 natively. Policy::settings() reports what each resolved to.
 struct PolicyOptions {
   torch::Device device = torch::kCPU;
-  torch::ScalarType dtype = torch::kFloat32;
+  // Unset (the default): the checkpoint's dtype (config.json torch_dtype; bf16 for released
+  // models) where the device computes it natively (CUDA; a CPU with native bf16 dot products,
+  // where bf16 is ~2x faster than fp32 and bit-identical to the reference's bf16), float32
+  // elsewhere. Or float32, bfloat16, float16 explicitly.
+  std::optional<torch::ScalarType> dtype;
   // Which dataset's statistics (un)normalize; required when the checkpoint holds several
   // (config.json norm_stats plus dataset_statistics.json).
   std::string unnorm_key;
-  // "openvla" (`In: What action should the robot take to {task}?\nOut:`) or "qwen-chat".
-  std::string prompt_format = "openvla";
+  // "auto" (the default): the format the reference evaluates this checkpoint with: "qwen-chat"
+  // for the Qwen2.5 backbone (the reference's use_minivlm=True), "openvla" for the OpenVLA
+  // backbones (llm_backbone_id llama2 / mistral / ...). Or "openvla"
+  // (`In: What action should the robot take to {task}?\nOut:`) / "qwen-chat" explicitly.
+  std::string prompt_format = "auto";
   // Cameras per observation; 0: config.json's num_images_in_input (load fails if absent).
   int64_t num_images = 0;
-  // The LIBERO pipeline's 0.9-area center crop (SPEC 3.1); released LIBERO models expect it.
-  bool center_crop = false;
+  // The LIBERO pipeline's 0.9-area center crop (SPEC 3.1), on by default as in the reference's
+  // evaluation (GenerateConfig.center_crop = True); off for policies trained without crop
+  // augmentation.
+  bool center_crop = true;
   // "bounds_q99" (LIBERO) or "bounds" (min/max).
   std::string normalization = "bounds_q99";
   // Return the indices each FocusVLA block kept and its gate values.
@@ -55,6 +68,31 @@ struct PolicyOptions {
   llm::CpuBf16Matmul cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
   // Input shapes whose buffers (and CUDA graphs) are kept; the least recently used goes first.
   int max_cached_shapes = 8;
+};
+
+// What a loaded Policy runs with: every option after resolution, and why (Policy::settings()).
+struct PolicySettings {
+  std::string head;                  // "vla-adapter", "vla-adapter-pro" or "focusvla"
+  std::string prompt_format;         // "openvla" or "qwen-chat"
+  std::string prompt_format_source;  // e.g. "checkpoint: llm_backbone_id qwen25-0_5b-extra" or "option"
+  bool center_crop = true;
+  torch::ScalarType dtype = torch::kFloat32;
+  std::string dtype_source;          // e.g. "checkpoint bfloat16, CPU with native bf16" or "option"
+  torch::Device device = torch::kCPU;
+  // How linear layers multiply: "cuda", "fp32" (float32 weights), "native-bf16" (LibTorch's bf16
+  // kernels) or "fp32-copies" (bf16 weights multiplied as fp32 copies, CPUs without native bf16).
+  std::string matmul;
+  std::string unnorm_key;
+  std::string normalization;         // "bounds_q99" or "bounds"
+  int64_t cameras = 0;
+  int64_t proprio_dim = 0;           // 0 without a proprio projector
+  int64_t chunk = 0, action_dim = 0;
+};
+
+// The prompt an instruction becomes, and its token ids (no BOS / EOS).
+struct PromptText {
+  std::string text;
+  std::vector<int64_t> ids;
 };
 
 // One observation for act_batch.
@@ -110,7 +148,13 @@ class Policy {
   int64_t proprio_dim() const;  // 0 without a proprio projector
   std::string head_kind() const;  // "vla-adapter", "vla-adapter-pro" or "focusvla"
   const std::string& unnorm_key() const;
+  // The options as given to load.
   const PolicyOptions& options() const;
+  // What they resolved to (prompt format, crop, dtype, matmul mode, ...).
+  const PolicySettings& settings() const;
+  // The prompt `instruction` becomes and its token ids, exactly as act() builds them. Throws Error
+  // as act() does for an empty instruction or invalid UTF-8.
+  PromptText prompt(const std::string& instruction) const;
   // How the last call ran: "cpu", "cuda-eager" or "cuda-graph".
   std::string last_execution() const;
 
