@@ -13,8 +13,14 @@ added_tokens.json) and writes, under OUT_DIR/text/ (OUT_DIR itself when it alrea
   tokenizer_json_string_merges/tokenizer.json   the same with merges spelled "a b"
   tokenizer_json_cases.json  cases for that tokenizer.json
   prompt_cases.json          [{"format", "task", "prompt", "ids"}]
+  lowercase_cases.json       {"meta", "groups": {name: [[text, text.lower()] or [text] when
+                              text.lower() == text]}}: every code point with a lowercase mapping
+                              alone and in context, Final_Sigma contexts, the Cased /
+                              Case_Ignorable properties, and a sweep of all code points
 
 The reference is `AutoTokenizer.from_pretrained(asset_dir)` (what the Python model code uses).
+Lower-casing is Python's own str.lower() (SPEC section 6); first this checks that
+src/text/unicode_lower.inc is what scripts/gen_unicode_lower.py gives with this Python.
 An independent construction with `tokenizers` (BPE.from_file + NFC + the Qwen2 Split regex +
 ByteLevel, added tokens as in tokenizer_config.json) must agree with it on every case.
 Everything is deterministic (seeded).
@@ -23,7 +29,9 @@ Everything is deterministic (seeded).
 import json
 import os
 import random
+import subprocess
 import sys
+import unicodedata
 
 import tokenizers
 import transformers
@@ -381,6 +389,8 @@ def prompt_cases(reference):
         "turn on the stove and put the moka pot on it", "Put Both Pots On The Stove",
         "stack the 2 blocks", "  spaced   task  ", "move it to (0.3, -0.2)",
         "ÉCRASER LA BOÎTE", "ПОЛОЖИ МИСКУ НА ТАРЕЛКУ", "把碗放在盘子上", "", "ÆØÅ Ünïcödé",
+        "ΒΆΛΕ ΤΟ ΜΠΟΛ ΣΤΟ ΠΙΆΤΟ ΤΟΥΣ", "ΟΔΥΣΣΕΥΣ'", "put the ΣΟΦΟΣ bowl on the plate",
+        "ΣΑΣ. Σ ΣΣ", "İSTANBUL'DA KUTUYU AÇ", "PUT THE BOWL IN THE DIŞ KUTUİ", "ΑΣ\u0301 ΑΣ\u00adΑ",
     ]
     out = []
     for task in tasks:
@@ -389,6 +399,81 @@ def prompt_cases(reference):
             ids = reference.encode(prompt, add_special_tokens=False)
             out.append({"format": name, "task": task, "prompt": prompt, "ids": ids})
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Lower-casing: Python's str.lower() is the oracle for every expected string.
+
+SIGMA = "\u03a3"
+# Around a capital sigma: cased letters (Latin, Greek, titlecase, math, Other_Lowercase /
+# Other_Uppercase ones such as ª ʰ Ⓐ U+0345), Case_Ignorable ones (apostrophes, soft hyphen,
+# combining marks, ZWJ, colon, full stop, modifier letters), neither (digits, space, punctuation),
+# U+0130, other sigmas, and code points new in Unicode 15 (U+1E030 modifier letter, U+1E4EC
+# combining mark: unassigned in the reference's Unicode 14, so neither Cased nor Case_Ignorable).
+SIGMA_BEFORE = [
+    "", "A", "a", "\u0391", "\u03c9", "\u0130", "\u01c5", "\U0001d400", "\u00aa", "\u24b6", "\u02b0",
+    "\u0345", "\u1d2c", "1", " ", ".", ":", "-", "!", "'", "\u2019", "\u00ad", "\u0301", "\u200d",
+    "\u00b7", "^", "A'", "A\u2019", "A\u00ad", "A\u0301", "A\u0301\u0316", "A'\u00ad\u0301", "A\u02b0",
+    "A\u0345", "A\u200d", "A:", "A.", "A ", "A1", "A-", "1\u0301", " \u0301", "'\u0301", SIGMA,
+    SIGMA * 2, "\u03c3", "\u03c2", "A" + SIGMA + "'", "\U0001e030", "A\U0001e030", "\U0001e4ec",
+    "A\U0001e4ec", "\U00010780", "A\U00010780", "\u0378", "A\u0378",
+]
+SIGMA_AFTER = [
+    "", "a", "A", "\u03b1", "\u0130", "\u01c5", "\U0001d41a", "\u00aa", "\u02b0", "\u02b0a", "\u0345",
+    "\u0345a", "1", " ", " a", ".", ".a", ":", ":a", "!", "-a", "'", "'a", "'s", "\u2019", "\u2019s",
+    "\u00ad", "\u00ada", "\u0301", "\u0301a", "\u0301 ", "\u0301\u0316A", "\u200d", "\u200da", SIGMA,
+    SIGMA + "A", "'" + SIGMA, "\u03c3", "\U0001e030", "\U0001e030a", "\U0001e4ec", "\U0001e4eca",
+    "\U00010780", "\U00010780a", "\u0378", "\u0378a",
+]
+SIGMA_WORDS = [
+    "ΟΔΥΣΣΕΥΣ", "ΟΔΥΣΣΕΥΣ.", "ΟΔΥΣΣΕΥΣ'", "ΣΟΦΟΣ ΣΟΦΟΣ", "ΣΑΣ ΣΑΣ ΣΑΣ", "ΑΣ1Σ", "Σ1", "1Σ",
+    "ΜΑΣΚΑΣ", "Η ΜΠΑΛΑ ΣΤΟ ΚΟΥΤΙ ΤΟΥΣ", "ΆΣ", "ΑΣ\u0301", "Α\u0301Σ", "ΑΣΣΣ", "ΣΣΣ", "Σ Σ Σ",
+    "İΣ", "İΣİ", "İ\u0307Σ", "ΑΣ\U0001e030", "ΑΣ\U0001e030Α", "\u1f88Σ", "ΣΑΣ-ΣΑΣ", "«ΑΣ»",
+    "Ω\u03a3\u2126\u03a3", "\u212aΣ", "ΣΑΣ\u00adΣΑΣ",
+]
+
+
+def lowercase_cases(rng):
+    """Groups of [text, text.lower()] ([text] when unchanged), all measured with str.lower()."""
+    cps = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    mapped = [c for c in cps if chr(c).lower() != chr(c)]
+    groups = {}
+    groups["mapped"] = [chr(c) for c in mapped]
+    groups["mapped_in_context"] = [
+        f"ab{chr(c)}CD{chr(c)}{chr(c)}\u0301 {chr(c)}. x{chr(c)}\u00ad{SIGMA} {SIGMA}{chr(c)}"
+        for c in mapped]
+    sigma = [f"{b}{SIGMA}{a}" for b in SIGMA_BEFORE for a in SIGMA_AFTER]
+    sigma += SIGMA_WORDS
+    pieces = SIGMA_BEFORE + SIGMA_AFTER + [SIGMA] * 20
+    sigma += ["".join(rng.choice(pieces) for _ in range(rng.randint(2, 10))) for _ in range(600)]
+    groups["final_sigma"] = sigma
+    # The properties of every code point that is not Lo, Co or unassigned in this Unicode version,
+    # a sample of those, and the code points new in Unicode 15/16 (VERSION_SENSITIVE; the ends of
+    # long ranges), where utf8proc's Unicode 15 properties would differ, before a
+    # sigma, between a cased letter and a sigma, and after a sigma.
+    props = [c for c in cps if unicodedata.category(chr(c)) not in ("Lo", "Co", "Cn")]
+    props += [c for c in cps if unicodedata.category(chr(c)) in ("Lo", "Co", "Cn")][::499]
+    for first, last in VERSION_SENSITIVE:
+        new = list(range(first, last + 1))
+        props += new if len(new) <= 96 else new[:64] + new[-32:]
+    props = sorted(set(props))
+    groups["properties"] = [
+        f"{chr(c)}{SIGMA} A{chr(c)}{SIGMA} A{SIGMA}{chr(c)} A{SIGMA}{chr(c)}a" for c in props]
+    # Every code point, 256 at a time.
+    groups["sweep"] = ["".join(chr(c) for c in cps[i:i + 256]) for i in range(0, len(cps), 256)]
+    out = {}
+    for name, texts in groups.items():
+        out[name] = [[t, t.lower()] if t.lower() != t else [t] for t in texts]
+    meta = {"python": sys.version.split()[0], "unidata_version": unicodedata.unidata_version,
+            "mapped_code_points": len(mapped), "property_code_points": len(props)}
+    return {"meta": meta, "groups": out}
+
+
+def check_lower_tables():
+    """src/text/unicode_lower.inc must be what this Python's str.lower() gives."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+                          "scripts", "gen_unicode_lower.py")
+    subprocess.run([sys.executable, os.path.normpath(script), "--check"], check=True)
 
 
 def main():
@@ -402,6 +487,13 @@ def main():
         out_dir = os.path.join(out_dir, "text")
     os.makedirs(out_dir, exist_ok=True)
     asset_dir = os.path.join(assets, "qwen2.5-tokenizer")
+
+    check_lower_tables()
+    lower = lowercase_cases(random.Random(SEED))
+    with open(os.path.join(out_dir, "lowercase_cases.json"), "w", encoding="utf-8") as f:
+        json.dump(lower, f, ensure_ascii=False, separators=(",", ":"))
+        f.write("\n")
+    lower_count = sum(len(cases) for cases in lower["groups"].values())
 
     reference = load_reference(asset_dir)
     independent = build_independent(asset_dir)
@@ -421,7 +513,7 @@ def main():
     prompts = prompt_cases(reference)
     write_json(os.path.join(out_dir, "prompt_cases.json"), prompts)
     print(f"{len(cases)} tokenizer cases, {variant_count} tokenizer.json cases, "
-          f"{len(prompts)} prompt cases -> {out_dir}")
+          f"{len(prompts)} prompt cases, {lower_count} lowercase cases -> {out_dir}")
 
 
 if __name__ == "__main__":

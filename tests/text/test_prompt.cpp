@@ -12,6 +12,7 @@
 #include "focusvla/core/error.h"
 #include "focusvla/text/bpe_tokenizer.h"
 #include "focusvla/text/prompt.h"
+#include "test_util.h"
 
 namespace {
 
@@ -83,7 +84,84 @@ TEST(PromptLowercase, NonAsciiPerCodePoint) {
 TEST(PromptLowercase, InvalidUtf8Throws) {
   EXPECT_THROW(focusvla::lowercase("ok\xC3"), focusvla::Error);
   EXPECT_THROW(build_prompt(PromptFormat::openvla, "\xFF"), focusvla::Error);
+  focusvla::testing::expect_error([] { focusvla::lowercase("ok\xC3"); },
+                                  {"invalid UTF-8 at byte offset 2"});
+  // After a capital sigma (whose context is looked at both ways), a surrogate, an overlong form.
+  focusvla::testing::expect_error([] { focusvla::lowercase("\xCE\xA3\xFF"); },
+                                  {"invalid UTF-8 at byte offset 2"});
+  focusvla::testing::expect_error([] { focusvla::lowercase("A\xCE\xA3\xED\xA0\x80"); },
+                                  {"invalid UTF-8 at byte offset 3"});
+  focusvla::testing::expect_error([] { focusvla::lowercase("\xC0\x80"); },
+                                  {"invalid UTF-8 at byte offset 0"});
 }
+
+// Two readable examples; the exhaustive comparisons with Python follow.
+TEST(PromptLowercase, SpecialCasingAndFinalSigma) {
+  EXPECT_EQ(focusvla::lowercase("\xC4\xB0"), "i\xCC\x87");  // U+0130 -> U+0069 U+0307
+  // ΣΑΣ ΣΑΣ. -> σας σας.
+  EXPECT_EQ(focusvla::lowercase("\xCE\xA3\xCE\x91\xCE\xA3 \xCE\xA3\xCE\x91\xCE\xA3."),
+            "\xCF\x83\xCE\xB1\xCF\x82 \xCF\x83\xCE\xB1\xCF\x82.");
+}
+
+// lowercase_cases.json (gen_text.py): groups of [text, text.lower()], or [text] when Python leaves
+// the text unchanged.
+const json& lowercase_oracle() {
+  static const json oracle = [] {
+    std::ifstream in(focusvla::testing::data_path("text", "lowercase_cases.json"));
+    return in ? json::parse(in) : json::object();
+  }();
+  return oracle;
+}
+
+void expect_lowercase_like_python(const std::string& group, size_t min_cases) {
+  const json& oracle = lowercase_oracle();
+  ASSERT_TRUE(oracle.contains("groups") && oracle.at("groups").contains(group))
+      << "lowercase_cases.json has no group " << group;
+  const json& cases = oracle.at("groups").at(group);
+  ASSERT_GE(cases.size(), min_cases) << group;
+  const auto show = [](const std::string& s) {
+    return json(s).dump(-1, ' ', true, json::error_handler_t::replace);
+  };
+  size_t failures = 0;
+  for (const json& item : cases) {
+    const std::string text = item[0].get<std::string>();
+    const std::string expected = item.size() > 1 ? item[1].get<std::string>() : text;
+    std::string got;
+    try {
+      got = focusvla::lowercase(text);
+    } catch (const std::exception& e) {
+      got = std::string("<threw: ") + e.what() + ">";
+    }
+    if (got != expected && ++failures <= 10) {
+      ADD_FAILURE() << group << ": lowercase(" << show(text) << ") = " << show(got)
+                    << ", Python's str.lower() gives " << show(expected);
+    }
+  }
+  EXPECT_EQ(failures, 0u) << "cases of group " << group
+                          << " that differ from Python (first 10 shown)";
+}
+
+// Every code point whose str.lower() differs from itself (1433 in Unicode 14), alone.
+TEST(PromptLowercase, EveryMappedCodePointLikePython) {
+  expect_lowercase_like_python("mapped", 1400);
+}
+
+// The same code points between letters, doubled, before a combining mark and around a sigma.
+TEST(PromptLowercase, EveryMappedCodePointInContextLikePython) {
+  expect_lowercase_like_python("mapped_in_context", 1400);
+}
+
+// U+03A3 after / before cased letters, Case_Ignorable ones, neither, other sigmas, U+0130.
+TEST(PromptLowercase, FinalSigmaLikePython) { expect_lowercase_like_python("final_sigma", 3000); }
+
+// The Cased and Case_Ignorable tables: each code point before, after and between a letter and
+// a sigma.
+TEST(PromptLowercase, CasedAndCaseIgnorableLikePython) {
+  expect_lowercase_like_python("properties", 20000);
+}
+
+// All of U+0000..U+10FFFF but surrogates, 256 code points a case.
+TEST(PromptLowercase, EveryCodePointLikePython) { expect_lowercase_like_python("sweep", 4300); }
 
 TEST(PromptOracle, MatchesPythonTemplatesAndTokenIds) {
   const json cases = prompt_oracle();

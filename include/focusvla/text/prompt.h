@@ -1,6 +1,6 @@
 #pragma once
 // Prompt templates around a task instruction (SPEC section 6). The task is lower-cased first,
-// as the reference does with `task_label.lower()`.
+// exactly as the reference does with Python's `task_label.lower()`.
 
 #include <string>
 
@@ -17,8 +17,12 @@ PromptFormat parse_prompt_format(const std::string& name);
 // The spelling parse_prompt_format accepts.
 std::string to_string(PromptFormat format);
 
-// Lower-cases UTF-8 text: ASCII as Python's str.lower(), other code points with utf8proc's
-// simple lowercase mapping. Throws Error on invalid UTF-8.
+// Lower-cases UTF-8 text exactly as Python's str.lower() of the reference Python (SPEC section 6;
+// Unicode 14.0, Python 3.11): the full lowercase mapping, so U+0130 becomes U+0069 U+0307, and
+// the Final_Sigma rule, so U+03A3 becomes U+03C2 after a cased letter that no cased letter
+// follows (Case_Ignorable code points skipped both ways) and U+03C3 otherwise. The tables are
+// generated from that Python by scripts/gen_unicode_lower.py. Throws Error ("invalid UTF-8 at
+// byte offset N") on invalid UTF-8; ASCII-only text takes a fast path.
 std::string lowercase(const std::string& text);
 
 // The prompt for `task` (lower-cased) in `format`. Tokenize it with no BOS/EOS added.
