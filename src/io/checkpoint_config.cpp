@@ -1,5 +1,8 @@
 #include "focusvla/io/checkpoint_config.h"
 
+#include <cmath>
+#include <limits>
+
 #include "focusvla/core/error.h"
 #include "focusvla/io/json_file.h"
 
@@ -16,40 +19,104 @@ const json& require(const json& j, const std::string& key, const std::string& so
   return j.at(key);
 }
 
-int64_t get_int(const json& j, const std::string& key, const std::string& source, int64_t fallback, bool required) {
+// Plausibility bounds: generous for every Qwen2 / Qwen2.5 release (0.5B: hidden 896; 72B: hidden
+// 8192, mlp 29568, 80 layers, 64 heads; vocab 152064; up to 131072 positions), small enough that a
+// typo cannot make the loader ask for terabytes.
+constexpr int64_t kMaxHiddenSize = 65536;
+constexpr int64_t kMaxIntermediateSize = 262144;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxVocab = 4194304;
+constexpr int64_t kMaxPositions = 16777216;
+constexpr int64_t kMaxImageSize = 4096;  // pixels per side
+constexpr int64_t kMaxImagesInInput = 64;
+constexpr int64_t kMaxTopK = 65536;
+constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
+constexpr int64_t kInt64Min = std::numeric_limits<int64_t>::min();
+
+// A JSON value for a message, cut short: a malformed field may be megabytes long.
+std::string brief(const json& v) {
+  std::string text = v.dump();
+  return text.size() <= 64 ? text : text.substr(0, 60) + " ...";
+}
+
+// A double for a message; nlohmann writes NaN and infinities as null.
+std::string number_text(double x) {
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  return json(x).dump();
+}
+
+// An integer in [lo, hi]. Unsigned JSON integers above int64 are compared as such, never cast.
+int64_t int_in_range(const json& v, const std::string& what, int64_t lo, int64_t hi) {
+  check(v.is_number_integer(), what, "expected an integer, got " + brief(v));
+  const bool above = v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(hi) : v.get<int64_t>() > hi;
+  check(!above, what, "must be at most " + std::to_string(hi) + ", got " + brief(v));
+  const int64_t i = v.get<int64_t>();
+  if (i < lo) {
+    const std::string bound = lo == 1 ? "must be positive" : lo == 0 ? "must not be negative"
+                                                                     : "must be at least " + std::to_string(lo);
+    throw Error(what + ": " + bound + ", got " + std::to_string(i));
+  }
+  return i;
+}
+
+int64_t get_int(const json& j, const std::string& key, const std::string& source, int64_t fallback, bool required,
+                int64_t lo = kInt64Min, int64_t hi = kInt64Max) {
   if (!j.contains(key)) {
     check(!required, field_name(source, key), "missing");
     return fallback;
   }
-  const json& v = j.at(key);
-  check(v.is_number_integer(), field_name(source, key), "expected an integer, got " + v.dump());
+  return int_in_range(j.at(key), field_name(source, key), lo, hi);
+}
+
+int64_t get_positive(const json& j, const std::string& key, const std::string& source, int64_t fallback, bool required,
+                     int64_t hi) {
+  return get_int(j, key, source, fallback, required, 1, hi);
+}
+
+// An image side in pixels: an integer in 1..kMaxImageSize (1e300, -224 or 224.5 are refused, not cast).
+int64_t image_side(const json& v, const std::string& what) {
+  bool ok = false;
+  if (v.is_number_unsigned())
+    ok = v.get<uint64_t>() >= 1 && v.get<uint64_t>() <= static_cast<uint64_t>(kMaxImageSize);
+  else if (v.is_number_integer())
+    ok = v.get<int64_t>() >= 1 && v.get<int64_t>() <= kMaxImageSize;
+  check(ok, what, "entry " + brief(v) + " is not an integer in 1.." + std::to_string(kMaxImageSize));
   return v.get<int64_t>();
 }
 
-int64_t get_positive(const json& j, const std::string& key, const std::string& source, int64_t fallback, bool required) {
-  const int64_t v = get_int(j, key, source, fallback, required);
-  check(v > 0, field_name(source, key), "must be positive, got " + std::to_string(v));
-  return v;
+// `x`, or Error "<what>: <label>nan is not a finite number".
+double finite(double x, const std::string& what, const std::string& label = "") {
+  check(std::isfinite(x), what, label + number_text(x) + " is not a finite number");
+  return x;
 }
 
 double get_number(const json& j, const std::string& key, const std::string& source, double fallback) {
   if (!j.contains(key)) return fallback;
   const json& v = j.at(key);
-  check(v.is_number(), field_name(source, key), "expected a number, got " + v.dump());
-  return v.get<double>();
+  check(v.is_number(), field_name(source, key), "expected a number, got " + brief(v));
+  return finite(v.get<double>(), field_name(source, key));
+}
+
+// A number that must be finite and > 0 (epsilons, rope theta).
+double get_positive_number(const json& j, const std::string& key, const std::string& source, double fallback) {
+  const double v = get_number(j, key, source, fallback);
+  check(v > 0, field_name(source, key), "must be positive, got " + number_text(v));
+  return v;
 }
 
 std::string get_string(const json& j, const std::string& key, const std::string& source, const std::string& fallback) {
   if (!j.contains(key) || j.at(key).is_null()) return fallback;
   const json& v = j.at(key);
-  check(v.is_string(), field_name(source, key), "expected a string, got " + v.dump());
+  check(v.is_string(), field_name(source, key), "expected a string, got " + brief(v));
   return v.get<std::string>();
 }
 
 bool get_bool(const json& j, const std::string& key, const std::string& source, bool fallback) {
   if (!j.contains(key)) return fallback;
   const json& v = j.at(key);
-  check(v.is_boolean(), field_name(source, key), "expected true or false, got " + v.dump());
+  check(v.is_boolean(), field_name(source, key), "expected true or false, got " + brief(v));
   return v.get<bool>();
 }
 
@@ -59,8 +126,8 @@ std::vector<double> get_numbers(const json& j, const std::string& key, const std
   check(v.is_array(), field_name(source, key), "expected an array of numbers");
   std::vector<double> out;
   for (const auto& x : v) {
-    check(x.is_number(), field_name(source, key), "entry " + x.dump() + " is not a number");
-    out.push_back(x.get<double>());
+    check(x.is_number(), field_name(source, key), "entry " + brief(x) + " is not a number");
+    out.push_back(finite(x.get<double>(), field_name(source, key), "entry "));
   }
   return out;
 }
@@ -86,15 +153,16 @@ void check_one_of(const std::string& value, std::initializer_list<const char*> a
 Qwen2Config Qwen2Config::from_json(const json& j, const std::string& source) {
   check(j.is_object(), source, "expected a JSON object");
   Qwen2Config c;
-  c.hidden_size = get_positive(j, "hidden_size", source, 0, true);
-  c.intermediate_size = get_positive(j, "intermediate_size", source, 0, true);
-  c.num_hidden_layers = get_positive(j, "num_hidden_layers", source, 0, true);
-  c.num_attention_heads = get_positive(j, "num_attention_heads", source, 0, true);
-  c.num_key_value_heads = get_positive(j, "num_key_value_heads", source, c.num_attention_heads, false);
-  c.max_position_embeddings = get_positive(j, "max_position_embeddings", source, c.max_position_embeddings, false);
-  c.vocab_size = get_positive(j, "vocab_size", source, c.vocab_size, false);
-  c.rms_norm_eps = get_number(j, "rms_norm_eps", source, c.rms_norm_eps);
-  c.rope_theta = get_number(j, "rope_theta", source, c.rope_theta);
+  c.hidden_size = get_positive(j, "hidden_size", source, 0, true, kMaxHiddenSize);
+  c.intermediate_size = get_positive(j, "intermediate_size", source, 0, true, kMaxIntermediateSize);
+  c.num_hidden_layers = get_positive(j, "num_hidden_layers", source, 0, true, kMaxLayers);
+  c.num_attention_heads = get_positive(j, "num_attention_heads", source, 0, true, kMaxHeads);
+  c.num_key_value_heads = get_positive(j, "num_key_value_heads", source, c.num_attention_heads, false, kMaxHeads);
+  c.max_position_embeddings =
+      get_positive(j, "max_position_embeddings", source, c.max_position_embeddings, false, kMaxPositions);
+  c.vocab_size = get_positive(j, "vocab_size", source, c.vocab_size, false, kMaxVocab);
+  c.rms_norm_eps = get_positive_number(j, "rms_norm_eps", source, c.rms_norm_eps);
+  c.rope_theta = get_positive_number(j, "rope_theta", source, c.rope_theta);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, c.tie_word_embeddings);
   c.hidden_act = get_string(j, "hidden_act", source, c.hidden_act);
   c.torch_dtype = get_string(j, "torch_dtype", source, "");
@@ -104,7 +172,6 @@ Qwen2Config Qwen2Config::from_json(const json& j, const std::string& source) {
   check(c.num_attention_heads % c.num_key_value_heads == 0, source,
         "num_attention_heads " + std::to_string(c.num_attention_heads) + " is not a multiple of num_key_value_heads " +
             std::to_string(c.num_key_value_heads));
-  check(c.rms_norm_eps > 0 && c.rope_theta > 0, source, "rms_norm_eps and rope_theta must be positive");
   check(c.hidden_act == "silu", field_name(source, "hidden_act"), "'" + c.hidden_act + "' is not supported (only silu)");
   return c;
 }
@@ -122,7 +189,7 @@ NormStats NormStats::from_json(const json& j, const std::string& source) {
     const json& m = j.at("mask");
     check(m.is_array(), field_name(source, "mask"), "expected an array of booleans");
     for (const auto& b : m) {
-      check(b.is_boolean(), field_name(source, "mask"), "entry " + b.dump() + " is not a boolean");
+      check(b.is_boolean(), field_name(source, "mask"), "entry " + brief(b) + " is not a boolean");
       s.mask.push_back(b.get<bool>());
     }
   }
@@ -143,8 +210,8 @@ NormStatsMap parse_norm_stats(const json& j, const std::string& source) {
     DatasetStats d;
     d.action = NormStats::from_json(require(entry, "action", where), where + ".action");
     if (entry.contains("proprio")) d.proprio = NormStats::from_json(entry.at("proprio"), where + ".proprio");
-    d.num_transitions = get_int(entry, "num_transitions", where, 0, false);
-    d.num_trajectories = get_int(entry, "num_trajectories", where, 0, false);
+    d.num_transitions = get_int(entry, "num_transitions", where, 0, false, 0);
+    d.num_trajectories = get_int(entry, "num_trajectories", where, 0, false, 0);
     out.emplace(name, std::move(d));
   }
   return out;
@@ -165,6 +232,8 @@ FocusConfig FocusConfig::from_json(const json& j, const std::string& source) {
   check_one_of(f.gate, {"element", "head", "scalar", "none"}, source + ": focus.gate");
   check_one_of(f.value_source, {"embeddings", "layer"}, source + ": focus.value_source");
   check(f.top_k >= 0, source + ": focus.top_k", "must be 0 (off) or positive, got " + std::to_string(f.top_k));
+  check(f.top_k <= kMaxTopK, source + ": focus.top_k",
+        "must be at most " + std::to_string(kMaxTopK) + ", got " + std::to_string(f.top_k));
   return f;
 }
 
@@ -177,10 +246,15 @@ VlaConfig VlaConfig::from_json(const json& j, const std::string& source) {
   const json& ids = require(j, "timm_model_ids", source);
   check(ids.is_array() && !ids.empty(), field_name(source, "timm_model_ids"), "expected a non-empty array");
   for (const auto& id : ids) {
-    check(id.is_string(), field_name(source, "timm_model_ids"), "entry " + id.dump() + " is not a string");
+    check(id.is_string(), field_name(source, "timm_model_ids"), "entry " + brief(id) + " is not a string");
     c.timm_model_ids.push_back(id.get<std::string>());
   }
-  for (double s : get_numbers(j, "image_sizes", source)) c.image_sizes.push_back(static_cast<int64_t>(s));
+  if (j.contains("image_sizes")) {
+    const json& sizes = j.at("image_sizes");
+    const std::string what = field_name(source, "image_sizes");
+    check(sizes.is_array(), what, "expected an array of integers, got " + brief(sizes));
+    for (const auto& s : sizes) c.image_sizes.push_back(image_side(s, what));
+  }
   c.use_fused_vision_backbone = get_bool(j, "use_fused_vision_backbone", source, ids.size() > 1);
   check(c.timm_model_ids.size() == (c.use_fused_vision_backbone ? 2u : 1u), field_name(source, "timm_model_ids"),
         std::to_string(c.timm_model_ids.size()) + " ids disagree with use_fused_vision_backbone");
@@ -188,8 +262,7 @@ VlaConfig VlaConfig::from_json(const json& j, const std::string& source) {
   c.llm_backbone_id = get_string(j, "llm_backbone_id", source, "");
   c.arch_specifier = get_string(j, "arch_specifier", source, "");
   c.torch_dtype = get_string(j, "torch_dtype", source, "");
-  c.num_images_in_input = get_int(j, "num_images_in_input", source, 0, false);
-  check(c.num_images_in_input >= 0, field_name(source, "num_images_in_input"), "must not be negative");
+  c.num_images_in_input = get_int(j, "num_images_in_input", source, 0, false, 0, kMaxImagesInInput);
   c.text_config = Qwen2Config::from_json(require(j, "text_config", source), source + ": text_config");
   if (j.contains("norm_stats") && !j.at("norm_stats").is_null())
     c.norm_stats = parse_norm_stats(j.at("norm_stats"), source);
@@ -229,11 +302,10 @@ PreprocessorConfig PreprocessorConfig::from_json(const json& j, const std::strin
     if (j.contains("input_sizes")) {
       const json& sizes = j.at("input_sizes");
       check(sizes.is_array() && sizes.size() == n, field_name(source, "input_sizes"), "expected one entry per backbone");
-      check(sizes[i].is_array() && sizes[i].size() == 3, field_name(source, "input_sizes"), "expected [3, H, W]");
-      for (size_t k = 0; k < 3; ++k) {
-        check(sizes[i][k].is_number_integer(), field_name(source, "input_sizes"), "entries must be integers");
-        b.input_size[k] = sizes[i][k].get<int64_t>();
-      }
+      const std::string what = field_name(source, "input_sizes") + " backbone " + std::to_string(i);
+      check(sizes[i].is_array() && sizes[i].size() == 3, what, "expected [3, H, W], got " + brief(sizes[i]));
+      check(sizes[i][0] == 3, what, "expected 3 channels, got " + brief(sizes[i][0]));
+      b.input_size = {3, image_side(sizes[i][1], what), image_side(sizes[i][2], what)};
     }
     if (j.contains("interpolations")) {
       const json& interp = j.at("interpolations");

@@ -43,26 +43,43 @@ std::string describe_tensor(const std::string& source, const std::string& name) 
   return source + ": tensor '" + name + "'";
 }
 
+// A JSON value for a message, cut short: a malformed field may be megabytes long.
+std::string brief(const nlohmann::json& j) {
+  std::string text = j.dump();
+  return text.size() <= 64 ? text : text.substr(0, 60) + " ...";
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+bool has_zero(const std::vector<int64_t>& shape) { return std::find(shape.begin(), shape.end(), 0) != shape.end(); }
+
+// Every entry a non-negative integer that fits int64 (2^63 and above would turn negative).
 std::vector<int64_t> parse_shape(const nlohmann::json& j, const std::string& what) {
   check(j.is_array(), what, "shape is not an array");
   std::vector<int64_t> shape;
   for (const auto& d : j) {
-    check(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0), what,
-          "shape entry " + d.dump() + " is not a non-negative integer");
+    check(d.is_number_integer() && (d.is_number_unsigned() || d.get<int64_t>() >= 0), what,
+          "shape entry " + brief(d) + " is not a non-negative integer");
+    if (d.is_number_unsigned())
+      check(d.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), what,
+            "shape entry " + brief(d) + " exceeds int64");
     shape.push_back(d.get<int64_t>());
   }
   return shape;
 }
 
-// numel * element size, or throws when it overflows 64 bits.
+// element size * numel, multiplied in shape order; Error when a running product overflows 64
+// bits, even before a zero entry: LibTorch refuses such a shape too (c10::safe_multiplies_u64),
+// so accepting it would only move the error to load time.
 uint64_t expected_bytes(const std::vector<int64_t>& shape, size_t element_size, const std::string& what) {
   uint64_t bytes = element_size;
-  for (int64_t d : shape) {
-    const auto du = static_cast<uint64_t>(d);
-    if (du != 0 && bytes > std::numeric_limits<uint64_t>::max() / du)
-      throw Error(what + ": shape overflows 64-bit byte count");
-    bytes *= du;
-  }
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes))
+      throw Error(what + ": shape " + shape_text(shape) + " overflows 64-bit byte count");
   return bytes;
 }
 
@@ -84,7 +101,7 @@ TensorInfo parse_entry(const std::string& name, const nlohmann::json& j, uint64_
   const auto& offsets = j["data_offsets"];
   check(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
             offsets[1].is_number_unsigned(),
-        what, "data_offsets must be two non-negative integers, got " + offsets.dump());
+        what, "data_offsets must be two non-negative integers, got " + brief(offsets));
   info.begin = offsets[0].get<uint64_t>();
   info.end = offsets[1].get<uint64_t>();
   const std::string range = "[" + std::to_string(info.begin) + ", " + std::to_string(info.end) + ")";
@@ -93,7 +110,7 @@ TensorInfo parse_entry(const std::string& name, const nlohmann::json& j, uint64_
         "data_offsets " + range + " outside the " + std::to_string(data_size) + "-byte data section");
   const uint64_t bytes = expected_bytes(info.shape, dtype_size(info.dtype), what);
   check(bytes == info.nbytes(), what,
-        "shape " + j["shape"].dump() + " of " + dtype_name(info.dtype) + " needs " + std::to_string(bytes) +
+        "shape " + shape_text(info.shape) + " of " + dtype_name(info.dtype) + " needs " + std::to_string(bytes) +
             " bytes but data_offsets " + range + " hold " + std::to_string(info.nbytes()));
   return info;
 }
@@ -122,8 +139,12 @@ const char* dtype_name(DType dtype) { return entry_of(dtype).name; }
 size_t dtype_size(DType dtype) { return entry_of(dtype).size; }
 
 int64_t TensorInfo::numel() const {
+  const auto fail = [&](const std::string& problem) { throw Error("tensor '" + name + "': shape " + shape_text(shape) + problem); };
+  if (std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 0; })) fail(" has a negative entry");
+  if (has_zero(shape)) return 0;
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape)
+    if (__builtin_mul_overflow(n, d, &n)) fail(": numel overflows int64");
   return n;
 }
 

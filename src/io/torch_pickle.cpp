@@ -2,12 +2,19 @@
 
 #include <caffe2/serialize/inline_container.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <charconv>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 
 #include "focusvla/core/error.h"
+#include "focusvla/io/mapped_file.h"
 
 namespace focusvla::io {
 namespace {
@@ -16,7 +23,25 @@ namespace {
 struct Value;
 using ValuePtr = std::shared_ptr<Value>;
 
+// Values nest at most this deep (a state dict needs about 4). With containers never modified once
+// stored in another (see Unpickler::adopt), the depth is exact and bounds the recursion of the
+// shared_ptr destructors.
+constexpr uint32_t kMaxDepth = 100;
+
+std::atomic<int64_t> live_values{0};
+
+// _rebuild_tensor_v2's arguments; the tensor is made (and checked) once its state-dict key is known.
+struct TensorView {
+  torch::Tensor storage;  // 1-D, flat
+  int64_t offset = 0;
+  std::vector<int64_t> size, stride;
+};
+
 struct Value {
+  Value() { ++live_values; }
+  ~Value() { --live_values; }
+  Value(const Value&) = delete;
+  Value& operator=(const Value&) = delete;
   enum class Kind { none, boolean, integer, floating, string, tuple, list, dict, global, mark, tensor, storage };
   Kind kind = Kind::none;
   int64_t integer = 0;
@@ -24,12 +49,20 @@ struct Value {
   std::string text;    // string; global: "module.name"
   std::vector<ValuePtr> items;                          // tuple, list
   std::vector<std::pair<ValuePtr, ValuePtr>> entries;   // dict, in insertion order
-  torch::Tensor tensor;                                 // tensor, storage (1-D, flat)
+  torch::Tensor tensor;                                 // storage (1-D, flat)
+  TensorView view;                                      // tensor
+  uint32_t depth = 0;   // containers: 1 + the deepest item; everything else 0
+  bool stored = false;  // inside another value; a stored container is never modified again
 };
+
+bool is_container(Value::Kind kind) {
+  return kind == Value::Kind::tuple || kind == Value::Kind::list || kind == Value::Kind::dict;
+}
 
 ValuePtr make(Value::Kind kind) {
   auto v = std::make_shared<Value>();
   v->kind = kind;
+  v->depth = is_container(kind) ? 1 : 0;
   return v;
 }
 
@@ -148,8 +181,29 @@ class Unpickler {
   }
   void push_tuple(std::vector<ValuePtr> items) {
     auto v = make(Value::Kind::tuple);
+    for (const auto& item : items) adopt(*v, item, "TUPLE");
     v->items = std::move(items);
     push(v);
+  }
+
+  // `item` goes into `container`. Refuses a container put into itself and nesting deeper than
+  // kMaxDepth; marks the item stored. Together with check_unstored this rules out cycles: closing
+  // one means modifying a container that is already inside another value.
+  // (Runs for every item: messages are built only on failure.)
+  void adopt(Value& container, const ValuePtr& item, const char* op) {
+    if (item.get() == &container)
+      throw Error(where() + ": " + op + " would put a " + kind_name(container.kind) + " inside itself (cyclic pickle)");
+    const uint32_t depth = item->depth + 1;
+    if (depth > kMaxDepth)
+      throw Error(where() + ": values nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    container.depth = std::max(container.depth, depth);
+    item->stored = true;
+  }
+  // Python's pickler fills a list or dict before storing it anywhere; only cyclic data does not.
+  void check_unstored(const Value& container, const char* op) {
+    if (container.stored)
+      throw Error(where() + ": " + op + " to a " + kind_name(container.kind) +
+                  " already inside another value (cyclic pickle, or one built outside-in; never a state dict)");
   }
   void memo_put(uint64_t key) { memo_[key] = top(); }
   void memo_get(uint64_t key) {
@@ -160,7 +214,12 @@ class Unpickler {
   void set_items(const ValuePtr& dict, const std::vector<ValuePtr>& kv) {
     check(dict->kind == Value::Kind::dict, where(), std::string("SETITEMS on a ") + kind_name(dict->kind));
     check(kv.size() % 2 == 0, where(), "SETITEMS with an odd number of values");
-    for (size_t i = 0; i < kv.size(); i += 2) dict->entries.emplace_back(kv[i], kv[i + 1]);
+    check_unstored(*dict, "SETITEMS");
+    for (size_t i = 0; i < kv.size(); i += 2) {
+      adopt(*dict, kv[i], "SETITEMS");
+      adopt(*dict, kv[i + 1], "SETITEMS");
+      dict->entries.emplace_back(kv[i], kv[i + 1]);
+    }
   }
 
   void step(uint8_t op) {
@@ -246,6 +305,8 @@ class Unpickler {
 
   void append(const ValuePtr& list, const std::vector<ValuePtr>& items) {
     check(list->kind == Value::Kind::list, where(), std::string("APPEND to a ") + kind_name(list->kind));
+    check_unstored(*list, "APPEND");
+    for (const auto& item : items) adopt(*list, item, "APPEND");
     list->items.insert(list->items.end(), items.begin(), items.end());
   }
 
@@ -286,27 +347,18 @@ class Unpickler {
     return out;
   }
 
-  // _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])
+  // _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata]); the view
+  // is checked in make_tensor, once the key is known.
   ValuePtr rebuild_tensor(const ValuePtr& args) {
     check(args->items.size() >= 4 && args->items[0]->kind == Value::Kind::storage &&
               args->items[1]->kind == Value::Kind::integer,
           where(), "malformed _rebuild_tensor_v2 arguments");
-    const torch::Tensor& storage = args->items[0]->tensor;
-    const int64_t offset = args->items[1]->integer;
-    const auto size = int_tuple(args->items[2], "tensor size");
-    const auto stride = int_tuple(args->items[3], "tensor stride");
-    check(size.size() == stride.size(), where(), "tensor size and stride differ in rank");
-    int64_t last = offset, numel = 1;
-    for (size_t i = 0; i < size.size(); ++i) {
-      check(size[i] >= 0 && stride[i] >= 0, where(), "negative tensor size or stride");
-      numel *= size[i];
-      if (size[i] > 0) last += (size[i] - 1) * stride[i];
-    }
-    check(offset >= 0 && (numel == 0 || last < storage.numel()), where(),
-          "tensor view (offset " + std::to_string(offset) + ") reaches past its storage of " +
-              std::to_string(storage.numel()) + " elements");
     auto v = make(Value::Kind::tensor);
-    v->tensor = numel == 0 ? torch::empty(size, storage.options()) : storage.as_strided(size, stride, offset);
+    v->view.storage = args->items[0]->tensor;
+    v->view.offset = args->items[1]->integer;
+    v->view.size = int_tuple(args->items[2], "tensor size");
+    v->view.stride = int_tuple(args->items[3], "tensor stride");
+    check(v->view.size.size() == v->view.stride.size(), where(), "tensor size and stride differ in rank");
     return v;
   }
 
@@ -335,7 +387,208 @@ class Unpickler {
   std::map<std::string, ValuePtr> storages_;
 };
 
+std::string int_list(const std::vector<int64_t>& values) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + std::to_string(values[i]);
+  return out + "]";
+}
+
+// The tensor a _rebuild_tensor_v2 call described. Element count, byte count and the furthest
+// element are computed without int64 overflow and checked against the storage before LibTorch
+// sees the view; `what` names the file and the key.
+torch::Tensor make_tensor(const TensorView& v, const std::string& what) {
+  const auto fail = [&](const std::string& problem) { throw Error(what + ": " + problem); };
+  const std::string size = "size " + int_list(v.size);
+  bool empty = false;
+  for (size_t i = 0; i < v.size.size(); ++i) {
+    if (v.size[i] < 0 || v.stride[i] < 0) fail("negative " + size + " or stride " + int_list(v.stride));
+    empty = empty || v.size[i] == 0;
+  }
+  if (empty) {  // no element is read: only the shape must be one LibTorch accepts
+    try {
+      return torch::empty(v.size, v.storage.options());
+    } catch (const c10::Error& e) {
+      fail("LibTorch refuses " + size + " (" + e.what_without_backtrace() + ")");
+    }
+  }
+  int64_t numel = 1, bytes = 0;
+  for (int64_t d : v.size)
+    if (__builtin_mul_overflow(numel, d, &numel)) fail(size + " overflows the int64 element count");
+  if (__builtin_mul_overflow(numel, static_cast<int64_t>(v.storage.element_size()), &bytes))
+    fail(size + " of " + c10::toString(v.storage.scalar_type()) + " overflows the int64 byte count");
+  const auto layout = [&] {
+    return "view (offset " + std::to_string(v.offset) + ", " + size + ", stride " + int_list(v.stride) + ")";
+  };
+  if (v.offset < 0) fail(layout() + " has a negative offset");
+  int64_t last = v.offset;  // the furthest element the view reads
+  for (size_t i = 0; i < v.size.size(); ++i) {
+    int64_t step = 0;
+    if (__builtin_mul_overflow(v.size[i] - 1, v.stride[i], &step) || __builtin_add_overflow(last, step, &last))
+      fail(layout() + " overflows int64");
+  }
+  if (last >= v.storage.numel())
+    fail(layout() + " reaches past its storage of " + std::to_string(v.storage.numel()) + " elements");
+  return v.storage.as_strided(v.size, v.stride, v.offset);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The archive's `version` record, checked before LibTorch's reader opens the file: that reader
+// parses it with std::stoull (a 23-digit number escaped as std::out_of_range) and leaks its zip
+// state whenever its constructor throws. A minimal, bounds-checked walk of the zip central
+// directory finds the record as LibTorch does (in the first entry's folder, `.data/version`, else
+// `version`, names compared case-insensitively as miniz does). A layout this walk does not follow
+// (a compressed record, a directory it cannot read) is left to LibTorch.
+
+constexpr uint32_t kEndOfDirectory = 0x06054b50, kEndOfDirectory64 = 0x06064b50, kLocator64 = 0x07064b50,
+                   kDirectoryEntry = 0x02014b50, kLocalHeader = 0x04034b50;
+
+class ZipView {
+ public:
+  explicit ZipView(const MappedFile& file) : data_(file.data()), size_(file.size()) {}
+  uint64_t size() const { return size_; }
+  bool has(uint64_t offset, uint64_t n) const { return offset <= size_ && n <= size_ - offset; }
+  // Little-endian integer of n bytes at offset; the caller checked has(offset, n).
+  uint64_t le(uint64_t offset, int n) const {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; --i) v = (v << 8) | data_[offset + static_cast<uint64_t>(i)];
+    return v;
+  }
+  std::string text(uint64_t offset, uint64_t n) const { return {reinterpret_cast<const char*>(data_ + offset), n}; }
+
+ private:
+  const uint8_t* data_;
+  uint64_t size_;
+};
+
+struct ZipDirectory {
+  uint64_t entries = 0, offset = 0;
+};
+
+struct ZipEntry {
+  std::string name;
+  uint64_t method = 0, compressed = 0, size = 0, local_offset = 0;
+};
+
+// The central directory from the end-of-directory record (zip64 aware); nullopt when not found.
+std::optional<ZipDirectory> find_directory(const ZipView& zip) {
+  if (zip.size() < 22) return std::nullopt;
+  const uint64_t lowest = zip.size() - 22 > 65535 ? zip.size() - 22 - 65535 : 0;  // a comment is < 64 KiB
+  for (uint64_t pos = zip.size() - 22 + 1; pos-- > lowest;) {
+    if (zip.le(pos, 4) != kEndOfDirectory) continue;
+    const ZipDirectory plain{zip.le(pos + 10, 2), zip.le(pos + 16, 4)};
+    if (plain.entries != 0xFFFF && plain.offset != 0xFFFFFFFF) return plain;
+    if (pos < 20 || zip.le(pos - 20, 4) != kLocator64) return std::nullopt;
+    const uint64_t end64 = zip.le(pos - 20 + 8, 8);
+    if (!zip.has(end64, 56) || zip.le(end64, 4) != kEndOfDirectory64) return std::nullopt;
+    return ZipDirectory{zip.le(end64 + 32, 8), zip.le(end64 + 48, 8)};
+  }
+  return std::nullopt;
+}
+
+// The central-directory entry at `pos`, which moves past it; nullopt when malformed.
+std::optional<ZipEntry> read_entry(const ZipView& zip, uint64_t& pos) {
+  if (!zip.has(pos, 46) || zip.le(pos, 4) != kDirectoryEntry) return std::nullopt;
+  const uint64_t name_len = zip.le(pos + 28, 2), extra_len = zip.le(pos + 30, 2), comment_len = zip.le(pos + 32, 2);
+  if (!zip.has(pos + 46, name_len + extra_len + comment_len)) return std::nullopt;
+  ZipEntry e{zip.text(pos + 46, name_len), zip.le(pos + 10, 2), zip.le(pos + 20, 4), zip.le(pos + 24, 4),
+             zip.le(pos + 42, 4)};
+  // The zip64 extra field (id 1) holds, in this order, the 64-bit values of the fields read as 0xFFFFFFFF.
+  for (uint64_t x = pos + 46 + name_len, end = x + extra_len; x + 4 <= end;) {
+    const uint64_t id = zip.le(x, 2), len = zip.le(x + 2, 2);
+    if (x + 4 + len > end) return std::nullopt;
+    uint64_t field = x + 4;
+    if (id == 1) {
+      for (uint64_t* value : {&e.size, &e.compressed, &e.local_offset}) {
+        if (*value != 0xFFFFFFFF) continue;
+        if (field + 8 > x + 4 + len) return std::nullopt;
+        *value = zip.le(field, 8);
+        field += 8;
+      }
+    }
+    x += 4 + len;
+  }
+  pos += 46 + name_len + extra_len + comment_len;
+  return e;
+}
+
+bool same_name(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// The text of the version record LibTorch would read; nullopt when the walk cannot tell. Throws
+// Error for what LibTorch's reader would throw on after opening the zip (no entries, no folder,
+// no version record).
+std::optional<std::string> version_record(const std::string& path) {
+  const auto file = MappedFile::open(path);
+  const ZipView zip(*file);
+  const auto directory = find_directory(zip);
+  if (!directory) return std::nullopt;
+  check(directory->entries > 0, path, "not a torch.save archive: the zip holds no files");
+  std::optional<ZipEntry> version, data_version;
+  std::string folder;
+  uint64_t pos = directory->offset;
+  for (uint64_t i = 0; i < directory->entries; ++i) {  // each entry takes >= 46 bytes: bounded by the file
+    auto entry = read_entry(zip, pos);
+    if (!entry) return std::nullopt;
+    if (i == 0) {
+      const size_t slash = entry->name.find('/');
+      check(slash != std::string::npos, path,
+            "not a torch.save archive: its first record '" + entry->name + "' is not in a folder");
+      folder = entry->name.substr(0, slash + 1);
+    }
+    if (!data_version && same_name(entry->name, folder + ".data/version")) data_version = entry;
+    if (!version && same_name(entry->name, folder + "version")) version = entry;
+  }
+  const auto& record = data_version ? data_version : version;
+  check(record.has_value(), path, "not a torch.save archive: it has no version record");
+  if (record->method != 0 || record->compressed != record->size) return std::nullopt;  // deflated
+  const uint64_t local = record->local_offset;
+  if (!zip.has(local, 30) || zip.le(local, 4) != kLocalHeader) return std::nullopt;
+  const uint64_t data = local + 30 + zip.le(local + 26, 2) + zip.le(local + 28, 2);
+  if (!zip.has(data, record->size)) return std::nullopt;
+  return zip.text(data, record->size);
+}
+
+// The record for a message: at most 32 characters, control bytes as '?', surrounding space trimmed.
+std::string shown(const std::string& text) {
+  std::string out;
+  for (char c : text.substr(0, 32)) out += std::isprint(static_cast<unsigned char>(c)) ? c : '?';
+  const size_t begin = out.find_first_not_of(" ?"), end = out.find_last_not_of(" ?");
+  return begin == std::string::npos ? "" : out.substr(begin, end - begin + 1) + (text.size() > 32 ? "..." : "");
+}
+
+// The version as LibTorch reads it (std::stoull: leading space, a sign, decimal digits, the rest
+// ignored), with checked parsing, and within the versions this LibTorch reads.
+void check_version(const std::string& text, const std::string& path) {
+  namespace ser = caffe2::serialize;
+  const std::string what = path + ": version record '" + shown(text) + "'";
+  size_t i = 0;
+  while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+  const bool negative = i < text.size() && text[i] == '-';
+  if (i < text.size() && (text[i] == '+' || text[i] == '-')) ++i;
+  uint64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data() + i, text.data() + text.size(), value);
+  check(error != std::errc::invalid_argument, what, "is not a number");
+  check(error != std::errc::result_out_of_range, what, "is out of range (more than 64 bits)");
+  check(!negative && value >= ser::kMinSupportedFileFormatVersion && value <= ser::kMaxSupportedFileFormatVersion, what,
+        "is not a format version this LibTorch reads (" + std::to_string(ser::kMinSupportedFileFormatVersion) +
+            ".." + std::to_string(ser::kMaxSupportedFileFormatVersion) + ")");
+}
+
+std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_archive(const std::string& path) {
+  if (const auto version = version_record(path)) check_version(*version, path);
+  try {
+    return std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const std::out_of_range& e) {  // a layout version_record did not follow: LibTorch's stoull
+    throw Error(path + ": cannot read torch.save archive: version record out of range (" + e.what() + ")");
+  }
+}
+
 }  // namespace
+
+int64_t detail::live_pickle_values() { return live_values.load(); }
 
 std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path) {
   {
@@ -347,7 +600,8 @@ std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const s
           "not a torch.save zip archive (legacy or corrupt file); re-save it with torch.save in torch >= 1.6");
   }
   try {
-    caffe2::serialize::PyTorchStreamReader reader(path);
+    const auto archive = open_archive(path);
+    auto& reader = *archive;
     check(reader.hasRecord("data.pkl"), path, "archive has no data.pkl (not a torch.save file)");
     auto [pkl, size] = reader.getRecord("data.pkl");
     const std::string bytes(static_cast<const char*>(pkl.get()), size);
@@ -359,11 +613,15 @@ std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const s
       check(key->kind == Value::Kind::string, path, std::string("not a state dict: a key is a ") + kind_name(key->kind));
       check(value->kind == Value::Kind::tensor, path,
             "not a state dict: entry '" + key->text + "' holds a " + kind_name(value->kind) + ", not a tensor");
-      out.emplace_back(key->text, value->tensor);
+      out.emplace_back(key->text, make_tensor(value->view, path + ": tensor '" + key->text + "'"));
     }
     return out;
+  } catch (const Error&) {
+    throw;
   } catch (const c10::Error& e) {
     throw Error(path + ": cannot read torch.save archive (" + e.what_without_backtrace() + ")");
+  } catch (const std::exception& e) {  // anything else LibTorch's reader lets escape
+    throw Error(path + ": cannot read torch.save archive (" + e.what() + ")");
   }
 }
 

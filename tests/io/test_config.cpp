@@ -3,8 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
 
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
@@ -168,6 +170,165 @@ TEST(ConfigStats, DatasetStatisticsFile) {
   ASSERT_TRUE(parsed.at("libero").proprio.has_value());
   EXPECT_EQ(parsed.at("libero").proprio->dim(), 8u);
   EXPECT_EQ(parsed.at("libero").action.dim(), 7u);
+}
+
+// expect_error with fragments known only at run time.
+void expect_error_all(const std::function<void()>& f, const std::vector<std::string>& fragments) {
+  try {
+    f();
+    ADD_FAILURE() << "expected focusvla::Error, got no exception";
+  } catch (const Error& e) {
+    for (const auto& fragment : fragments)
+      EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what() << "\nmissing: " << fragment;
+  }
+}
+
+// Loads `j` written to dir/name with `load`, expecting an Error naming the file and every fragment.
+void expect_file_error(const std::string& dir, const std::string& name, const json& j,
+                       const std::function<void(const std::string&)>& load, std::vector<std::string> fragments) {
+  const std::string path = write_json(dir, name, j);
+  SCOPED_TRACE(path + ": " + j.dump().substr(0, 200));
+  fragments.push_back(path);
+  expect_error_all([&] { load(path); }, fragments);
+}
+
+// Text that nlohmann parses into a number beyond double range: it throws out_of_range (406),
+// not parse_error, which used to escape as "internal error" without the file name.
+TEST(ConfigJson, NumberBeyondDoubleRangeNamesTheFile) {
+  const auto dir = scratch_dir("config_1e500");
+  const std::vector<std::pair<std::string, std::function<void(const std::string&)>>> loaders = {
+      {"config.json", [](const std::string& p) { io::VlaConfig::load(p); }},
+      {"preprocessor_config.json", [](const std::string& p) { io::PreprocessorConfig::load(p); }},
+      {"dataset_statistics.json", [](const std::string& p) { io::load_dataset_statistics(p); }},
+      {"any.json", [](const std::string& p) { io::read_json_file(p); }},
+  };
+  for (const auto& [name, load] : loaders) {
+    SCOPED_TRACE(name);
+    const std::string path = dir + "/" + name;
+    std::ofstream(path) << R"({"model_type": "openvla", "rope_theta": 1e500})";
+    expect_error([&] { load(path); }, {path, "invalid JSON", "1e500"});
+  }
+  expect_error([] { io::parse_json("[1, -1e500]", "inline.json"); }, {"inline.json", "invalid JSON", "1e500"});
+}
+
+// Nesting is bounded before any recursive nlohmann code (dump, copy) can run out of stack.
+TEST(ConfigJson, DeepNestingIsRefused) {
+  const auto dir = scratch_dir("config_deep");
+  const std::string path = dir + "/preprocessor_config.json";
+  std::ofstream(path) << R"({"means": )" << std::string(200000, '[') << std::string(200000, ']')
+                      << R"(, "stds": [[1, 1, 1]]})";
+  expect_error([&] { io::PreprocessorConfig::load(path); }, {path, "nested deeper than"});
+  // Brackets inside strings do not count.
+  const json ok = io::parse_json(R"({"a": ")" + std::string(1000, '[') + R"(\"]"})", "strings.json");
+  EXPECT_EQ(ok["a"].get<std::string>().size(), 1002u);
+}
+
+TEST(ConfigVla, ImageSizesArePlausibleIntegers) {
+  const auto dir = scratch_dir("config_image_sizes");
+  const auto load = [](const std::string& p) { io::VlaConfig::load(p); };
+  const std::vector<std::pair<json, std::string>> cases = {
+      {1e300, "1e+300"}, {-224, "-224"}, {224.5, "224.5"}, {0, "0"}, {4097, "4097"},
+      {json(std::numeric_limits<uint64_t>::max()), "18446744073709551615"}, {"224", "\"224\""},
+  };
+  for (const auto& [size, shown] : cases) {
+    json j = reference_config();
+    j["image_sizes"] = json::array({224, size});
+    expect_file_error(dir, "config.json", j, load, {"'image_sizes'", shown, "is not an integer in 1..4096"});
+  }
+  json j = reference_config();
+  j["image_sizes"] = 224;
+  expect_file_error(dir, "config.json", j, load, {"'image_sizes'", "expected an array"});
+}
+
+// Model sizes are integers within generous bounds (so a typo cannot ask for terabytes), and the
+// head counts divide evenly.
+TEST(ConfigVla, ModelSizesAreBoundedAndConsistent) {
+  const auto dir = scratch_dir("config_sizes");
+  const auto load = [](const std::string& p) { io::VlaConfig::load(p); };
+  const std::vector<std::tuple<std::string, json, std::vector<std::string>>> cases = {
+      {"hidden_size", int64_t{1} << 40, {"'hidden_size'", "1099511627776", "at most 65536"}},
+      {"hidden_size", std::numeric_limits<uint64_t>::max(), {"'hidden_size'", "18446744073709551615", "at most"}},
+      {"hidden_size", 896.0, {"'hidden_size'", "expected an integer"}},
+      {"intermediate_size", int64_t{1} << 40, {"'intermediate_size'", "at most"}},
+      {"num_hidden_layers", 100000, {"'num_hidden_layers'", "at most"}},
+      {"num_attention_heads", 0, {"'num_attention_heads'", "must be positive"}},
+      {"num_attention_heads", 7168, {"'num_attention_heads'", "at most"}},
+      {"num_key_value_heads", -2, {"'num_key_value_heads'", "must be positive"}},
+      {"vocab_size", int64_t{1} << 40, {"'vocab_size'", "at most"}},
+      {"max_position_embeddings", int64_t{1} << 40, {"'max_position_embeddings'", "at most"}},
+      {"num_key_value_heads", 28, {"not a multiple of num_key_value_heads"}},
+      {"rms_norm_eps", -1.0, {"'rms_norm_eps'", "positive"}},
+  };
+  for (const auto& [key, value, fragments] : cases) {
+    json j = reference_config();
+    j["text_config"][key] = value;
+    expect_file_error(dir, "config.json", j, load, fragments);
+  }
+  json j = reference_config();
+  j["num_images_in_input"] = 1000;
+  expect_file_error(dir, "config.json", j, load, {"'num_images_in_input'", "at most"});
+  j = reference_config();
+  j["focus"] = {{"top_k", int64_t{1} << 40}};
+  expect_file_error(dir, "config.json", j, load, {"focus.top_k", "at most"});
+}
+
+// The text configs of the Qwen2.5 0.5B .. 7B releases (their config.json values) pass the bounds.
+TEST(ConfigVla, AcceptsQwen25From05BTo7B) {
+  struct Sizes {
+    int64_t hidden, intermediate, layers, heads, kv_heads, vocab, positions;
+  };
+  for (const Sizes& s : {Sizes{896, 4864, 24, 14, 2, 151936, 32768}, Sizes{1536, 8960, 28, 12, 2, 151936, 131072},
+                         Sizes{2048, 11008, 36, 16, 2, 151936, 32768}, Sizes{3584, 18944, 28, 28, 4, 152064, 131072}}) {
+    json j = reference_config();
+    auto& t = j["text_config"];
+    t["hidden_size"] = s.hidden;
+    t["intermediate_size"] = s.intermediate;
+    t["num_hidden_layers"] = s.layers;
+    t["num_attention_heads"] = s.heads;
+    t["num_key_value_heads"] = s.kv_heads;
+    t["vocab_size"] = s.vocab;
+    t["max_position_embeddings"] = s.positions;
+    const auto config = io::VlaConfig::from_json(j, "config.json");
+    EXPECT_EQ(config.text_config.hidden_size, s.hidden);
+    EXPECT_EQ(config.text_config.max_position_embeddings, s.positions);
+  }
+}
+
+TEST(ConfigPreprocessor, SizesAndStatisticsAreChecked) {
+  const json raw = io::read_json_file(asset_path("vla-adapter-reference/preprocessor_config.json"));
+  const std::vector<std::pair<std::function<void(json&)>, std::vector<std::string>>> cases = {
+      {[](json& j) { j["input_sizes"][0] = json::array({3, -224, 224}); }, {"'input_sizes'", "-224", "1..4096"}},
+      {[](json& j) { j["input_sizes"][1] = json::array({3, 224, int64_t{1} << 40}); }, {"'input_sizes'", "1..4096"}},
+      {[](json& j) { j["input_sizes"][1] = json::array({4, 224, 224}); }, {"'input_sizes'", "3 channels"}},
+      {[](json& j) { j["tvf_normalize_params"][0]["mean"][1] = std::nan(""); }, {"'mean'", "not a finite number"}},
+      {[](json& j) { j["tvf_normalize_params"][1]["std"][2] = HUGE_VAL; }, {"'std'", "not a finite number"}},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    json j = raw;
+    cases[i].first(j);
+    std::vector<std::string> fragments = cases[i].second;
+    fragments.push_back("pp.json");
+    expect_error_all([&] { io::PreprocessorConfig::from_json(j, "pp.json"); }, fragments);
+  }
+}
+
+TEST(ConfigStats, NonFiniteAndMismatchedStatisticsAreNamed) {
+  const auto dir = scratch_dir("stats_errors");
+  const auto load = [](const std::string& p) { io::load_dataset_statistics(p); };
+  const json base = {{"libero", reference_config()["norm_stats"]["bridge_orig"]}};
+  json j = base;
+  j["libero"]["action"]["mean"] = json::array({0.0});
+  expect_file_error(dir, "dataset_statistics.json", j, load, {"'libero'", "action", "mean/std/min/max must have 7 entries"});
+  j = base;
+  j["libero"]["num_transitions"] = -5;
+  expect_file_error(dir, "dataset_statistics.json", j, load, {"'num_transitions'", "must not be negative"});
+  j = base;
+  j["libero"]["action"]["q01"][3] = std::numeric_limits<double>::infinity();
+  expect_error([&] { io::parse_norm_stats(j, "stats.json"); }, {"stats.json", "'q01'", "not a finite number"});
+  j = base;
+  j["libero"]["action"]["q99"][0] = std::nan("");
+  expect_error([&] { io::parse_norm_stats(j, "stats.json"); }, {"stats.json", "'q99'", "not a finite number"});
 }
 
 TEST(LogLevel, ParsesSetsAndRejects) {

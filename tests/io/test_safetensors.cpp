@@ -180,6 +180,64 @@ TEST(SafetensorsErrors, MalformedFields) {
   }
 }
 
+// Shape entries must fit int64: 2^63 and above used to wrap to negative dimensions.
+TEST(SafetensorsErrors, ShapeEntryBeyondInt64) {
+  const auto dir = scratch_dir("st_shape_int64");
+  for (const char* entry : {"9223372036854775808", "18446744073709551615"}) {
+    SCOPED_TRACE(entry);
+    const auto path = craft(dir, "big.safetensors",
+                            std::string(R"({"w": {"dtype": "U8", "shape": [)") + entry + R"(, 0], "data_offsets": [0, 0]}})", 0);
+    expect_error([&] { SafetensorsFile::open(path); },
+                 {"big.safetensors", "tensor 'w'", std::string("shape entry ") + entry, "exceeds int64"});
+  }
+}
+
+// A zero in the shape makes numel 0 even when the entries before it multiply past int64 (but
+// not past the 64-bit byte count, which is refused as LibTorch refuses it); without a zero,
+// numel is computed with overflow checks.
+TEST(SafetensorsRead, NumelWithAZeroNeverOverflows) {
+  const auto dir = scratch_dir("st_numel");
+  const auto path = craft(dir, "empty.safetensors",
+                          R"({"u8": {"dtype": "U8", "shape": [4294967296, 2147483649, 0], "data_offsets": [0, 0]},
+                              "lead": {"dtype": "F64", "shape": [0, 4294967296, 4294967296], "data_offsets": [0, 0]}})",
+                          0);
+  const auto file = SafetensorsFile::open(path);
+  for (const char* name : {"u8", "lead"}) {
+    SCOPED_TRACE(name);
+    ASSERT_NE(file.find(name), nullptr);
+    EXPECT_EQ(file.find(name)->numel(), 0);
+    EXPECT_EQ(file.find(name)->nbytes(), 0u);
+  }
+  const auto f64 = craft(dir, "f64.safetensors",
+                         R"({"w": {"dtype": "F64", "shape": [4294967296, 2147483649, 0], "data_offsets": [0, 0]}})", 0);
+  expect_error([&] { SafetensorsFile::open(f64); },
+               {"f64.safetensors", "tensor 'w'", "shape [4294967296, 2147483649, 0] overflows 64-bit byte count"});
+  io::TensorInfo huge;
+  huge.name = "huge";
+  huge.shape = {int64_t{1} << 62, 4};
+  expect_error([&] { huge.numel(); }, {"tensor 'huge'", "overflows int64"});
+  huge.shape = {int64_t{1} << 31, int64_t{1} << 31, 1};
+  EXPECT_EQ(huge.numel(), int64_t{1} << 62);
+}
+
+// A number beyond double range (1e500) in a header or an index is a named JSON error (nlohmann
+// throws out_of_range for it, not parse_error); so is absurd nesting.
+TEST(SafetensorsErrors, NumberBeyondDoubleRangeIsNamed) {
+  const auto dir = scratch_dir("st_1e500");
+  const auto path = craft(dir, "num.safetensors", R"({"w": {"dtype": "F32", "shape": [1e500], "data_offsets": [0, 4]}})", 4);
+  expect_error([&] { SafetensorsFile::open(path); }, {"num.safetensors", "invalid JSON", "1e500"});
+  write_bytes(dir + "/model.safetensors.index.json", R"({"metadata": {"total_size": -1e500}, "weight_map": {}})");
+  expect_error([&] { io::SafetensorsIndex::load(dir + "/model.safetensors.index.json"); },
+               {"model.safetensors.index.json", "invalid JSON", "1e500"});
+}
+
+TEST(SafetensorsErrors, DeeplyNestedHeaderIsRefused) {
+  const auto dir = scratch_dir("st_deep");
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const auto path = craft(dir, "deep.safetensors", R"({"w": {"dtype": "F32", "shape": )" + deep + R"(, "data_offsets": [0, 4]}})", 4);
+  expect_error([&] { SafetensorsFile::open(path); }, {"deep.safetensors", "nested deeper than"});
+}
+
 TEST(SafetensorsErrors, IndexProblemsAreNamed) {
   const auto dir = scratch_dir("st_index");
   write_bytes(dir + "/bad.json", "{");

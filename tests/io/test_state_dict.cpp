@@ -13,6 +13,7 @@
 #include "focusvla/io/checkpoint.h"
 #include "focusvla/io/json_file.h"
 #include "focusvla/io/state_dict.h"
+#include "focusvla/io/torch_pickle.h"
 #include "focusvla/nn/layers.h"
 #include "test_util.h"
 
@@ -103,6 +104,19 @@ TEST(StateDictSafetensors, IndexEntryAbsentFromItsShard) {
                {"tensor 'block.0.weight'", "shard 'model-00002-of-00003.safetensors'", "does not hold it"});
 }
 
+// An empty safetensors tensor (a zero in its shape) whose other entries multiply past int64 but
+// not past 64 bits: accepted, and LibTorch makes it.
+TEST(StateDictSafetensors, EmptyTensorWithHugeEntriesLoads) {
+  const auto dir = scratch_dir("st_empty_shapes");
+  const std::string header = R"({"w": {"dtype": "U8", "shape": [4294967296, 2147483649, 0], "data_offsets": [0, 0]}})";
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  std::ofstream(dir + "/ok.safetensors", std::ios::binary) << bytes << header;
+  const auto state = StateDict::from_safetensors(dir + "/ok.safetensors");
+  EXPECT_EQ(state.at("w").numel(), 0);
+  EXPECT_EQ(state.at("w").sizes().vec(), (std::vector<int64_t>{4294967296, 2147483649, 0}));
+}
+
 TEST(TorchFile, StateDictWithModulePrefixExact) {
   const auto state = StateDict::from_torch_file(data_path("io", "state_dict.pt"));
   expect_matches_manifest(state, "state_dict_expected");
@@ -134,6 +148,87 @@ TEST(TorchFile, TruncatedArchive) {
     SCOPED_TRACE(keep);
     expect_error([&] { StateDict::from_torch_file(dir + "/cut.pt"); }, {"cut.pt"});
   }
+}
+
+std::string malformed(const std::string& name) { return data_path("io", "malformed_pt/" + name); }
+
+// Pickles nesting 200,000 values through each container opcode: refused at a bounded depth (the
+// values were freed recursively, which overflowed the stack).
+TEST(TorchFile, DeepNestingIsRefusedWithTheDepth) {
+  for (const char* name : {"deep_tuple1.pt", "deep_mark_tuple.pt", "deep_list.pt", "deep_dict.pt"}) {
+    SCOPED_TRACE(name);
+    expect_error([&] { StateDict::from_torch_file(malformed(name)); }, {name, "nested deeper than 100 levels"});
+  }
+}
+
+// Nesting built outer-first (a list fetched back from the memo and filled after it was stored in
+// another list) is refused too: depth could not be tracked, and it is how cycles are made.
+TEST(TorchFile, ContainerFilledAfterBeingStoredIsRefused) {
+  expect_error([] { StateDict::from_torch_file(malformed("deep_memo_list.pt")); },
+               {"deep_memo_list.pt", "APPEND to a list already inside another value"});
+}
+
+// Self-referencing pickles (a list appended to itself, a dict holding itself, two lists holding
+// each other) are refused, and every value of the failed load is freed: no shared_ptr cycle.
+TEST(TorchFile, SelfReferenceIsRefusedAndLeaksNothing) {
+  const int64_t before = io::detail::live_pickle_values();
+  for (const char* name : {"self_list.pt", "self_dict.pt", "cycle_lists.pt", "cycle_in_state_dict.pt"}) {
+    SCOPED_TRACE(name);
+    expect_error([&] { StateDict::from_torch_file(malformed(name)); }, {name, "cyclic pickle"});
+    EXPECT_EQ(io::detail::live_pickle_values(), before) << "values of " << name << " outlived the load";
+  }
+  // A clean load frees its values too (the tensors own their storage, not the values).
+  const auto state = StateDict::from_torch_file(data_path("io", "state_dict.pt"));
+  EXPECT_EQ(state.size(), 4u);
+  EXPECT_EQ(io::detail::live_pickle_values(), before);
+}
+
+// Tensor views whose size, stride or offset arithmetic overflows int64 are refused by key before
+// LibTorch sees them; a valid view reads back exactly.
+TEST(TorchFile, TensorViewArithmeticIsChecked) {
+  expect_matches_manifest(StateDict::from_torch_file(malformed("view_ok.pt")), "malformed_pt/view_ok_expected");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"numel_overflow.pt", "size [4611686018427387904, 4] overflows the int64 element count"},
+      {"bytes_overflow.pt", "size [2305843009213693952] of Float overflows the int64 byte count"},
+      {"stride_overflow.pt", "overflows int64"},
+      {"offset_overflow.pt", "overflows int64"},
+      {"zero_overflow.pt", "size [1099511627776, 1099511627776, 0]"},
+  };
+  for (const auto& [name, problem] : cases) {
+    SCOPED_TRACE(name);
+    expect_error([&] { StateDict::from_torch_file(malformed(name)); }, {name, "tensor 'weight'", problem});
+  }
+}
+
+// The archive's `version` record is parsed here, with checked parsing, before LibTorch's reader
+// sees it: that reader let std::out_of_range ("stoull") escape for a 23-digit number, and leaks
+// its zip state whenever its constructor throws (as for the layout errors below).
+TEST(TorchFile, VersionRecordIsCheckedAsANumber) {
+  EXPECT_TRUE(StateDict::from_torch_file(malformed("version_empty_ok.pt")).empty());  // " +3 trailing" reads as 3
+  expect_error([] { StateDict::from_torch_file(malformed("version_23_digits.pt")); },
+               {"version_23_digits.pt", "version record '12345678901234567890123'", "out of range"});
+  expect_error([] { StateDict::from_torch_file(malformed("version_text.pt")); },
+               {"version_text.pt", "version record 'three'", "is not a number"});
+  expect_error([] { StateDict::from_torch_file(malformed("version_unsupported.pt")); },
+               {"version_unsupported.pt", "version record '11'", "not a format version this LibTorch reads"});
+}
+
+// The record is found in archives torch.save wrote, also through their zip64 end record (the
+// plain one forced to its markers, as for > 65535 records or > 4 GiB).
+TEST(TorchFile, VersionRecordIsFoundInTorchSaveArchives) {
+  const auto state = StateDict::from_torch_file(malformed("torch_save_zip64.pt"));
+  EXPECT_TRUE(torch::equal(state.at("weight"), torch::arange(6, torch::kFloat32)));
+  for (const char* name : {"torch_save_version_0.pt", "torch_save_zip64_version_0.pt"}) {
+    SCOPED_TRACE(name);
+    expect_error([&] { StateDict::from_torch_file(malformed(name)); },
+                 {name, "version record '0'", "not a format version this LibTorch reads"});
+  }
+}
+
+TEST(TorchFile, ArchiveLayoutErrorsAreNamed) {
+  expect_error([] { StateDict::from_torch_file(malformed("no_version.pt")); }, {"no_version.pt", "no version record"});
+  expect_error([] { StateDict::from_torch_file(malformed("no_folder.pt")); },
+               {"no_folder.pt", "first record 'data.pkl' is not in a folder"});
 }
 
 // A module in the shape of a policy head fragment, named like a checkpoint.

@@ -2,7 +2,8 @@
 // Typed views of a checkpoint's JSON files: config.json (Prismatic / OpenVLA layout with a Qwen2
 // text_config and an optional FocusVLA `focus` section), preprocessor_config.json and
 // dataset_statistics.json. Field names follow the files. Every reader validates what it keeps and
-// throws Error naming the file and the field.
+// throws Error naming the file and the field: integers must be integers within plausible bounds
+// (e.g. hidden_size <= 65536, image sizes 1..4096; see checkpoint_config.cpp), numbers finite.
 
 #include <nlohmann/json.hpp>
 

@@ -7,7 +7,8 @@
 
 namespace focusvla::io {
 
-// Parses the whole file; throws Error "<path>: cannot open" or "<path>: invalid JSON: ...".
+// Parses the whole file; throws Error "<path>: cannot open" or "<path>: invalid JSON (...)" for a
+// syntax error, a number beyond double range (1e500) or nesting deeper than 128 levels.
 nlohmann::json read_json_file(const std::string& path);
 // Parses text that came from `source` (used in messages).
 nlohmann::json parse_json(const std::string& text, const std::string& source);

@@ -34,6 +34,8 @@ struct TensorInfo {
   uint64_t end = 0;
 
   uint64_t nbytes() const { return end - begin; }
+  // The product of the shape, 0 when any entry is 0; throws Error naming the tensor when it
+  // overflows int64 (never for a shape SafetensorsFile accepted with data).
   int64_t numel() const;
 };
 
@@ -41,8 +43,9 @@ class SafetensorsFile {
  public:
   // Maps and validates `path`. Throws Error naming the file and the problem for: a file shorter
   // than 8 bytes, a header length past the end of the file, a header that is not a JSON object,
-  // an unknown dtype, a malformed shape or offsets, offsets outside the data or overlapping
-  // another tensor, or a byte size that disagrees with dtype x shape.
+  // an unknown dtype, a malformed shape (entries must fit int64) or offsets, offsets outside the
+  // data or overlapping another tensor, or a byte size that disagrees with dtype x shape (a running
+  // product of element size and shape entries past 64 bits is refused, even before a zero entry).
   static SafetensorsFile open(const std::string& path);
 
   // Validates a header (the JSON text) against a data section of `data_size` bytes. `source`

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,7 +18,16 @@ namespace focusvla::io {
 
 // The (name, tensor) entries of the state dict in file order, names as stored. Throws Error
 // naming the file for a file that is not a zip archive, a pickle that is truncated or malformed,
-// an unsupported object, a top level that is not a dict of tensors, or a missing storage record.
+// an unsupported object, a top level that is not a dict of tensors, or a missing storage record;
+// for values nested deeper than 100 levels and for self-referencing (cyclic) pickles; and, naming
+// the key too, for a tensor whose size, stride or offset arithmetic overflows int64 or reaches
+// past its storage.
 std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path);
+
+namespace detail {
+// How many unpickled values are alive in this process; the tests check that a load, failed or
+// not, leaves none behind (a cyclic pickle must not leak).
+int64_t live_pickle_values();
+}  // namespace detail
 
 }  // namespace focusvla::io
