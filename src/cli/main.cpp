@@ -398,8 +398,10 @@ CLI::App* add_act_command(CLI::App& app, ActArgs& a) {
       "The defaults are the reference's evaluation settings for the checkpoint. Without --checkpoint: the demo "
       "checkpoint ($FOCUSVLA_DEMO_CHECKPOINT or build/demo-checkpoint, written by scripts/demo: full-size FocusVLA, "
       "random weights) on the LIBERO sample in assets/libero-sample.");
+  act->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
   act->add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
-  act->add_option("--image", a.images, "camera image (PNG / JPEG), once per camera, in the trained order");
+  act->add_option("--image", a.images, "camera image (PNG / JPEG), once per camera, in the trained order")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   act->add_option("--instruction", a.instruction, "the task, e.g. \"put the bowl on the plate\"");
   act->add_option("--proprio", a.proprio, "robot state, comma-separated (v1,...,vN)");
   act->add_option("--unnorm-key", a.unnorm_key, "dataset statistics to un-normalize with");

@@ -92,8 +92,13 @@ class ReferencePolicy:
             p_state = reference_heads.strip_module_prefix(torch.load(proprio_files[0], weights_only=True))
             self.proprio_projector = reference_heads.ProprioProjector(hidden, p_state["fc1.weight"].shape[1])
             self.proprio_projector.load_state_dict(p_state)
+        # The decoder's RoPE frequencies stay fp32, as the reference's get_vla leaves them
+        # (from_pretrained(torch_dtype=torch.bfloat16) keeps non-persistent fp32 buffers); a plain
+        # .to(bfloat16) would round them to bf16 and move cos / sin by up to an ulp (SPEC 7).
+        inv_freq = self.llm.rotary_emb.inv_freq.clone()
         for m in (self.dino, self.siglip, self.llm, self.head) + ((self.proprio_projector,) if self.proprio_projector else ()):
             m.to(dtype).eval()
+        self.llm.rotary_emb.inv_freq = inv_freq
         self.projector = [(w.to(dtype), b.to(dtype)) for w, b in self.projector]
         self.action_queries = self.action_queries.to(dtype)
 
