@@ -36,6 +36,7 @@
 #include <utility>
 
 #include "focusvla/core/error.h"
+#include "focusvla/io/json_file.h"
 
 namespace focusvla {
 namespace {
@@ -125,23 +126,10 @@ bool in_ranges(const CodeRange (&ranges)[N], char32_t cp) {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  check(in.good(), path.string(), "cannot open file");
-  std::ostringstream content;
-  content << in.rdbuf();
-  check(!in.bad(), path.string(), "read error");
-  return content.str();
-}
-
-json read_json(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    throw Error(path.string() + ": invalid JSON: " + e.what());
-  }
-}
+// Through io/json_file.h: errors name the file; numbers beyond double range and deep nesting
+// are refused there.
+std::string read_file(const std::filesystem::path& path) { return io::read_text_file(path.string()); }
+json read_json(const std::filesystem::path& path) { return io::read_json_file(path.string()); }
 
 // ---------------------------------------------------------------------------------------------
 // UTF-8

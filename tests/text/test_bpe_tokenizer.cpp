@@ -378,6 +378,17 @@ TEST(TokenizerErrors, MissingVocabNamesTheFile) {
                {(dir.path() / "vocab.json").string(), "cannot open"});
 }
 
+// The tokenizer's JSON files go through io::read_json_file: a number beyond double range and a
+// deeply nested file are named errors, not an "internal error" or a stack overflow.
+TEST(TokenizerErrors, UnreadableJsonNamesTheFile) {
+  TempDir dir;
+  write_mini(dir, {}, "");
+  dir.write("tokenizer_config.json", "{\"model_max_length\": 1e500}");
+  expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"tokenizer_config.json", "invalid JSON"});
+  dir.write("tokenizer_config.json", std::string(100000, '[') + std::string(100000, ']'));
+  expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"tokenizer_config.json", "nest"});
+}
+
 TEST(TokenizerErrors, MissingMergesNamesTheFile) {
   TempDir dir;
   write_mini(dir, {}, "");
