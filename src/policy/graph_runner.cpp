@@ -48,7 +48,7 @@ GraphRunner::Shape& GraphRunner::find(const ShapeKey& key) {
   throw Error("GraphRunner::run: no buffers for this shape (call buffers() first)");
 }
 
-GraphRunner::Result GraphRunner::run(const ShapeKey& key, const Forward& forward) {
+GraphRunner::Result GraphRunner::run(const ShapeKey& key, const Forward& forward, bool eager) {
   Shape& s = find(key);
   ShapeBuffers& b = s.buffers;
   const bool cuda = options_.device.is_cuda();
@@ -58,7 +58,7 @@ GraphRunner::Result GraphRunner::run(const ShapeKey& key, const Forward& forward
   bool replayed = false;
   // Eager on the first call of a shape (and always on the CPU), captured on the second,
   // replayed from then on.
-  if (cuda && options_.cuda_graphs && !s.graph_failed && s.runs >= 1) {
+  if (cuda && options_.cuda_graphs && !eager && !s.graph_failed && s.runs >= 1) {
     if (!s.graph) {
       auto graph = std::make_unique<CudaGraph>(options_.device);
       try {

@@ -91,6 +91,7 @@ struct Policy::Impl {
   int64_t max_positions = 0;
   mutable std::mutex mutex;
   mutable std::unique_ptr<policy::GraphRunner> runner;
+  bool tapped = false;
 
   // One call: validate -> stage -> run -> unpack.
   std::vector<ActionChunk> run(const std::vector<Observation>& batch) const;
@@ -286,7 +287,7 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
   const Validated v = validate(batch);
   ShapeBuffers& buffers = stage(batch, v);
   const double host_ms = ms_since(start);
-  const auto result = runner->run(v.key, [&](ShapeBuffers& b, StageTimer* timer) { forward(b, v.key, timer); });
+  const auto result = runner->run(v.key, [&](ShapeBuffers& b, StageTimer* timer) { forward(b, v.key, timer); }, tapped);
   return unpack(buffers, result, host_ms, start);
 }
 
@@ -449,6 +450,20 @@ const std::string& Policy::unnorm_key() const { return impl_->unnorm_key; }
 const PolicyOptions& Policy::options() const { return impl_->options; }
 const PolicySettings& Policy::settings() const { return impl_->settings; }
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
+void Policy::set_tap(Tap tap) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->tapped = static_cast<bool>(tap);
+  impl_->vision->set_tap(prefixed("vision", tap));
+  // The decoder's hook names its layer apart: layer i's output is "layers.<i>" (the module path),
+  // the points inside it "layers.<i>.<name>".
+  const Tap llm_tap = prefixed("llm", tap);
+  impl_->llm->set_debug_hook(llm_tap ? llm::DebugHook([llm_tap](const std::string& name, int64_t layer, const torch::Tensor& v) {
+    if (layer < 0) return llm_tap(name, v);
+    llm_tap(name == "layer_out" ? indexed("layers", layer) : indexed("layers", layer) + "." + name, v);
+  }) : llm::DebugHook());
+  impl_->head->set_tap(prefixed("head", tap));
+}
+
 std::string Policy::last_execution() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->runner->last_execution();

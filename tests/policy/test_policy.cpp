@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -417,6 +418,41 @@ TEST(PolicyErrors, BrokenCheckpoints) {
   testing::remove_tree(no_head);
   testing::remove_tree(wrong_head);
   testing::remove_tree(no_cameras);
+}
+
+// The whole act diffed layer by layer against the reference: every name gen_policy.py recorded
+// with PyTorch forward hooks on the module of that name (vision features and projector output,
+// each decoder layer, the final norm, each head block) arrives through Policy::set_tap with the
+// same values. fp32: the actions are exact (0 measured), so are the intermediates but for
+// summation order (<= 1e-6 allowed, 0 measured on this machine).
+TEST(PolicyTaps, EveryLayerMatchesTheReference) {
+  const auto c = find_case("focus_openvla");
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), options_for(c));
+  std::map<std::string, torch::Tensor> seen;
+  Policy tapped = policy;
+  tapped.set_tap([&](const std::string& name, const torch::Tensor& value) { seen[name] = value.detach().clone(); });
+  const Observation obs = observation(c["observations"][0]);
+  (void)tapped.act(obs.images, obs.instruction, obs.proprio);
+  int compared = 0;
+  for (const std::string& key : tensors().keys()) {
+    if (key.rfind("taps.", 0) != 0) continue;
+    const torch::Tensor& expected = tensors().at(key);
+    const std::string name = key.substr(5);
+    SCOPED_TRACE(name);
+    ASSERT_EQ(seen.count(name), 1u) << "no tap named " << name;
+    const torch::Tensor got = seen.at(name).dim() == expected.dim() + 1 ? seen.at(name)[0] : seen.at(name);
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    const double err = testing::relative_error(got.to(torch::kFloat64), expected.to(torch::kFloat64));
+    EXPECT_LE(err, 1e-6);
+    ++compared;
+  }
+  std::printf("  %d named intermediates compared; %zu tapped\n", compared, seen.size());
+  EXPECT_GE(compared, 2 + 2 + 1 + 2);  // vision x2, tiny decoder layers, norm, head blocks
+  EXPECT_TRUE(seen.count("llm.layers.0.attn_norm") == 1 && seen.count("head.blocks.0.kept") == 1);
+  tapped.set_tap({});
+  seen.clear();
+  (void)tapped.act(obs.images, obs.instruction, obs.proprio);
+  EXPECT_TRUE(seen.empty());
 }
 
 TEST(PolicyThreads, ConcurrentCallsAreSerializedAndExact) {

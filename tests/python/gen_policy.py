@@ -34,6 +34,33 @@ def libero():
     return images, obs["task_description"], obs["state"]
 
 
+def reference_taps(ref, observation):
+    """{"taps.<name>": tensor} for Policy::set_tap names: "vision.features", "vision.output",
+    "llm.layers.<i>" (decoder layer i's output), "llm.norm", "head.blocks.<i>" (block i's output),
+    captured with forward hooks while the reference computes one act (batch 1, leading dim dropped)."""
+    import reference_heads
+    captured, handles = {}, []
+
+    def hook(name):
+        def record(module, inputs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            captured[name] = out.detach()[0].float().contiguous().clone()
+        return record
+
+    for i, layer in enumerate(ref.llm.layers):
+        handles.append(layer.register_forward_hook(hook(f"llm.layers.{i}")))
+    handles.append(ref.llm.norm.register_forward_hook(hook("llm.norm")))
+    for i, block in enumerate(ref.head.model.mlp_resnet_blocks):
+        handles.append(block.register_forward_hook(hook(f"head.blocks.{i}")))
+    images, instruction, state = observation
+    r = ref.act(images, instruction, state, "openvla", UNNORM)
+    for h in handles:
+        h.remove()
+    captured["vision.features"] = r["fused"].float().contiguous()
+    captured["vision.output"] = r["visual"].float().contiguous()
+    return {"taps." + k: v for k, v in captured.items()}
+
+
 def main():
     out = sys.argv[1]
     full = "--full" in sys.argv[2:]
@@ -71,6 +98,10 @@ def main():
     obs2 = [(images, task, state)] + [(extra[i], tasks[i + 1], states[i + 1]) for i in range(3)]
     add_case("focus_openvla", "focus_f32", ref, obs2, "openvla", "float32", True)
     add_case("focus_qwen_chat", "focus_f32", ref, obs2[:1], "qwen-chat", "float32", True)
+
+    # Named intermediates of one act (fp32), for the layer-by-layer diff through Policy::set_tap:
+    # forward hooks on the reference modules of the same names.
+    tensors.update(reference_taps(ref, obs2[0]))
 
     # The reference's LIBERO evaluation (get_vla_action with run_libero_eval.py's defaults:
     # use_minivlm -> the Qwen chat prompt, center_crop=True) on 224x224 cameras, as the LIBERO

@@ -165,4 +165,4 @@ class ReferencePolicy:
         mask = np.array(a.get("mask", np.ones_like(low, dtype=bool)))
         n = normalized.float().cpu().numpy().astype(np.float64)
         actions = np.where(mask, 0.5 * (n + 1) * (high - low + 1e-8) + low, n)
-        return {"actions": actions, "normalized": n, "fused": fused[0], "hidden": hidden[:, 0]}
+        return {"actions": actions, "normalized": n, "fused": fused[0], "visual": visual[0], "hidden": hidden[:, 0]}

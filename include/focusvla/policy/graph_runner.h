@@ -63,9 +63,10 @@ class GraphRunner {
 
   // The buffers of `key`, allocated on its first use (evicting the least recently used shape).
   ShapeBuffers& buffers(const ShapeKey& key, const Allocate& allocate);
-  // Runs `forward` on the buffers of `key` (buffers() first): eager, captured or replayed, then
-  // copies the output to the host and waits for it.
-  Result run(const ShapeKey& key, const Forward& forward);
+  // Runs `forward` on the buffers of `key` (buffers() first): eager, captured or replayed (unless
+  // `eager`: taps read host-side values, which a graph cannot), then copies the output to the
+  // host and waits for it.
+  Result run(const ShapeKey& key, const Forward& forward, bool eager = false);
   // How the last run went: "none", "cpu", "cuda-eager" or "cuda-graph".
   const std::string& last_execution() const { return last_execution_; }
 

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "focusvla/core/tap.h"
 #include "focusvla/llm/qwen2.h"
 
 namespace focusvla {
@@ -157,6 +158,14 @@ class Policy {
   PromptText prompt(const std::string& instruction) const;
   // How the last call ran: "cpu", "cuda-eager" or "cuda-graph".
   std::string last_execution() const;
+
+  // Named intermediates of every later call (see core/tap.h), with the checkpoint's module paths:
+  // "vision.features", "vision.output", "vision.featurizer.blocks.22", "llm.layers.3",
+  // "llm.layers.3.attn_norm", "llm.norm", "head.blocks.7", "head.blocks.7.kept", ... so that a
+  // whole act can be diffed against PyTorch forward hooks layer by layer. Tensors are valid
+  // during the callback only. While a tap is set, calls run eagerly (no CUDA graph replay).
+  // An empty Tap removes it.
+  void set_tap(Tap tap);
 
   struct Impl;
 
