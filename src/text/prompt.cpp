@@ -1,13 +1,12 @@
 #include "focusvla/text/prompt.h"
 
-#include <utf8proc.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <iterator>
 #include <vector>
 
 #include "focusvla/core/error.h"
+#include "utf8.h"
 
 namespace focusvla {
 namespace {
@@ -29,8 +28,8 @@ char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - '
 // Unicode 15.0: its simple mappings agree with Python's but for U+0130, its categories do not
 // (111 code points new in 15.0 would be Cased or Case_Ignorable). So the tables below are measured
 // from the reference Python's str.lower() by scripts/gen_unicode_lower.py (see there how), and
-// utf8proc only decodes and encodes UTF-8. Binary searches: the tables are small (181 runs,
-// 427 and 149 ranges) and ASCII-only text never reaches them.
+// UTF-8 is decoded and encoded by utf8.h (shared with the tokenizer). Binary searches: the tables
+// are small (181 runs, 427 and 149 ranges) and ASCII-only text never reaches them.
 struct LowerRun {
   char32_t first, last;
   uint8_t stride;
@@ -61,11 +60,7 @@ bool cased_not_ignorable(char32_t c) {
   return in_ranges(std::begin(kCasedNotIgnorable), std::end(kCasedNotIgnorable), c);
 }
 
-void append_utf8(std::string& out, char32_t c) {
-  utf8proc_uint8_t encoded[4];
-  const utf8proc_ssize_t n = utf8proc_encode_char(static_cast<utf8proc_int32_t>(c), encoded);
-  out.append(reinterpret_cast<const char*>(encoded), static_cast<size_t>(n));
-}
+void append_utf8(std::string& out, char32_t c) { utf8::append(c, out); }
 
 // The full lowercase mapping of c (U+03A3 gives its non-final form).
 void append_lower(std::string& out, char32_t c) {
@@ -124,16 +119,11 @@ std::string lowercase(const std::string& text) {
   // Final_Sigma looks both ways, so decode the whole text first.
   std::vector<char32_t> cps;
   cps.reserve(text.size());
-  const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
   for (size_t i = 0; i < text.size();) {
-    utf8proc_int32_t cp = -1;
-    const utf8proc_ssize_t length =
-        utf8proc_iterate(bytes + i, static_cast<utf8proc_ssize_t>(text.size() - i), &cp);
-    if (length <= 0 || cp < 0) {
-      throw Error("lowercase: invalid UTF-8 at byte offset " + std::to_string(i));
-    }
-    cps.push_back(static_cast<char32_t>(cp));
-    i += static_cast<size_t>(length);
+    const utf8::Decoded d = utf8::decode(text, i);
+    if (!d.valid) throw Error("lowercase: invalid UTF-8 at byte offset " + std::to_string(i));
+    cps.push_back(d.code_point);
+    i += d.length;
   }
   for (size_t i = 0; i < cps.size(); ++i) {
     const char32_t c = cps[i];

@@ -389,6 +389,35 @@ TEST(TokenizerErrors, UnreadableJsonNamesTheFile) {
   expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"tokenizer_config.json", "nest"});
 }
 
+// Fields of the wrong JSON type (found by fuzz_tokenizer_files): a named Error, never a
+// nlohmann exception escaping as an "internal error".
+TEST(TokenizerErrors, WrongJsonTypesNameTheFile) {
+  TempDir dir;
+  write_mini(dir, {}, "");
+  for (const char* config : {"[]", R"({"added_tokens_decoder": {"300": {"content": "x", "single_word": "yes"}}})",
+                             R"({"added_tokens_decoder": []})"}) {
+    SCOPED_TRACE(config);
+    dir.write("tokenizer_config.json", config);
+    expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"tokenizer_config.json"});
+  }
+  fs::remove(dir.path() / "tokenizer_config.json");
+  dir.write("added_tokens.json", "[1, 2]");
+  expect_error([&] { BpeTokenizer::from_directory(dir.str()); }, {"added_tokens.json"});
+
+  // tokenizer.json: the generated (valid) one with one field of the wrong type at a time.
+  const json valid = load_json(text_data_dir() / "tokenizer_json" / "tokenizer.json");
+  for (const auto& [pointer, value] : std::vector<std::pair<std::string, json>>{
+           {"/normalizer", 5}, {"/added_tokens", json::object()}, {"/model/type", 7},
+           {"/pre_tokenizer/pretokenizers", json::object()}, {"/added_tokens/0/single_word", "yes"}}) {
+    SCOPED_TRACE(pointer);
+    TempDir broken;
+    json j = valid;
+    j[json::json_pointer(pointer)] = value;
+    broken.write("tokenizer.json", j.dump());
+    expect_error([&] { BpeTokenizer::from_directory(broken.str()); }, {"tokenizer.json"});
+  }
+}
+
 TEST(TokenizerErrors, MissingMergesNamesTheFile) {
   TempDir dir;
   write_mini(dir, {}, "");

@@ -95,6 +95,63 @@ TEST(PromptLowercase, InvalidUtf8Throws) {
                                   {"invalid UTF-8 at byte offset 0"});
 }
 
+// Bytes of the well-formed sequence (Unicode ch. 3, table 3-7) at the start of `s`, 0 if none.
+size_t well_formed_length(const std::string& s) {
+  const auto byte = [&](size_t i) { return i < s.size() ? static_cast<unsigned char>(s[i]) : 0x100u; };
+  const auto in = [](unsigned v, unsigned low, unsigned high) { return v >= low && v <= high; };
+  const unsigned b0 = byte(0), b1 = byte(1), b2 = byte(2), b3 = byte(3);
+  if (b0 < 0x80) return 1;
+  if (in(b0, 0xC2, 0xDF)) return in(b1, 0x80, 0xBF) ? 2 : 0;
+  if (in(b0, 0xE0, 0xEF)) {
+    const unsigned low = b0 == 0xE0 ? 0xA0 : 0x80, high = b0 == 0xED ? 0x9F : 0xBF;
+    return in(b1, low, high) && in(b2, 0x80, 0xBF) ? 3 : 0;
+  }
+  if (in(b0, 0xF0, 0xF4)) {
+    const unsigned low = b0 == 0xF0 ? 0x90 : 0x80, high = b0 == 0xF4 ? 0x8F : 0xBF;
+    return in(b1, low, high) && in(b2, 0x80, 0xBF) && in(b3, 0x80, 0xBF) ? 4 : 0;
+  }
+  return 0;
+}
+
+// lowercase() accepts exactly well-formed UTF-8 and names the offset of the first ill-formed
+// sequence: every byte pair, and every 3- and 4-byte lead with every second byte, after a
+// non-ASCII prefix (so that the fast ASCII path is not taken).
+TEST(PromptLowercase, InvalidUtf8SweepFollowsUnicodeTable37) {
+  const std::string prefix = "\xCE\xA3";  // U+03A3
+  size_t checked = 0;
+  const auto expect = [&](const std::string& tail) {
+    size_t offset = 0;
+    while (offset < tail.size()) {
+      const size_t length = well_formed_length(tail.substr(offset));
+      if (length == 0) break;
+      offset += length;
+    }
+    const std::string text = prefix + tail;
+    if (offset >= tail.size()) {
+      EXPECT_NO_THROW(focusvla::lowercase(text)) << ::testing::PrintToString(tail);
+    } else {
+      focusvla::testing::expect_error(
+          [&] { focusvla::lowercase(text); },
+          {"lowercase: invalid UTF-8 at byte offset " + std::to_string(prefix.size() + offset)});
+    }
+    ++checked;
+  };
+  for (int b0 = 0; b0 < 256; ++b0) {
+    for (int b1 = 0; b1 < 256; ++b1) {
+      const std::string pair{static_cast<char>(b0), static_cast<char>(b1)};
+      expect(pair);
+      if (b0 < 0xE0 || b0 > 0xF4) continue;
+      for (const char b2 : {'\x41', '\x80', '\xBF', '\xC0'}) {
+        expect(pair + b2);
+        if (b0 >= 0xF0) {
+          for (const char b3 : {'\x41', '\x80', '\xBF', '\xC0'}) expect(pair + b2 + b3);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 65536u + 21u * 256u * 4u + 5u * 256u * 16u);
+}
+
 // Two readable examples; the exhaustive comparisons with Python follow.
 TEST(PromptLowercase, SpecialCasingAndFinalSigma) {
   EXPECT_EQ(focusvla::lowercase("\xC4\xB0"), "i\xCC\x87");  // U+0130 -> U+0069 U+0307
