@@ -1,6 +1,6 @@
 // Speed of the Qwen2.5-0.5B decoder (SPEC 7, 12): one causal forward over L input embeddings
 // keeping all 25 hidden states, the shape of one `act` (L ~ 600 for two cameras), fp32 and bf16
-// (with LibTorch's bf16 matmuls, and as fp32 matmuls: CpuBf16Matmul).
+// (with LibTorch's bf16 matmuls, and as fp32 matmuls: nn::CpuBf16Matmul).
 //
 //   focusvla_bench_llm [--benchmark_filter=...] [google benchmark flags]
 //
@@ -19,11 +19,12 @@
 #include <memory>
 
 #include "focusvla/llm/qwen2.h"
+#include "focusvla/nn/matmul.h"
 
 namespace {
 
 using focusvla::io::Qwen2Config;
-using focusvla::llm::CpuBf16Matmul;
+using focusvla::nn::CpuBf16Matmul;
 using focusvla::llm::Qwen2Model;
 
 // The released text_config (assets/vla-adapter-reference/config.json); Qwen2Config's defaults.
@@ -60,7 +61,7 @@ double flops_per_forward(const Qwen2Config& c, int64_t length) {
 void BM_Qwen2Forward(benchmark::State& state, torch::ScalarType dtype, CpuBf16Matmul matmul) {
   const int64_t length = state.range(0);
   auto& model = model_for(dtype);
-  model->set_cpu_bf16_matmul(matmul);
+  focusvla::nn::set_cpu_bf16_matmul(*model, matmul);
   const auto& config = model->config();
   torch::manual_seed(1);
   const auto embeds = torch::randn({1, length, config.hidden_size}).to(dtype);

@@ -1,19 +1,19 @@
 #include "focusvla/llm/qwen2.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include "focusvla/core/error.h"
-#include "focusvla/nn/fused_linear.h"
 
 namespace focusvla::llm {
 namespace {
 
 std::string dtype_name(torch::ScalarType dtype) { return c10::toString(dtype); }
 
+// Tap `value` as "layers.<layer>.<name>" ("layers.<layer>" for an empty name).
 void emit(const ForwardContext& context, const char* name, const torch::Tensor& value) {
-  if (context.hook != nullptr) (*context.hook)(name, context.layer, value);
+  if (context.tap == nullptr) return;
+  const std::string layer = indexed("layers", context.layer);
+  (*context.tap)(*name != '\0' ? layer + "." + name : layer, value);
 }
 
 // HF apply_rotary_pos_emb on x (B, L, heads, head_dim): x * cos + rotate_half(x) * sin, with
@@ -83,23 +83,14 @@ Qwen2AttentionImpl::Qwen2AttentionImpl(const io::Qwen2Config& c, const torch::Te
       num_heads_(c.num_attention_heads),
       num_kv_heads_(c.num_key_value_heads),
       head_dim_(c.head_dim()),
-      qkv_({q_proj, k_proj, v_proj}) {}
-
-void Qwen2AttentionImpl::keep_fp32_copies(bool on) {
-  qkv_.keep_fp32_copy(on);
-  o_proj->keep_fp32_copy(on && fused());
-}
-
-void Qwen2AttentionImpl::after_to() {
-  qkv_.fuse();
-  keep_fp32_copies(false);  // stale after a move
-}
+      // Registered after its parts, so that Module::to() moves them before it re-fuses.
+      qkv_(register_module("qkv_proj", nn::FusedLinear(std::vector<nn::Linear>{q_proj, k_proj, v_proj}))) {}
 
 torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
                                           const ForwardContext& context) const {
   const int64_t batch = x.size(0);
   const int64_t length = x.size(1);
-  const auto qkv = qkv_.forward(x);
+  const auto qkv = qkv_->forward(x);
   const auto q = apply_rope(qkv[0].view({batch, length, num_heads_, head_dim_}), rope);
   const auto k = apply_rope(qkv[1].view({batch, length, num_kv_heads_, head_dim_}), rope);
   const auto v = qkv[2].view({batch, length, num_kv_heads_, head_dim_});
@@ -120,20 +111,10 @@ Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions&
     : gate_proj(register_module("gate_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
       up_proj(register_module("up_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
       down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))),
-      gate_up_({gate_proj, up_proj}) {}
-
-void Qwen2MLPImpl::keep_fp32_copies(bool on) {
-  gate_up_.keep_fp32_copy(on);
-  down_proj->keep_fp32_copy(on && fused());
-}
-
-void Qwen2MLPImpl::after_to() {
-  gate_up_.fuse();
-  keep_fp32_copies(false);  // stale after a move
-}
+      gate_up_(register_module("gate_up_proj", nn::FusedLinear(std::vector<nn::Linear>{gate_proj, up_proj}))) {}
 
 torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x) const {
-  const auto gate_up = gate_up_.forward(x);
+  const auto gate_up = gate_up_->forward(x);
   torch::Tensor h = torch::silu(gate_up[0]);
   h.mul_(gate_up[1]);
   return down_proj->forward(h);
@@ -160,7 +141,7 @@ torch::Tensor Qwen2DecoderLayerImpl::forward(const torch::Tensor& h, const RopeT
   } else {
     out = x.add_(y);
   }
-  emit(context, "layer_out", out);
+  emit(context, "", out);
   return out;
 }
 
@@ -289,7 +270,7 @@ torch::Tensor Qwen2ModelImpl::run(torch::Tensor& out, const torch::Tensor& input
 
   torch::NoGradGuard no_grad;
   ForwardContext context;
-  context.hook = debug_hook_ ? &debug_hook_ : nullptr;
+  context.tap = tap_ ? &tap_ : nullptr;
   const auto rope = rope_tables(length, device(), dtype());
   torch::Tensor h = out.select(0, 0);
   // The caller may have written the embeddings into out[0] already.
@@ -302,51 +283,12 @@ torch::Tensor Qwen2ModelImpl::run(torch::Tensor& out, const torch::Tensor& input
                                                      context);
   }
   out.select(0, n).copy_(norm->forward(h));
+  if (tap_) tap_("norm", out.select(0, n));
   return out;
 }
 
-void Qwen2ModelImpl::after_to() { set_cpu_bf16_matmul(cpu_bf16_matmul_); }
-
-void Qwen2ModelImpl::set_cpu_bf16_matmul(CpuBf16Matmul mode) {
-  cpu_bf16_matmul_ = mode;
-  const bool keep = bf16_matmul_in_fp32();
-  for (auto& layer : layer_list_) {
-    layer->self_attn->keep_fp32_copies(keep);
-    layer->mlp->keep_fp32_copies(keep);
-  }
-}
-
-bool Qwen2ModelImpl::bf16_matmul_in_fp32() const {
-  if (dtype() != torch::kBFloat16 || !device().is_cpu()) return false;
-  switch (cpu_bf16_matmul_) {
-    case CpuBf16Matmul::kNative: return false;
-    case CpuBf16Matmul::kFloat32: return true;
-    case CpuBf16Matmul::kAuto: break;
-  }
-  return !cpu_has_native_bf16();
-}
-
-bool cpu_has_native_bf16() {
-  static const bool native = [] {
-    std::ifstream in("/proc/cpuinfo");
-    if (!in) return true;
-    std::string line;
-    while (std::getline(in, line)) {
-      // x86: "flags : ... avx512_bf16 ... amx_bf16"; aarch64: "Features : ... bf16".
-      if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
-      std::istringstream words(line.substr(line.find(':') == std::string::npos ? 0 : line.find(':') + 1));
-      std::string word;
-      while (words >> word)
-        if (word == "avx512_bf16" || word == "amx_bf16" || word == "bf16") return true;
-      return false;  // the first CPU's flags decide
-    }
-    return true;
-  }();
-  return native;
-}
-
-Qwen2Model load_qwen2(const io::StateDict& state, const io::Qwen2Config& config, const torch::TensorOptions& options,
-                      const std::string& prefix) {
+Qwen2Model Qwen2ModelImpl::load(const io::StateDict& state, const io::Qwen2Config& config,
+                                 const torch::TensorOptions& options, const std::string& prefix) {
   int64_t rows = 0;
   const std::string key = prefix + ".embed_tokens.weight";
   if (state.contains(key) && state.at(key).dim() == 2) rows = state.at(key).size(0);

@@ -25,14 +25,9 @@ bool is_row_block(const torch::Tensor& part, const torch::Tensor& whole, int64_t
          part.storage_offset() == whole.storage_offset() + row * whole.stride(0);
 }
 
-torch::Tensor fp32_copy(const torch::Tensor& t, bool on) {
-  torch::NoGradGuard no_grad;
-  return on && t.defined() ? t.to(torch::kFloat32) : torch::Tensor();
-}
-
 }  // namespace
 
-FusedLinear::FusedLinear(std::vector<Linear> parts) : parts_(std::move(parts)) {
+FusedLinearImpl::FusedLinearImpl(std::vector<Linear> parts) : parts_(std::move(parts)) {
   check(!parts_.empty(), "FusedLinear", "no parts");
   for (const auto& p : parts_) {
     check(p->weight.size(1) == parts_.front()->weight.size(1), "FusedLinear", "the parts differ in in_features");
@@ -41,39 +36,86 @@ FusedLinear::FusedLinear(std::vector<Linear> parts) : parts_(std::move(parts)) {
   fuse();
 }
 
-void FusedLinear::fuse() {
-  if (fused()) return;
+bool FusedLinearImpl::rows_fused() const {
+  if (linear_.is_empty()) return false;
+  int64_t row = 0;
+  for (const auto& p : parts_) {
+    if (!is_row_block(p->weight, linear_->weight, row)) return false;
+    if (p->bias.defined() && !is_row_block(p->bias, linear_->bias, row)) return false;
+    row += p->weight.size(0);
+  }
+  return row == linear_->weight.size(0);
+}
+
+bool FusedLinearImpl::fused() const {
+  if (!rows_fused()) return false;
+  const auto whole = linear_->derived_tensors();
+  int64_t row = 0;
+  for (const auto& p : parts_) {
+    if (p->mode_ != linear_->mode_) return false;
+    const auto mine = p->derived_tensors();
+    for (size_t i = 0; i < whole.size(); ++i) {
+      if (whole[i]->defined() != mine[i]->defined()) return false;
+      if (whole[i]->defined() && !is_row_block(*mine[i], *whole[i], row)) return false;
+    }
+    row += p->weight.size(0);
+  }
+  return true;
+}
+
+void FusedLinearImpl::share_with_parts() {
+  const auto whole = linear_->derived_tensors();
+  int64_t row = 0;
+  for (auto& p : parts_) {
+    const int64_t rows = p->weight.size(0);
+    p->mode_ = linear_->mode_;
+    const auto mine = p->derived_tensors();
+    for (size_t i = 0; i < whole.size(); ++i)
+      *mine[i] = whole[i]->defined() ? whole[i]->narrow(0, row, rows) : torch::Tensor();
+    p->note_derived_from_current();
+    row += rows;
+  }
+}
+
+void FusedLinearImpl::fuse_weights() {
+  if (rows_fused()) return;
   std::vector<torch::Tensor> weights, biases;
   for (const auto& p : parts_) {
     weights.push_back(p->weight);
     biases.push_back(p->bias);
   }
-  weight_ = fuse_rows(weights);
-  bias_ = biases.front().defined() ? fuse_rows(biases) : torch::Tensor();
-  weight_fp32_ = bias_fp32_ = torch::Tensor();
+  auto weight = fuse_rows(weights);
+  auto bias = biases.front().defined() ? fuse_rows(biases) : torch::Tensor();
+  linear_ = Linear(std::move(weight), std::move(bias));
 }
 
-bool FusedLinear::fused() const {
-  int64_t row = 0;
-  for (const auto& p : parts_) {
-    if (!is_row_block(p->weight, weight_, row)) return false;
-    if (p->bias.defined() && !is_row_block(p->bias, bias_, row)) return false;
-    row += p->weight.size(0);
-  }
-  return !parts_.empty();
+void FusedLinearImpl::derive(MatmulMode mode) {
+  // The parts' derived tensors go first, so that old and new are never held together.
+  for (auto& p : parts_)
+    for (auto* t : p->derived_tensors()) *t = torch::Tensor();
+  linear_->set_matmul_mode(mode);
+  share_with_parts();
 }
 
-void FusedLinear::keep_fp32_copy(bool on) {
-  on = on && fused();
-  weight_fp32_ = fp32_copy(weight_, on);
-  bias_fp32_ = fp32_copy(bias_, on);
+void FusedLinearImpl::fuse() {
+  fuse_weights();
+  // The parts' mode, when they agree (else they keep their own and run separately).
+  const MatmulMode mode = parts_.front()->mode_;
+  for (const auto& p : parts_)
+    if (p->mode_ != mode) return;
+  if (!fused()) derive(mode);
 }
 
-std::vector<torch::Tensor> FusedLinear::forward(const torch::Tensor& x) const {
+void FusedLinearImpl::set_matmul_mode(MatmulMode mode) {
+  fuse_weights();
+  derive(mode);
+}
+
+std::vector<torch::Tensor> FusedLinearImpl::forward(const torch::Tensor& x) const {
   std::vector<torch::Tensor> out;
+  out.reserve(parts_.size());
   if (fused()) {
-    const bool in_fp32 = weight_fp32_.defined() && x.scalar_type() == torch::kBFloat16 && x.is_cpu();
-    const auto y = in_fp32 ? linear_bf16_as_fp32(x, weight_fp32_, bias_fp32_) : torch::linear(x, weight_, bias_);
+    const auto y = linear_->forward(x);
     int64_t column = 0;
     for (const auto& p : parts_) {
       out.push_back(y.narrow(-1, column, p->weight.size(0)));
@@ -85,17 +127,19 @@ std::vector<torch::Tensor> FusedLinear::forward(const torch::Tensor& x) const {
   return out;
 }
 
-void FusingModule::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+void FusedLinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(device, dtype, non_blocking);
-  after_to();
+  fuse();
 }
-void FusingModule::to(torch::Dtype dtype, bool non_blocking) {
+
+void FusedLinearImpl::to(torch::Dtype dtype, bool non_blocking) {
   torch::nn::Module::to(dtype, non_blocking);
-  after_to();
+  fuse();
 }
-void FusingModule::to(torch::Device device, bool non_blocking) {
+
+void FusedLinearImpl::to(torch::Device device, bool non_blocking) {
   torch::nn::Module::to(device, non_blocking);
-  after_to();
+  fuse();
 }
 
 }  // namespace focusvla::nn

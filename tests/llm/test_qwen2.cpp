@@ -23,7 +23,8 @@ namespace {
 using focusvla::Error;
 using focusvla::io::Qwen2Config;
 using focusvla::io::StateDict;
-using focusvla::llm::CpuBf16Matmul;
+using focusvla::nn::CpuBf16Matmul;
+using focusvla::nn::MatmulMode;
 using focusvla::llm::Qwen2Model;
 using focusvla::testing::data_path;
 using focusvla::testing::expect_error;
@@ -91,9 +92,11 @@ TEST_P(Qwen2Conformance, HiddenStatesMatchTransformers) {
       {torch::kBFloat16, CpuBf16Matmul::kFloat32}};
   for (const auto& [dtype, matmul] : variants) {
     const bool f32 = dtype == torch::kFloat32;
-    auto model = focusvla::llm::load_qwen2(weights, config, torch::TensorOptions().dtype(dtype));
-    model->set_cpu_bf16_matmul(matmul);
-    EXPECT_EQ(model->bf16_matmul_in_fp32(), !f32 && matmul == CpuBf16Matmul::kFloat32);
+    auto model = focusvla::llm::Qwen2ModelImpl::load(weights, config, torch::TensorOptions().dtype(dtype));
+    // Every linear layer of every decoder layer (q, k, v, o, gate, up, down) or none.
+    const bool fp32_copies = !f32 && matmul == CpuBf16Matmul::kFloat32;
+    EXPECT_EQ(focusvla::nn::set_cpu_bf16_matmul(*model, matmul), fp32_copies ? 7 * config.num_hidden_layers : 0);
+    EXPECT_EQ(focusvla::nn::bf16_matmul_in_fp32(matmul, model->dtype(), model->device()), fp32_copies);
     ASSERT_EQ(model->num_layers(), config.num_hidden_layers);
     const std::string label = f32 ? " f32" : (matmul == CpuBf16Matmul::kNative ? " bf16" : " bf16/fp32-mm");
     for (const int64_t length : param.lengths) {
@@ -123,27 +126,32 @@ TEST_P(Qwen2Conformance, HiddenStatesMatchTransformers) {
 }
 
 TEST(Qwen2Bf16Matmul, AutoFollowsTheCpu) {
-  auto model = focusvla::llm::load_qwen2(load_weights("mha"), load_config("mha"),
+  auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("mha"), load_config("mha"),
                                          torch::TensorOptions().dtype(torch::kBFloat16));
-  EXPECT_EQ(model->cpu_bf16_matmul(), CpuBf16Matmul::kNative) << "the default is LibTorch's bf16 matmul";
-  EXPECT_FALSE(model->bf16_matmul_in_fp32());
-  model->set_cpu_bf16_matmul(CpuBf16Matmul::kAuto);
-  EXPECT_EQ(model->bf16_matmul_in_fp32(), !focusvla::llm::cpu_has_native_bf16());
-  std::cout << "[ qwen2 ] native bf16 dot products on this CPU: " << focusvla::llm::cpu_has_native_bf16() << "\n";
-  auto f32 = focusvla::llm::load_qwen2(load_weights("mha"), load_config("mha"));
-  f32->set_cpu_bf16_matmul(CpuBf16Matmul::kFloat32);
-  EXPECT_FALSE(f32->bf16_matmul_in_fp32()) << "only bf16 models are affected";
-  EXPECT_FALSE(f32->layer(0)->mlp->down_proj->weight_fp32.defined());
-  // Module::to() re-fuses and makes the fp32 copies the mode asks for, for the new dtype.
+  const int64_t linears = 7 * model->num_layers();
+  EXPECT_EQ(model->layer(0)->mlp->down_proj->active_matmul_mode(), MatmulMode::kNative)
+      << "the default is LibTorch's bf16 matmul";
+  const bool native = focusvla::nn::cpu_has_native_bf16();
+  EXPECT_EQ(focusvla::nn::set_cpu_bf16_matmul(*model, CpuBf16Matmul::kAuto), native ? 0 : linears);
+  EXPECT_EQ(focusvla::nn::bf16_matmul_in_fp32(CpuBf16Matmul::kAuto, model->dtype(), model->device()), !native);
+  std::cout << "[ qwen2 ] native bf16 dot products on this CPU: " << native << "\n";
+  auto f32 = focusvla::llm::Qwen2ModelImpl::load(load_weights("mha"), load_config("mha"));
+  EXPECT_EQ(focusvla::nn::set_cpu_bf16_matmul(*f32, CpuBf16Matmul::kFloat32), 0) << "only bf16 weights are affected";
+  EXPECT_EQ(f32->layer(0)->mlp->down_proj->active_matmul_mode(), MatmulMode::kNative);
+  // Module::to() re-fuses, and each Linear makes the fp32 copies its mode asks for, for the new
+  // dtype.
   f32->to(torch::kBFloat16);
-  EXPECT_TRUE(f32->bf16_matmul_in_fp32());
   for (int64_t l = 0; l < f32->num_layers(); ++l) {
     EXPECT_TRUE(f32->layer(l)->self_attn->fused()) << l;
-    EXPECT_TRUE(f32->layer(l)->mlp->down_proj->weight_fp32.defined()) << l;
-    EXPECT_TRUE(f32->layer(l)->self_attn->o_proj->weight_fp32.defined()) << l;
+    EXPECT_TRUE(f32->layer(l)->mlp->fused()) << l;
+    EXPECT_EQ(f32->layer(l)->mlp->down_proj->active_matmul_mode(), MatmulMode::kFp32Copies) << l;
+    EXPECT_EQ(f32->layer(l)->self_attn->o_proj->active_matmul_mode(), MatmulMode::kFp32Copies) << l;
+    EXPECT_EQ(f32->layer(l)->self_attn->q_proj->active_matmul_mode(), MatmulMode::kFp32Copies) << l;
+    EXPECT_EQ(f32->layer(l)->mlp->up_proj->active_matmul_mode(), MatmulMode::kFp32Copies) << l;
   }
   f32->to(torch::kFloat32);
-  EXPECT_FALSE(f32->layer(0)->mlp->down_proj->weight_fp32.defined()) << "fp32 weights need no copies";
+  EXPECT_EQ(f32->layer(0)->mlp->down_proj->active_matmul_mode(), MatmulMode::kNative) << "fp32 weights need no copies";
+  EXPECT_TRUE(f32->layer(0)->self_attn->fused());
 }
 
 INSTANTIATE_TEST_SUITE_P(Qwen2Shapes, Qwen2Conformance,
@@ -159,7 +167,7 @@ class Qwen2Batch : public ::testing::TestWithParam<std::string> {};
 TEST_P(Qwen2Batch, RightPaddedEqualsSingleSequences) {
   const auto& shape = GetParam();
   const auto config = load_config(shape);
-  const auto model = focusvla::llm::load_qwen2(load_weights(shape), config);
+  const auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights(shape), config);
   const auto cases = load_cases(shape);
   const auto& batch = cases.at("batch_embeds");
   const auto lengths_tensor = cases.at("batch_lengths");
@@ -184,7 +192,7 @@ INSTANTIATE_TEST_SUITE_P(Qwen2Shapes, Qwen2Batch, ::testing::Values("gqa", "mha"
 
 TEST(Qwen2Padding, FullLengthsEqualNoLengths) {
   const auto config = load_config("gqa");
-  const auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config);
+  const auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), config);
   const auto x = torch::randn({2, 9, config.hidden_size});
   const auto a = model->forward(x);
   const auto b = model->forward(x, {9, 9});
@@ -199,7 +207,7 @@ TEST(Qwen2Load, EmbeddingRowsComeFromTheWeights) {
   const auto weights = load_weights("gqa");
   const int64_t rows = weights.at("language_model.model.embed_tokens.weight").size(0);
   ASSERT_NE(rows, config.vocab_size) << "the oracle must store a table whose size differs from vocab_size";
-  const auto model = focusvla::llm::load_qwen2(weights, config);
+  const auto model = focusvla::llm::Qwen2ModelImpl::load(weights, config);
   EXPECT_EQ(model->embed_tokens->weight.size(0), rows);
 
   // Names are HF's, one for one.
@@ -215,7 +223,7 @@ TEST(Qwen2Load, EmbedMatchesTransformers) {
   const auto config = load_config("gqa");
   const auto cases = load_cases("gqa");
   for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
-    const auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config, torch::TensorOptions().dtype(dtype));
+    const auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), config, torch::TensorOptions().dtype(dtype));
     const auto out = model->embed(cases.at("embed_ids"));
     EXPECT_EQ(out.scalar_type(), dtype);
     EXPECT_TRUE(torch::equal(out, cases.at("embed_out").to(dtype)));
@@ -233,23 +241,23 @@ TEST(Qwen2Load, ReportsMissingAndMisshapedKeys) {
     StateDict broken;
     for (const auto& key : weights.keys())
       if (key != missing) broken.insert(key, weights.at(key), weights.source(key));
-    expect_error([&] { focusvla::llm::load_qwen2(broken, config); }, {"missing", missing});
+    expect_error([&] { focusvla::llm::Qwen2ModelImpl::load(broken, config); }, {"missing", missing});
   }
   {
     StateDict broken;
     for (const auto& key : weights.keys())
       broken.insert(key, key == misshaped ? torch::zeros({32, 60}) : weights.at(key), weights.source(key));
     // k_proj: 2 kv heads x head 16 = 32 rows, hidden 64 columns.
-    expect_error([&] { focusvla::llm::load_qwen2(broken, config); }, {misshaped, "[32, 64]", "[32, 60]"});
+    expect_error([&] { focusvla::llm::Qwen2ModelImpl::load(broken, config); }, {misshaped, "[32, 64]", "[32, 60]"});
   }
   {
     StateDict broken;
     for (const auto& key : weights.keys()) broken.insert(key, weights.at(key), weights.source(key));
     broken.insert(unexpected, torch::zeros({64}), "test");
-    expect_error([&] { focusvla::llm::load_qwen2(broken, config); }, {"unexpected", unexpected});
+    expect_error([&] { focusvla::llm::Qwen2ModelImpl::load(broken, config); }, {"unexpected", unexpected});
   }
   // Another prefix: nothing is found, every key is reported missing.
-  expect_error([&] { focusvla::llm::load_qwen2(weights, config, {}, "model"); }, {"model.norm.weight"});
+  expect_error([&] { focusvla::llm::Qwen2ModelImpl::load(weights, config, {}, "model"); }, {"model.norm.weight"});
 }
 
 TEST(Qwen2Load, RejectsUnsupportedConfigs) {
@@ -268,7 +276,7 @@ class Qwen2Errors : public ::testing::Test {
  protected:
   void SetUp() override {
     config_ = load_config("mha");  // hidden 48, max_position_embeddings 64
-    model_ = focusvla::llm::load_qwen2(load_weights("mha"), config_);
+    model_ = focusvla::llm::Qwen2ModelImpl::load(load_weights("mha"), config_);
   }
   Qwen2Config config_;
   Qwen2Model model_{nullptr};
@@ -326,7 +334,7 @@ TEST_F(Qwen2Errors, TokenIdOutsideTable) {
 TEST(Qwen2Fusion, FusedAfterLoadAndTo) {
   const auto config = load_config("gqa");
   const auto cases = load_cases("gqa");
-  auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config);
+  auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), config);
   for (int64_t l = 0; l < model->num_layers(); ++l) {
     EXPECT_TRUE(model->layer(l)->self_attn->fused()) << l;
     EXPECT_TRUE(model->layer(l)->mlp->fused()) << l;
@@ -336,7 +344,7 @@ TEST(Qwen2Fusion, FusedAfterLoadAndTo) {
   EXPECT_EQ(model->dtype(), torch::kBFloat16);
   EXPECT_TRUE(model->layer(0)->self_attn->fused());
   EXPECT_TRUE(model->layer(0)->mlp->fused());
-  const auto direct = focusvla::llm::load_qwen2(load_weights("gqa"), config, torch::TensorOptions().dtype(torch::kBFloat16));
+  const auto direct = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), config, torch::TensorOptions().dtype(torch::kBFloat16));
   const auto& x = cases.at("embeds_bf16_L61");
   EXPECT_TRUE(torch::equal(model->forward(x), direct->forward(x)));
 }
@@ -344,7 +352,7 @@ TEST(Qwen2Fusion, FusedAfterLoadAndTo) {
 TEST(Qwen2Fusion, UnfusedParametersStillCompute) {
   const auto config = load_config("gqa");
   const auto cases = load_cases("gqa");
-  auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config);
+  auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), config);
   // Replacing a parameter's storage breaks the fusion: forward must use the separate weights.
   torch::NoGradGuard no_grad;
   for (int64_t l = 0; l < model->num_layers(); ++l) {
@@ -364,7 +372,7 @@ TEST(Qwen2Fusion, UnfusedParametersStillCompute) {
 // RoPE tables and the debug hook
 
 TEST(Qwen2Rope, TablesAreCachedAndSliced) {
-  const auto model = focusvla::llm::load_qwen2(load_weights("gqa"), load_config("gqa"));
+  const auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), load_config("gqa"));
   const auto a = model->rope_tables(7, torch::kCPU, torch::kFloat32);
   const auto b = model->rope_tables(5, torch::kCPU, torch::kFloat32);
   EXPECT_EQ(a.cos.size(0), 7);
@@ -377,22 +385,28 @@ TEST(Qwen2Rope, TablesAreCachedAndSliced) {
   EXPECT_TRUE(torch::equal(c.cos, a.cos.to(torch::kBFloat16)));
 }
 
-TEST(Qwen2Debug, HookSeesNamedIntermediates) {
+TEST(Qwen2Taps, NamedIntermediatesWithLayerPaths) {
   const auto config = load_config("gqa");
-  auto model = focusvla::llm::load_qwen2(load_weights("gqa"), config);
+  auto model = focusvla::llm::Qwen2ModelImpl::load(load_weights("gqa"), config);
   std::map<std::string, int> counts;
-  torch::Tensor last_layer_out;
-  model->set_debug_hook([&](const std::string& name, int64_t layer, const torch::Tensor& value) {
+  torch::Tensor last_layer_out, norm;
+  model->set_tap([&](const std::string& name, const torch::Tensor& value) {
     ++counts[name];
-    if (name == "layer_out" && layer == 1) last_layer_out = value.clone();
-    if (name == "q") EXPECT_EQ(value.size(2), config.num_attention_heads);
-    if (name == "k") EXPECT_EQ(value.size(2), config.num_key_value_heads);
+    if (name == "layers.1") last_layer_out = value.clone();
+    if (name == "norm") norm = value.clone();
+    if (name == "layers.0.q") EXPECT_EQ(value.size(2), config.num_attention_heads);
+    if (name == "layers.0.k") EXPECT_EQ(value.size(2), config.num_key_value_heads);
   });
   const auto h = model->forward(torch::randn({1, 4, config.hidden_size}));
-  for (const char* name : {"attn_norm", "q", "k", "v", "attn_out", "attn_residual", "ffn_norm", "ffn_out", "layer_out"})
-    EXPECT_EQ(counts[name], config.num_hidden_layers) << name;
-  EXPECT_TRUE(torch::equal(last_layer_out, h[2]));
-  model->set_debug_hook({});
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l)
+    for (const char* name : {"attn_norm", "q", "k", "v", "attn_out", "attn_residual", "ffn_norm", "ffn_out"})
+      EXPECT_EQ(counts["layers." + std::to_string(l) + "." + name], 1) << l << " " << name;
+  EXPECT_EQ(counts["layers.0"], 1);
+  EXPECT_EQ(counts["norm"], 1);
+  ASSERT_GE(config.num_hidden_layers, 3);
+  EXPECT_TRUE(torch::equal(last_layer_out, h[2]));  // layer 1's output is hidden state 2
+  EXPECT_TRUE(torch::equal(norm, h[config.num_hidden_layers]));
+  model->set_tap({});
   counts.clear();
   model->forward(torch::randn({1, 4, config.hidden_size}));
   EXPECT_TRUE(counts.empty());

@@ -29,10 +29,11 @@
 #include <string>
 #include <vector>
 
+#include "focusvla/core/tap.h"
 #include "focusvla/io/checkpoint_config.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/nn/fused_linear.h"
-#include "focusvla/nn/layers.h"
+#include "focusvla/nn/linear.h"
 
 namespace focusvla::llm {
 
@@ -80,50 +81,25 @@ struct AttentionMask {
   bool causal_only() const { return !mask.defined(); }
 };
 
-// Named intermediates of one forward, called as (name, layer, tensor) in execution order:
-// "attn_norm", "q", "k" (after RoPE, (B, L, heads, head_dim)), "v", "attn_out" (before o_proj),
-// "attn_residual" (h + attention), "ffn_norm", "ffn_out" (down_proj output) and "layer_out".
-// For diffing against Python layer by layer; costs one branch per point when unset.
-using DebugHook = std::function<void(const std::string& name, int64_t layer, const torch::Tensor& value)>;
-
-// How bf16 linear layers run on the CPU. Without native bf16 dot products (AVX512-BF16, AMX,
-// Arm BF16), LibTorch's bf16 matmul is emulated and ~3x slower than fp32; the same products
-// (exact bf16 operands, fp32 accumulation, one rounding of the output to bf16) then run faster
-// as fp32 matmuls of the upcast operands. Results differ from the native kernel only in
-// accumulation order (at most an ulp of bf16 here and there).
-// The default is kNative: bit-identical to transformers' bf16 on the same machine. Over 24 layers
-// two valid bf16 computations drift apart about as far as bf16 is from fp32 (~3e-2 of the
-// largest value on random weights), so kFloat32 is an opt-in.
-enum class CpuBf16Matmul {
-  kNative,   // LibTorch's bf16 matmul
-  kFloat32,  // upcast operands, fp32 matmul, round to bf16
-  kAuto,     // kFloat32 on a CPU without native bf16 dot products, else kNative
-};
-// True when this CPU has native bf16 dot-product instructions (read once from /proc/cpuinfo;
-// true when unknown).
-bool cpu_has_native_bf16();
-
 // Per-forward settings passed down the layers.
 struct ForwardContext {
-  const DebugHook* hook = nullptr;  // named intermediates, or none
-  int64_t layer = -1;               // the layer index reported to the hook
+  const Tap* tap = nullptr;  // named intermediates (see Qwen2ModelImpl::set_tap), or none
+  int64_t layer = -1;        // the layer being run
 };
 
 // q/k/v (and gate/up in the MLP) keep their HF names and shapes as parameters but run as one
-// matmul each (nn::FusedLinear; Module::to() re-fuses).
-class Qwen2AttentionImpl : public nn::FusingModule {
+// matmul each (nn::FusedLinear, registered as "qkv_proj" / "gate_up_proj" without parameters of
+// its own; Module::to() re-fuses). How the linear layers multiply is theirs (nn::Linear's mode:
+// nn::set_cpu_bf16_matmul on the model).
+class Qwen2AttentionImpl : public torch::nn::Module {
  public:
   Qwen2AttentionImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   // x: (B, L, hidden) -> (B, L, hidden).
   torch::Tensor forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
                         const ForwardContext& context = {}) const;
 
-  // Whether q/k/v_proj's weights and biases are row blocks of one tensor (one matmul).
-  bool fused() const { return qkv_.fused(); }
-  // Keeps (true) or drops fp32 copies of the bf16 matmul weights (CpuBf16Matmul::kFloat32): while
-  // kept, bf16 matmuls on the CPU run in fp32. Made once from the current weights; to() drops
-  // them (Qwen2Model::to() makes them again when its mode asks for them).
-  void keep_fp32_copies(bool on);
+  // Whether q/k/v_proj run as one matmul (see nn::FusedLinearImpl::fused).
+  bool fused() const { return qkv_->fused(); }
 
   nn::Linear q_proj;
   nn::Linear k_proj;
@@ -131,8 +107,6 @@ class Qwen2AttentionImpl : public nn::FusingModule {
   nn::Linear o_proj;
 
  private:
-  void after_to() override;
-
   int64_t num_heads_;
   int64_t num_kv_heads_;
   int64_t head_dim_;
@@ -140,23 +114,19 @@ class Qwen2AttentionImpl : public nn::FusingModule {
 };
 TORCH_MODULE(Qwen2Attention);
 
-class Qwen2MLPImpl : public nn::FusingModule {
+class Qwen2MLPImpl : public torch::nn::Module {
  public:
   Qwen2MLPImpl(const io::Qwen2Config& config, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x) const;
 
-  // Whether gate_proj's and up_proj's weights are row blocks of one tensor (one matmul).
-  bool fused() const { return gate_up_.fused(); }
-  // As Qwen2Attention::keep_fp32_copies.
-  void keep_fp32_copies(bool on);
+  // Whether gate_proj and up_proj run as one matmul (see nn::FusedLinearImpl::fused).
+  bool fused() const { return gate_up_->fused(); }
 
   nn::Linear gate_proj;
   nn::Linear up_proj;
   nn::Linear down_proj;
 
  private:
-  void after_to() override;
-
   nn::FusedLinear gate_up_;
 };
 TORCH_MODULE(Qwen2MLP);
@@ -176,7 +146,8 @@ class Qwen2DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Qwen2DecoderLayer);
 
-class Qwen2ModelImpl : public nn::FusingModule {
+class Qwen2Model;
+class Qwen2ModelImpl : public torch::nn::Module {
  public:
   // Throws Error on a config the decoder cannot run (heads that do not divide hidden_size,
   // kv heads that do not divide heads, an activation other than SiLU, ...). `embedding_rows`
@@ -211,17 +182,19 @@ class Qwen2ModelImpl : public nn::FusingModule {
   // the longest length asked so far per (device, dtype) and sliced.
   RopeTables rope_tables(int64_t length, const torch::Device& device, torch::ScalarType dtype) const;
 
-  // Called with named intermediates during forward (see DebugHook); pass {} to remove.
-  void set_debug_hook(DebugHook hook) { debug_hook_ = std::move(hook); }
+  // Named intermediates of every forward (core/tap.h), in execution order, with the module paths
+  // of HF's Qwen2Model: per layer i "layers.<i>.attn_norm", ".q", ".k" (after RoPE,
+  // (B, L, heads, head_dim)), ".v", ".attn_out" (before o_proj), ".attn_residual" (h +
+  // attention), ".ffn_norm", ".ffn_out" (down_proj output), then "layers.<i>" (the layer's
+  // output), and "norm" (the final norm's). Costs one branch per point when unset; {} removes it.
+  void set_tap(Tap tap) { tap_ = std::move(tap); }
 
-  // bf16 linear layers on the CPU (see CpuBf16Matmul); default kNative. When the result is fp32
-  // matmuls, fp32 copies of the layer weights are made here, once (call it after loading; to()
-  // makes them again; nothing weight-sized is allocated per forward), and dropped otherwise.
-  void set_cpu_bf16_matmul(CpuBf16Matmul mode);
-  CpuBf16Matmul cpu_bf16_matmul() const { return cpu_bf16_matmul_; }
-  // Whether forward currently computes bf16 linears as fp32 matmuls (bf16 model on the CPU and
-  // kFloat32, or kAuto without native bf16).
-  bool bf16_matmul_in_fp32() const;
+  // Builds a model in `options` (dtype, device) sized from `state` (the embedding table's row
+  // count is read from `prefix + ".embed_tokens.weight"`) and loads every tensor under `prefix`
+  // name for name (io::load_module: missing, unexpected and mis-shaped keys are reported
+  // together, by name). Weights are converted to the options' dtype.
+  static Qwen2Model load(const io::StateDict& state, const io::Qwen2Config& config,
+                         const torch::TensorOptions& options = {}, const std::string& prefix = "language_model.model");
 
   const io::Qwen2Config& config() const { return config_; }
   int64_t num_layers() const { return static_cast<int64_t>(layer_list_.size()); }
@@ -237,12 +210,10 @@ class Qwen2ModelImpl : public nn::FusingModule {
  private:
   void check_input(const torch::Tensor& inputs_embeds, const std::vector<int64_t>& lengths) const;
   torch::Tensor run(torch::Tensor& out, const torch::Tensor& inputs_embeds, const AttentionMask& mask) const;
-  void after_to() override;  // the fp32 copies again, for the new dtype / device
 
   io::Qwen2Config config_;
   std::vector<Qwen2DecoderLayer> layer_list_;
-  DebugHook debug_hook_;
-  CpuBf16Matmul cpu_bf16_matmul_ = CpuBf16Matmul::kNative;
+  Tap tap_;
 
   struct RopeCacheEntry {
     torch::Device device;
@@ -253,12 +224,5 @@ class Qwen2ModelImpl : public nn::FusingModule {
   mutable std::vector<RopeCacheEntry> rope_cache_;
 };
 TORCH_MODULE(Qwen2Model);
-
-// Builds a Qwen2Model in `options` (dtype, device) sized from `state` (the embedding table's row
-// count is read from `prefix + ".embed_tokens.weight"`) and loads every tensor under `prefix`
-// name for name (io::load_module: missing, unexpected and mis-shaped keys are reported together,
-// by name). Weights are converted to the options' dtype.
-Qwen2Model load_qwen2(const io::StateDict& state, const io::Qwen2Config& config,
-                      const torch::TensorOptions& options = {}, const std::string& prefix = "language_model.model");
 
 }  // namespace focusvla::llm

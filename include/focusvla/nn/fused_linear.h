@@ -1,56 +1,71 @@
 #pragma once
-// Linear layers that read the same input (q/k/v, gate/up), run as one matmul. Their weights and
-// biases become row blocks of one tensor and the parameters views of those rows, so they keep
-// their checkpoint names and shapes (loading writes through the views) while forward does one
-// matmul and splits its output. Module::to() gives every parameter a new tensor: FusingModule
-// re-fuses after it. When a part stops being a view (a caller replaced its weight), forward runs
-// the parts separately: slower, never wrong.
+// Linear layers that read the same input (q/k/v, gate/up), run as one matmul: one nn::Linear over
+// the concatenated weight, whose forward does the multiplying (in its MatmulMode), split by part.
+// The parts' weights and biases become row blocks of that Linear's, and the parts' parameters
+// views of those rows, so they keep their checkpoint names and shapes (loading writes through
+// the views). What the mode derives (fp32 copies) is made once for the fused block and the parts
+// view their rows of it too: no memory is held twice.
+//
+// A FusedLinear is a module without parameters of its own. Register it in the owner after its
+// parts (the owner's Module::to() then moves the parts first and this re-fuses them):
+//
+//   q_proj = register_module("q_proj", nn::Linear(...));  ...
+//   qkv = register_module("qkv_proj", nn::FusedLinear(std::vector<nn::Linear>{q_proj, k_proj, v_proj}));
+//
+// When the sharing breaks (a caller replaced a part's weight, or gave one part its own mode),
+// forward runs the parts separately, each its own Linear::forward: slower, never wrong; fuse()
+// (or Module::to(), or set_matmul_mode) fuses again.
 
 #include <torch/torch.h>
 
 #include <vector>
 
-#include "focusvla/nn/layers.h"
+#include "focusvla/nn/linear.h"
 
 namespace focusvla::nn {
 
-class FusedLinear {
+class FusedLinearImpl : public torch::nn::Module {
  public:
-  FusedLinear() = default;
   // The parts share in_features; all have a bias or none has. Fuses them.
-  explicit FusedLinear(std::vector<Linear> parts);
+  explicit FusedLinearImpl(std::vector<Linear> parts);
 
-  // Makes the parts row blocks of one tensor again (a copy; a no-op when they already are).
+  // Makes the parts row blocks of one Linear again (a copy; a no-op when they already are) and
+  // gives that Linear the parts' mode (when they agree) with the parts viewing its derived rows.
   void fuse();
+  // Whether forward runs one matmul: the parts' weights, biases and derived tensors are row
+  // blocks of the fused Linear's, in the same mode.
   bool fused() const;
-  // Keeps (true) or drops fp32 copies of the fused weight and bias, for bf16 on CPUs without
-  // native bf16 dot products; while kept, bf16 inputs on the CPU go through linear_bf16_as_fp32,
-  // as in Linear. Only while fused (fuse() drops them).
-  void keep_fp32_copy(bool on);
+  // The mode on the fused block and every part, derived once for the block (fuses the parts
+  // first when their weights are not row blocks).
+  void set_matmul_mode(MatmulMode mode);
 
-  // One output per part, in order: views of one matmul's output when fused, else each part's own
-  // Linear::forward.
+  // One output per part, in order: views of the fused Linear's output when fused, else each
+  // part's own Linear::forward.
   std::vector<torch::Tensor> forward(const torch::Tensor& x) const;
 
- private:
-  std::vector<Linear> parts_;
-  torch::Tensor weight_;  // (sum of out_features, in_features), unregistered: the parameters view it
-  torch::Tensor bias_;    // undefined when the parts have none
-  torch::Tensor weight_fp32_;  // see keep_fp32_copy
-  torch::Tensor bias_fp32_;
-};
+  const std::vector<Linear>& parts() const { return parts_; }
+  // The fused block: weight (sum of out_features, in_features). Not registered (the parameters
+  // are the parts'); replaced by fuse() when the parts moved.
+  const Linear& linear() const { return linear_; }
 
-// A module whose state views or copies its parameters (FusedLinear blocks, fp32 copies): after
-// Module::to() has given every parameter a new tensor it calls after_to(), which rebuilds that
-// state (Module::to() does not see it).
-class FusingModule : public torch::nn::Module {
- public:
+  // Module::to(): the parts moved (registered before this, in the owner): fuse again.
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Dtype dtype, bool non_blocking = false) override;
   void to(torch::Device device, bool non_blocking = false) override;
 
- protected:
-  virtual void after_to() = 0;
+ private:
+  // Whether the parts' weights and biases are row blocks of linear_'s.
+  bool rows_fused() const;
+  // Makes them so (a copy into a new linear_) unless they are.
+  void fuse_weights();
+  // Sets `mode` on linear_ (deriving its tensors from the fused weights, once) and shares it.
+  void derive(MatmulMode mode);
+  // Gives each part its rows of linear_'s derived tensors and linear_'s mode.
+  void share_with_parts();
+
+  std::vector<Linear> parts_;
+  Linear linear_{nullptr};
 };
+TORCH_MODULE(FusedLinear);
 
 }  // namespace focusvla::nn

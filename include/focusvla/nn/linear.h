@@ -1,0 +1,89 @@
+#pragma once
+// nn::Linear: y = x W^T + b, and the one owner of how a weight is stored and multiplied (its
+// MatmulMode, nn/matmul.h). Every linear layer of every model is one (FusedLinear's fused block
+// too), and LinearImpl::forward is the only place a linear layer multiplies.
+//
+// Unlike torch::nn::Linear it does not random-initialise its weights (loading overwrites them
+// all): the parameters are registered as uninitialised tensors of the right shape, dtype and
+// device, named as in the checkpoints ("weight", "bias"). What a mode derives from them (fp32
+// copies) is unregistered state: the checkpoint names and the state dict do not change with the
+// mode.
+
+#include <torch/torch.h>
+
+#include <array>
+
+#include "focusvla/nn/matmul.h"
+
+namespace focusvla::nn {
+
+// x W^T + b for bf16 x on the CPU as one fp32 matmul of x upcast (exact) and fp32 copies of the
+// weights, rounded to bf16 once: the products LibTorch's bf16 kernel computes with native bf16
+// instructions (bf16 operands, fp32 accumulation), but ~3x faster on CPUs that lack them
+// (no AVX512-BF16 / AMX / Arm BF16), where LibTorch emulates bf16 matmuls. Results differ from the
+// native kernel in accumulation order only.
+inline torch::Tensor linear_bf16_as_fp32(const torch::Tensor& x, const torch::Tensor& weight_fp32,
+                                         const torch::Tensor& bias_fp32) {
+  return torch::linear(x.to(torch::kFloat32), weight_fp32, bias_fp32).to(torch::kBFloat16);
+}
+
+class FusedLinearImpl;
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  // W: (out_features, in_features), uninitialised; bias (out_features) when `bias`.
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias, const torch::TensorOptions& options);
+  // A Linear over existing tensors (registered as its parameters, not copied); `bias` may be
+  // undefined. FusedLinear's fused block is one.
+  LinearImpl(torch::Tensor weight, torch::Tensor bias);
+
+  // x (..., in_features) -> (..., out_features), as the mode says (kNative: torch::linear).
+  torch::Tensor forward(const torch::Tensor& x) const;
+
+  // Sets the mode and makes what it needs from the current weights, now (never per call); a
+  // later in-place change of the weights (a load) needs another call. Module::to() keeps the mode
+  // and makes its tensors again for the new dtype / device. set_matmul_mode / set_cpu_bf16_matmul
+  // (nn/matmul.h) set it over a whole module tree.
+  void set_matmul_mode(MatmulMode mode);
+  // The mode as set (default kNative).
+  MatmulMode matmul_mode() const { return mode_; }
+  // The mode forward() runs now: the mode as set where it applies (kFp32Copies: bf16 weights on
+  // the CPU, copies of the current weights), else kNative.
+  MatmulMode active_matmul_mode() const;
+
+  // Module::to() moves the parameters, then derives the mode's tensors again.
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
+
+  torch::Tensor weight;
+  torch::Tensor bias;  // undefined when built without bias
+
+ private:
+  friend class FusedLinearImpl;  // shares its fused block's derived tensors with the parts
+
+  // (Re)makes the mode's tensors from the current weight and bias (drops them where the mode
+  // does not apply).
+  void derive();
+  // Whether the derived tensors were made from the weight and bias as they are now (same
+  // storage): a weight replaced with set_data() after derive() runs as kNative, never wrong.
+  bool derived_from_current() const;
+  void note_derived_from_current();
+  // The mode's tensors, each with one row per output feature, in a fixed order (undefined where
+  // the mode has none): FusedLinear gives each part its rows of the fused block's.
+  std::array<torch::Tensor*, 2> derived_tensors() { return {&weight_fp32_, &bias_fp32_}; }
+  std::array<const torch::Tensor*, 2> derived_tensors() const { return {&weight_fp32_, &bias_fp32_}; }
+
+  MatmulMode mode_ = MatmulMode::kNative;
+  // kFp32Copies: fp32 copies of weight and bias (bf16 CPU weights only; else undefined).
+  torch::Tensor weight_fp32_;
+  torch::Tensor bias_fp32_;
+  // The storage the derived tensors were made from (see derived_from_current).
+  const void* derived_weight_ = nullptr;
+  const void* derived_bias_ = nullptr;
+  // Later modes keep their tensors here too (e.g. kInt8: int8 weight and per-row scales), listed
+  // in derived_tensors().
+};
+TORCH_MODULE(Linear);
+
+}  // namespace focusvla::nn
