@@ -84,10 +84,10 @@ nlohmann::json inspect_json(const Checkpoint& ckpt, const std::vector<ComponentS
                    {"rope_theta", t.rope_theta},
                    {"rms_norm_eps", t.rms_norm_eps}}}};
   if (c.focus)
-    j["config"]["focus"] = {{"attention", c.focus->attention},
+    j["config"]["focus"] = {{"attention", focusvla::io::to_string(c.focus->attention)},
                             {"top_k", c.focus->top_k},
-                            {"gate", c.focus->gate},
-                            {"value_source", c.focus->value_source}};
+                            {"gate", focusvla::io::to_string(c.focus->gate)},
+                            {"value_source", focusvla::io::to_string(c.focus->value_source)}};
   std::vector<std::string> datasets;
   for (const auto& kv : ckpt.norm_stats) datasets.push_back(kv.first);
   j["norm_stats"] = datasets;
@@ -124,8 +124,9 @@ void print_inspection(const Checkpoint& ckpt, const std::vector<ComponentSummary
               (long long)t.num_hidden_layers, (long long)t.num_attention_heads, (long long)t.num_key_value_heads,
               (long long)t.intermediate_size, (long long)t.vocab_size, t.rope_theta);
   if (c.focus)
-    std::printf("  focus                attention %s, top_k %lld, gate %s, value_source %s\n", c.focus->attention.c_str(),
-                (long long)c.focus->top_k, c.focus->gate.c_str(), c.focus->value_source.c_str());
+    std::printf("  focus                attention %s, top_k %lld, gate %s, value_source %s\n",
+                focusvla::io::to_string(c.focus->attention), (long long)c.focus->top_k,
+                focusvla::io::to_string(c.focus->gate), focusvla::io::to_string(c.focus->value_source));
   else
     std::printf("  focus                none (VLA-Adapter head)\n");
   std::vector<std::string> datasets;

@@ -219,18 +219,61 @@ NormStatsMap parse_norm_stats(const json& j, const std::string& source) {
 
 NormStatsMap load_dataset_statistics(const std::string& path) { return parse_norm_stats(read_json_file(path), path); }
 
+namespace {
+
+// The enum value of j[key] (a string, one of `values`' names), `fallback` when absent or null.
+template <typename Enum, size_t N>
+Enum get_enum(const json& j, const std::string& key, const std::string& source, Enum fallback,
+              const std::array<Enum, N>& values) {
+  const std::string text = get_string(j, key, source, to_string(fallback));
+  std::string list;
+  for (const Enum value : values) {
+    if (text == to_string(value)) return value;
+    list += (list.empty() ? "" : ", ") + std::string(to_string(value));
+  }
+  throw Error(source + ": focus." + key + ": '" + text + "' is not one of " + list);
+}
+
+}  // namespace
+
+const char* to_string(FocusAttention attention) {
+  switch (attention) {
+    case FocusAttention::cascaded: return "cascaded";
+    case FocusAttention::mixed: return "mixed";
+  }
+  return "?";
+}
+
+const char* to_string(FocusGate gate) {
+  switch (gate) {
+    case FocusGate::element: return "element";
+    case FocusGate::head: return "head";
+    case FocusGate::scalar: return "scalar";
+    case FocusGate::none: return "none";
+  }
+  return "?";
+}
+
+const char* to_string(FocusValueSource value_source) {
+  switch (value_source) {
+    case FocusValueSource::embeddings: return "embeddings";
+    case FocusValueSource::layer: return "layer";
+  }
+  return "?";
+}
+
 FocusConfig FocusConfig::from_json(const json& j, const std::string& source) {
   check(j.is_object(), source, "'focus' must be a JSON object");
   for (const auto& [key, value] : j.items())
     check_one_of(key, {"attention", "top_k", "gate", "value_source"}, source + ": focus key");
   FocusConfig f;
-  f.attention = get_string(j, "attention", source, f.attention);
+  f.attention = get_enum(j, "attention", source, f.attention,
+                         std::array<FocusAttention, 2>{FocusAttention::cascaded, FocusAttention::mixed});
   f.top_k = get_int(j, "top_k", source, f.top_k, false);
-  f.gate = get_string(j, "gate", source, f.gate);
-  f.value_source = get_string(j, "value_source", source, f.value_source);
-  check_one_of(f.attention, {"cascaded", "mixed"}, source + ": focus.attention");
-  check_one_of(f.gate, {"element", "head", "scalar", "none"}, source + ": focus.gate");
-  check_one_of(f.value_source, {"embeddings", "layer"}, source + ": focus.value_source");
+  f.gate = get_enum(j, "gate", source, f.gate,
+                    std::array<FocusGate, 4>{FocusGate::element, FocusGate::head, FocusGate::scalar, FocusGate::none});
+  f.value_source = get_enum(j, "value_source", source, f.value_source,
+                            std::array<FocusValueSource, 2>{FocusValueSource::embeddings, FocusValueSource::layer});
   check(f.top_k >= 0, source + ": focus.top_k", "must be 0 (off) or positive, got " + std::to_string(f.top_k));
   check(f.top_k <= kMaxTopK, source + ": focus.top_k",
         "must be at most " + std::to_string(kMaxTopK) + ", got " + std::to_string(f.top_k));

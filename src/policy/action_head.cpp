@@ -7,6 +7,11 @@
 #include "focusvla/core/error.h"
 
 namespace focusvla::policy {
+
+using io::FocusAttention;
+using io::FocusGate;
+using io::FocusValueSource;
+
 namespace {
 
 constexpr double kRopeBase = 10000.0;
@@ -43,6 +48,15 @@ const char* to_string(HeadKind kind) {
   return "?";
 }
 
+const char* variant_name(HeadKind kind) {
+  switch (kind) {
+    case HeadKind::base: return "vla-adapter";
+    case HeadKind::pro: return "vla-adapter-pro";
+    case HeadKind::focus: return "focusvla";
+  }
+  return "?";
+}
+
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
@@ -58,16 +72,8 @@ const ActionHeadConfig& ActionHeadConfig::validate(const std::string& what) cons
   check(hidden % heads == 0, what, "hidden " + str(hidden) + " is not divisible by heads " + str(heads));
   if (kind != HeadKind::base)
     check(head_dim() % 2 == 0, what, "RoPE needs an even head dimension, got " + str(head_dim()));
-  if (kind == HeadKind::focus) {
-    const auto& f = focus;
-    check(f.attention == "cascaded" || f.attention == "mixed", what,
-          "focus.attention must be 'cascaded' or 'mixed', got '" + f.attention + "'");
-    check(f.gate == "element" || f.gate == "head" || f.gate == "scalar" || f.gate == "none", what,
-          "focus.gate must be 'element', 'head', 'scalar' or 'none', got '" + f.gate + "'");
-    check(f.value_source == "embeddings" || f.value_source == "layer", what,
-          "focus.value_source must be 'embeddings' or 'layer', got '" + f.value_source + "'");
-    check(f.top_k >= 0, what, "focus.top_k must be 0 (off) or positive, got " + str(f.top_k));
-  }
+  if (kind == HeadKind::focus)
+    check(focus.top_k >= 0, what, "focus.top_k must be 0 (off) or positive, got " + str(focus.top_k));
   return *this;
 }
 
@@ -78,8 +84,8 @@ std::vector<std::string> ActionHeadConfig::unused_prefixes() const {
     const std::string block = "mlp_resnet_blocks." + str(i) + ".";
     out.push_back(block + "film_gen.");
     if (kind != HeadKind::focus) continue;
-    if (focus.attention == "cascaded") out.push_back(block + "o_proj.");
-    if (focus.gate != "scalar") out.push_back(block + "gating_factor");
+    if (focus.attention == FocusAttention::cascaded) out.push_back(block + "o_proj.");
+    if (focus.gate != FocusGate::scalar) out.push_back(block + "gating_factor");
   }
   return out;
 }
@@ -259,11 +265,13 @@ torch::Tensor ProBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
 }
 
 FocusBlockImpl::FocusBlockImpl(const ActionHeadConfig& config, const torch::TensorOptions& options)
-    : ProBlockImpl(config, options, config.focus.attention == "mixed", config.focus.gate == "scalar"),
-      gate(config.focus.gate == "element" || config.focus.gate == "head"
-               ? register_module("gate", Gate(config.hidden, config.heads, config.focus.gate == "element", options))
+    : ProBlockImpl(config, options, config.focus.attention == FocusAttention::mixed,
+                   config.focus.gate == FocusGate::scalar),
+      gate(config.focus.gate == FocusGate::element || config.focus.gate == FocusGate::head
+               ? register_module("gate", Gate(config.hidden, config.heads, config.focus.gate == FocusGate::element,
+                                              options))
                : Gate(nullptr)),
-      fusion(config.focus.attention == "cascaded"
+      fusion(config.focus.attention == FocusAttention::cascaded
                  ? register_module("fusion", nn::Linear(3 * config.hidden, config.hidden, true, options))
                  : nn::Linear(nullptr)),
       focus_(config.focus) {}
@@ -271,23 +279,25 @@ FocusBlockImpl::FocusBlockImpl(const ActionHeadConfig& config, const torch::Tens
 torch::Tensor FocusBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& visual, const torch::Tensor& queries,
                                       const torch::Tensor& proprio, const BlockContext& context) const {
   const auto& f = focus_;
-  const auto& values = f.value_source == "embeddings" ? context.shallow : visual;
+  const auto& values = f.value_source == FocusValueSource::embeddings ? context.shallow : visual;
   const auto p = project(x, adapter_source(queries, proprio), visual, values, context);
   const double scale = std::sqrt(static_cast<double>(p.q.size(-1)));
   const auto s_self = scores(p.q, p.k_self) / scale;
   const auto s_adapter = scores(p.q, p.k_adapter) / scale;
   auto s_visual = scores(p.q, p.k_task);
-  if (f.gate == "scalar") s_visual = s_visual * torch::tanh(gating_factor);
+  if (f.gate == FocusGate::scalar) s_visual = s_visual * torch::tanh(gating_factor);
   s_visual = s_visual / scale;
+  if (context.tap) context.tap("visual_logits", s_visual);
   if (f.top_k > 0) {  // patch-level focus: the rest of each row -> -inf
     const auto kept = std::get<1>(torch::topk(s_visual, f.top_k, -1, /*largest=*/true, /*sorted=*/true));
     s_visual = torch::full_like(s_visual, -std::numeric_limits<double>::infinity())
                    .scatter(-1, kept, s_visual.gather(-1, kept));
     if (context.diagnostics) context.diagnostics->kept_indices.push_back(kept);
+    if (context.tap) context.tap("kept", kept);
   }
 
   torch::Tensor h_self, h_adapter, h_self_adapter, h_visual;
-  if (f.attention == "cascaded") {  // three softmaxes, no competition between the sources
+  if (f.attention == FocusAttention::cascaded) {  // three softmaxes, no competition between the sources
     h_self = torch::matmul(torch::softmax(s_self, -1), p.v_self);
     h_adapter = torch::matmul(torch::softmax(s_adapter, -1), p.v_adapter);
     h_visual = torch::matmul(torch::softmax(s_visual, -1), p.v_task);
@@ -300,21 +310,27 @@ torch::Tensor FocusBlockImpl::forward(const torch::Tensor& x, const torch::Tenso
 
   // Channel-level focus.
   torch::Tensor gate_values;
-  if (f.gate == "element") {
-    gate_values = gate->forward(x);  // (B, T, D)
-    h_visual = merge_heads(h_visual) * gate_values;
-  } else {
-    if (f.gate == "head") {
+  switch (f.gate) {
+    case FocusGate::element:
+      gate_values = gate->forward(x);  // (B, T, D)
+      h_visual = merge_heads(h_visual) * gate_values;
+      break;
+    case FocusGate::head:
       gate_values = gate->forward(x);  // (B, T, heads)
-      h_visual = h_visual * gate_values.transpose(1, 2).unsqueeze(-1);
-    } else if (f.gate == "scalar") {
+      h_visual = merge_heads(h_visual * gate_values.transpose(1, 2).unsqueeze(-1));
+      break;
+    case FocusGate::scalar:
       gate_values = torch::tanh(gating_factor);
-    }
-    h_visual = merge_heads(h_visual);
+      h_visual = merge_heads(h_visual);
+      break;
+    case FocusGate::none: h_visual = merge_heads(h_visual); break;
   }
-  if (context.diagnostics && gate_values.defined()) context.diagnostics->gates.push_back(gate_values);
+  if (gate_values.defined()) {
+    if (context.diagnostics) context.diagnostics->gates.push_back(gate_values);
+    if (context.tap) context.tap("gate", gate_values);
+  }
 
-  if (f.attention == "cascaded") {
+  if (f.attention == FocusAttention::cascaded) {
     const auto fused = fusion->forward(torch::cat({merge_heads(h_self), merge_heads(h_adapter), h_visual}, -1));
     return x + ffn->forward(fused);
   }
@@ -423,19 +439,44 @@ torch::Tensor ActionHeadImpl::forward(const torch::Tensor& visual, const torch::
     context.rope_adapter = rope_table(q.size(2) + (p.defined() ? 1 : 0), inv_freq);
     context.rope_task = rope_table(v.size(2), inv_freq);
   }
-  if (c.kind == HeadKind::focus && c.focus.value_source == "embeddings") context.shallow = v.select(1, 0);
+  if (c.kind == HeadKind::focus && c.focus.value_source == FocusValueSource::embeddings) context.shallow = v.select(1, 0);
 
   auto x = torch::zeros({v.size(0), c.chunk, c.action_dim * c.hidden}, options);
   x = torch::relu(fc1->forward(layer_norm1->forward(x)));
   if (tap_) tap_("stem", x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const auto layer = static_cast<int64_t>(i) + 1;
+    const std::string name = tap_ ? indexed("blocks", layer - 1) : std::string();
+    context.tap = prefixed(name, tap_);  // unset when tap_ is
     x = blocks_[i]->forward(x, v.select(1, layer), q.select(1, layer), p, context);
-    if (tap_) tap_("blocks." + std::to_string(i), x);
+    if (tap_) tap_(name, x);
   }
   x = fc2->forward(layer_norm2->forward(x));
   if (tap_) tap_("output", x);
   return x;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// The "mlp-resnet" PolicyHead family
+
+HeadFamily mlp_resnet_family() {
+  HeadFamily family;
+  family.name = "mlp-resnet";
+  family.description =
+      "VLA-Adapter / VLA-Adapter-Pro / FocusVLA L1RegressionActionHead: keys model.fc1.*, model.fc2.*, "
+      "model.mlp_resnet_blocks.{i}.* (FocusVLA with config.json 'focus')";
+  family.detect = [](const io::StateDict& state, const io::VlaConfig&) {
+    for (const char* prefix : {"model.fc1", "model.fc2", "model.layer_norm1", "model.layer_norm2",
+                               "model.mlp_resnet_blocks"})
+      if (state.has_prefix(prefix)) return true;
+    return false;
+  };
+  family.load = [](const io::StateDict& state, const io::VlaConfig& config,
+                   const torch::TensorOptions& options) -> std::shared_ptr<PolicyHead> {
+    return std::make_shared<MlpResNetHead>(ActionHeadImpl::load(state, config.focus, options));
+  };
+  return family;
 }
 
 }  // namespace focusvla::policy

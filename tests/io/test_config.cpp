@@ -69,16 +69,37 @@ TEST(ConfigVla, ReadsTheFocusSection) {
   raw["focus"] = {{"attention", "mixed"}, {"top_k", 0}, {"gate", "head"}, {"value_source", "layer"}};
   const auto config = io::VlaConfig::from_json(raw, "config.json");
   ASSERT_TRUE(config.focus.has_value());
-  EXPECT_EQ(config.focus->attention, "mixed");
+  EXPECT_EQ(config.focus->attention, io::FocusAttention::mixed);
   EXPECT_EQ(config.focus->top_k, 0);
-  EXPECT_EQ(config.focus->gate, "head");
-  EXPECT_EQ(config.focus->value_source, "layer");
+  EXPECT_EQ(config.focus->gate, io::FocusGate::head);
+  EXPECT_EQ(config.focus->value_source, io::FocusValueSource::layer);
   raw["focus"] = json::object();
   const auto defaults = io::VlaConfig::from_json(raw, "config.json");
-  EXPECT_EQ(defaults.focus->attention, "cascaded");
+  EXPECT_EQ(defaults.focus->attention, io::FocusAttention::cascaded);
   EXPECT_EQ(defaults.focus->top_k, 256);
-  EXPECT_EQ(defaults.focus->gate, "element");
-  EXPECT_EQ(defaults.focus->value_source, "embeddings");
+  EXPECT_EQ(defaults.focus->gate, io::FocusGate::element);
+  EXPECT_EQ(defaults.focus->value_source, io::FocusValueSource::embeddings);
+}
+
+// The switches are parsed once into enums; to_string gives the file's spelling back.
+TEST(ConfigVla, FocusSwitchesRoundTrip) {
+  for (const char* attention : {"cascaded", "mixed"})
+    for (const char* gate : {"element", "head", "scalar", "none"})
+      for (const char* value_source : {"embeddings", "layer"}) {
+        const json raw = {{"attention", attention}, {"gate", gate}, {"value_source", value_source}};
+        const auto focus = io::FocusConfig::from_json(raw, "config.json: focus");
+        EXPECT_STREQ(io::to_string(focus.attention), attention);
+        EXPECT_STREQ(io::to_string(focus.gate), gate);
+        EXPECT_STREQ(io::to_string(focus.value_source), value_source);
+      }
+  expect_error([] { io::FocusConfig::from_json({{"attention", "parallel"}}, "config.json: focus"); },
+               {"config.json", "focus.attention", "'parallel'", "cascaded, mixed"});
+  expect_error([] { io::FocusConfig::from_json({{"value_source", "hidden"}}, "config.json: focus"); },
+               {"config.json", "focus.value_source", "'hidden'", "embeddings, layer"});
+  expect_error([] { io::FocusConfig::from_json({{"gate", 3}}, "config.json: focus"); },
+               {"config.json", "'gate'", "expected a string"});
+  // null means the default, as for every optional string of config.json.
+  EXPECT_EQ(io::FocusConfig::from_json({{"gate", nullptr}}, "config.json: focus").gate, io::FocusGate::element);
 }
 
 TEST(ConfigVla, ErrorsNameTheFieldAndTheProblem) {

@@ -1,7 +1,8 @@
-// ActionHead (base, Pro, FocusVLA variants) and ProprioProjector against the PyTorch
-// transcription tests/python/reference_heads.py (oracle data: tests/python/gen_policy_head.py):
-// actions, top-K kept sets and gate values in fp32 and bf16, and the errors on bad weights and
-// bad inputs.
+// ActionHead (base, Pro, FocusVLA variants, made by the PolicyHead factory) and ProprioProjector
+// against the PyTorch transcription tests/python/reference_heads.py (oracle data:
+// tests/python/gen_policy_head.py): actions, top-K kept sets and gate values in fp32 and bf16,
+// the named intermediates (Tap), the head factory and its registry, and the errors on bad
+// weights and bad inputs.
 
 #include <gtest/gtest.h>
 
@@ -21,19 +22,27 @@
 #include "focusvla/io/json_file.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/policy/action_head.h"
+#include "focusvla/policy/head.h"
 #include "focusvla/policy/proprio_projector.h"
+#include "policy/toy_head.h"
 #include "tensor_util.h"
 #include "test_util.h"
 
 namespace {
 
+using focusvla::io::FocusAttention;
 using focusvla::io::FocusConfig;
+using focusvla::io::FocusGate;
 using focusvla::io::StateDict;
+using focusvla::io::VlaConfig;
 using focusvla::policy::ActionHead;
 using focusvla::policy::ActionHeadConfig;
 using focusvla::policy::ActionHeadImpl;
 using focusvla::policy::HeadDiagnostics;
 using focusvla::policy::HeadKind;
+using focusvla::policy::load_head;
+using focusvla::policy::MlpResNetHead;
+using focusvla::policy::PolicyHead;
 using focusvla::policy::ProprioProjector;
 using focusvla::policy::ProprioProjectorImpl;
 using focusvla::testing::data_path;
@@ -65,6 +74,20 @@ Case load_case(const std::string& name) {
   c.data = StateDict::from_safetensors(data_path(kGroup, name + "/data.safetensors"));
   if (!c.meta.at("focus").is_null()) c.focus = FocusConfig::from_json(c.meta.at("focus"), meta_path);
   return c;
+}
+
+// config.json as the factory sees it: only the focus section matters to the heads.
+VlaConfig vla_config(const std::optional<FocusConfig>& focus) {
+  VlaConfig config;
+  config.focus = focus;
+  return config;
+}
+
+// The ActionHead behind a factory-made head of the mlp-resnet family.
+const ActionHead& action_head_of(const std::shared_ptr<PolicyHead>& head) {
+  const auto* mlp = dynamic_cast<const MlpResNetHead*>(head.get());
+  if (mlp == nullptr) throw std::runtime_error("not an mlp-resnet head: " + head->name());
+  return mlp->action_head();
 }
 
 std::string fmt(double v) {
@@ -108,17 +131,22 @@ TEST_P(ActionHeadConformance, MatchesReference) {
   const int64_t blocks = meta.at("blocks").get<int64_t>();
   const std::string kind = meta.at("kind").get<std::string>();
   const int64_t top_k = c.focus ? c.focus->top_k : 0;
-  const bool has_gate = c.focus && c.focus->gate != "none";
+  const bool has_gate = c.focus && c.focus->gate != FocusGate::none;
+  const std::map<std::string, std::string> names = {
+      {"base", "vla-adapter"}, {"pro", "vla-adapter-pro"}, {"focus", "focusvla"}};
 
   for (const auto& options : {kF32, kBf16}) {
     const bool f32 = options.dtype() == torch::kFloat32;
-    const auto head = ActionHeadImpl::load(c.head, c.focus, options);
-    const auto& config = head->config();
+    const auto head = load_head(c.head, vla_config(c.focus), options);  // the factory picks the variant
+    EXPECT_EQ(head->name(), names.at(kind));
+    EXPECT_EQ(head->hidden(), meta.at("hidden").get<int64_t>());
+    EXPECT_EQ(head->chunk(), 8);
+    EXPECT_EQ(head->action_dim(), 7);
+    const auto& config = action_head_of(head)->config();
     EXPECT_EQ(focusvla::policy::to_string(config.kind), kind);
-    EXPECT_EQ(config.hidden, meta.at("hidden").get<int64_t>());
     EXPECT_EQ(config.blocks, blocks);
     EXPECT_EQ(config.heads, meta.at("heads").get<int64_t>());
-    EXPECT_EQ(head->dtype(), options.dtype().toScalarType());
+    EXPECT_EQ(action_head_of(head)->dtype(), options.dtype().toScalarType());
 
     for (const auto& run : meta.at("runs")) {
       const std::string tag = run.at("tag").get<std::string>();
@@ -230,6 +258,163 @@ TEST(ActionHeadForward, AcceptsOtherInputDtypesAndExtraLayers) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Named intermediates: every tap equals the reference's tensor of the same name (forward hooks on
+// the modules of that name, and the FocusVLA diagnostics), within the actions' tolerance.
+
+class ActionHeadTaps : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ActionHeadTaps, MatchReference) {
+  const auto c = load_case(GetParam());
+  const auto& tap_runs = c.meta.at("tap_runs");
+  ASSERT_FALSE(tap_runs.empty()) << c.name << ": gen_policy_head.py TAP_CASES stores no taps for it";
+  const int64_t blocks = c.meta.at("blocks").get<int64_t>();
+  for (const auto& options : {kF32, kBf16}) {
+    const bool f32 = options.dtype() == torch::kFloat32;
+    const auto head = load_head(c.head, vla_config(c.focus), options);
+    std::vector<std::string> order;
+    std::map<std::string, torch::Tensor> taps;
+    head->set_tap([&](const std::string& name, const torch::Tensor& value) {
+      order.push_back(name);
+      EXPECT_TRUE(taps.emplace(name, value.clone()).second) << "tapped twice: " << name;
+    });
+    for (const auto& run : tap_runs) {
+      const std::string tag = run.get<std::string>();
+      const std::string group = tag + (f32 ? ".tap." : ".tap_bf16.");
+      const std::string label = c.name + (f32 ? " f32 " : " bf16 ") + tag;
+      order.clear();
+      taps.clear();
+      const auto cast = [&](const torch::Tensor& t) { return t.to(options.dtype()); };
+      head->forward(cast(c.data.at(tag + ".visual")), cast(c.data.at(tag + ".queries")),
+                    cast(c.data.at(tag + ".proprio")));
+
+      // The names, in the order the head computes them.
+      std::vector<std::string> expected_order = {"stem"};
+      for (int64_t i = 0; i < blocks; ++i) {
+        const std::string block = "blocks." + std::to_string(i);
+        for (const char* part : {".visual_logits", ".kept", ".gate"})
+          if (c.data.contains(group + block + part)) expected_order.push_back(block + part);
+        expected_order.push_back(block);
+      }
+      expected_order.push_back("output");
+      EXPECT_EQ(order, expected_order) << label;
+      size_t stored = 0;
+      for (const auto& key : c.data.keys()) stored += key.rfind(group, 0) == 0 ? 1 : 0;
+      EXPECT_EQ(stored, expected_order.size()) << label << ": taps the C++ head does not make";
+
+      double worst = 0;
+      for (const auto& [name, value] : taps) {
+        const auto& expected = c.data.at(group + name);
+        if (name.size() > 5 && name.compare(name.size() - 5, 5, ".kept") == 0) {
+          if (f32) {  // bf16 logits tie too often to compare sets (as in the conformance test)
+            const std::string margin_key = tag + ".margin." + name.substr(7, name.size() - 12);
+            compare_kept(value, expected, c.data.contains(margin_key) ? c.data.at(margin_key) : torch::Tensor(),
+                         label + " " + name);
+          } else {
+            EXPECT_EQ(value.sizes(), expected.sizes()) << label << " " << name;
+          }
+          continue;
+        }
+        const double err = relative_error(value, expected);
+        EXPECT_LE(err, f32 ? kTolF32 : kTolBf16) << label << " tap " << name;
+        worst = std::max(worst, err);
+      }
+      std::cout << "[ taps ] " << std::left << std::setw(48) << label << " " << taps.size()
+                << " taps, worst rel err " << fmt(worst) << "\n";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ActionHead, ActionHeadTaps,
+                         ::testing::Values("pro", "focus_cascaded_k16_element_emb", "focus_mixed_k12_head_layer",
+                                           "focus_cascaded_k10_scalar_layer"),
+                         [](const auto& info) { return info.param; });
+
+// ---------------------------------------------------------------------------------------------
+// The head factory and its registry
+
+TEST(ActionHeadFactory, PicksEachVariantFromTheCheckpoint) {
+  EXPECT_EQ(focusvla::policy::registered_heads().front(), "mlp-resnet");
+  EXPECT_EQ(load_head(load_case("base").head, vla_config(std::nullopt), kF32)->name(), "vla-adapter");
+  EXPECT_EQ(load_head(load_case("pro").head, vla_config(std::nullopt), kF32)->name(), "vla-adapter-pro");
+  const auto focus = load_case("focus_cascaded_k16_element_emb");
+  const auto head = load_head(focus.head, vla_config(focus.focus), kF32);
+  EXPECT_EQ(head->name(), "focusvla");
+  EXPECT_EQ(action_head_of(head)->config().focus.gate, FocusGate::element);
+  // The same weights without config.json's focus section: the FocusVLA modules are named.
+  expect_error([&] { load_head(focus.head, vla_config(std::nullopt), kF32); },
+               {"model.mlp_resnet_blocks.0.", "FocusVLA module", "focus"});
+  // A FocusVLA head whose keys are exactly a Pro head's: config.json decides.
+  const auto mixed = load_case("focus_mixed_k0_scalar_layer");
+  EXPECT_EQ(load_head(mixed.head, vla_config(std::nullopt), kF32)->name(), "vla-adapter-pro");
+  EXPECT_EQ(load_head(mixed.head, vla_config(mixed.focus), kF32)->name(), "focusvla");
+  // module(): the parameters, for dtype / device handling by the caller.
+  EXPECT_EQ(head->module().named_parameters().size(), action_head_of(head)->named_parameters().size());
+}
+
+// Keys of neither layout: the error names the file, the keys and every registered family.
+TEST(ActionHeadFactory, UnknownHeadNamesTheFileKeysAndFamilies) {
+  StateDict state;
+  state.insert("velocity_net.time_embed.weight", torch::zeros({4, 4}), "action_head--flow.pt");
+  state.insert("velocity_net.out.weight", torch::zeros({7, 4}), "action_head--flow.pt");
+  state.insert("sigma", torch::zeros({1}), "action_head--flow.pt");
+  expect_error([&] { load_head(state, vla_config(std::nullopt), kF32); },
+               {"action_head--flow.pt", "no registered head family", "velocity_net.out.*", "sigma", "3 tensors",
+                "registered families: mlp-resnet", "model.mlp_resnet_blocks"});
+  expect_error([&] { load_head(StateDict(), vla_config(std::nullopt), kF32); }, {"action head", "empty"});
+}
+
+// Unregisters on scope exit, so that other tests see the built-in families only.
+struct ScopedFamily {
+  std::string name;
+  ~ScopedFamily() { focusvla::policy::unregister_head(name); }
+};
+
+// A new family (tests/policy/toy_head.h: one file) is picked once registered.
+TEST(ActionHeadFactory, RegisteredFamilyIsPicked) {
+  const ScopedFamily scope{"toy-flow"};
+  focusvla::policy::register_head(focusvla::testing::toy_head_family());
+  EXPECT_EQ(focusvla::policy::registered_heads(), (std::vector<std::string>{"mlp-resnet", "toy-flow"}));
+  expect_error([] { focusvla::policy::register_head(focusvla::testing::toy_head_family()); },
+               {"toy-flow", "already registered"});
+
+  StateDict state;
+  state.insert("toy_flow.proj.weight", torch::full({7, 64}, 0.5), "action_head--toy.pt");
+  state.insert("toy_flow.proj.bias", torch::zeros({7}), "action_head--toy.pt");
+  const auto head = load_head(state, vla_config(std::nullopt), kF32);
+  EXPECT_EQ(head->name(), "toy-flow");
+  EXPECT_EQ(head->chunk(), 4);
+  EXPECT_EQ(head->action_dim(), 7);
+  EXPECT_EQ(head->hidden(), 64);
+  std::vector<std::string> taps;
+  head->set_tap([&](const std::string& name, const torch::Tensor&) { taps.push_back(name); });
+  const auto c = load_case("pro");
+  const auto out = head->forward(c.data.at("b3.visual"), c.data.at("b3.queries"), torch::Tensor(), nullptr);
+  EXPECT_EQ(out.sizes(), (std::vector<int64_t>{3, 4, 7}));
+  EXPECT_EQ(taps, std::vector<std::string>{"pooled"});
+  // The built-in family still gets its heads, and an unknown head now lists both families.
+  EXPECT_EQ(load_head(c.head, vla_config(std::nullopt), kF32)->name(), "vla-adapter-pro");
+  StateDict unknown;
+  unknown.insert("weights", torch::zeros({1}), "unknown.pt");
+  expect_error([&] { load_head(unknown, vla_config(std::nullopt), kF32); },
+               {"unknown.pt", "mlp-resnet (", "; toy-flow (keys toy_flow.*)"});
+
+  // Detectors must not overlap: a family claiming everything makes the pro head ambiguous.
+  const ScopedFamily greedy{"greedy"};
+  focusvla::policy::register_head(
+      "greedy", [](const StateDict&, const VlaConfig&) { return true; },
+      [](const StateDict&, const VlaConfig&, const torch::TensorOptions&) { return std::shared_ptr<PolicyHead>(); });
+  expect_error([&] { load_head(c.head, vla_config(std::nullopt), kF32); },
+               {"several head families", "'mlp-resnet', 'greedy'"});
+}
+
+TEST(ActionHeadFactory, RegistryRefusesIncompleteFamilies) {
+  expect_error([] { focusvla::policy::register_head(focusvla::policy::HeadFamily{}); }, {"needs a name"});
+  expect_error([] { focusvla::policy::register_head(focusvla::policy::HeadFamily{"half", "", nullptr, nullptr}); },
+               {"'half'", "detector and a loader"});
+  EXPECT_FALSE(focusvla::policy::unregister_head("no-such-family"));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Bad weights
 
 // A copy of `state` without `drop`, with `replace` swapped in.
@@ -289,12 +474,12 @@ TEST(ActionHeadErrors, FocusConfigWithBaseHead) {
 TEST(ActionHeadErrors, FocusConfigDisagreesWithWeights) {
   const auto c = load_case("focus_cascaded_k16_element_emb");
   auto focus = *c.focus;
-  focus.gate = "head";  // the file has an element gate
+  focus.gate = FocusGate::head;  // the file has an element gate
   expect_error([&] { ActionHeadImpl::load(c.head, focus, kF32); },
                {"model.mlp_resnet_blocks.0.gate.0.weight: expected [8, 64], found [64, 64]",
                 "model.mlp_resnet_blocks.0.gate.2.weight"});
   focus = *c.focus;
-  focus.attention = "mixed";  // the file has fusion, no use for it
+  focus.attention = FocusAttention::mixed;  // the file has fusion, no use for it
   expect_error([&] { ActionHeadImpl::load(c.head, focus, kF32); }, {"unexpected", "fusion.weight"});
 }
 

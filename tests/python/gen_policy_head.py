@@ -18,6 +18,12 @@ For each case below, writes OUT_DIR/<case>/:
                       r.kept.{i} (B, H, T, K)    i64 top-K indices of block i (fp32 run; FocusVLA)
                       r.margin.{i} (B, H, T)     gap between the K-th and (K+1)-th visual logit
                       r.gate.{i}, r.gate_bf16.{i}  gate values of block i (FocusVLA, gate != none)
+                    and for the runs in case.json's tap_runs (the TAP_CASES, run TAP_RUN), every named
+                    intermediate of the C++ head's Tap (names relative to the head), fp32 and bf16:
+                      r.tap.<name>, r.tap_bf16.<name> for <name> = stem, blocks.{i} (forward hooks on
+                        model.fc1 (then ReLU) and model.mlp_resnet_blocks.{i}), blocks.{i}.visual_logits,
+                        blocks.{i}.kept, blocks.{i}.gate (the diagnostics; FocusVLA), output (hook
+                        on model.fc2)
 and OUT_DIR/proprio_<D>/proprio.pt (`module.fc1.*`, `module.fc2.*`) with data.safetensors:
 input (3, 8), output (3, D), output_bf16.
 
@@ -46,6 +52,9 @@ MARGIN = 1e-5  # top-K gaps below this may flip with fp32 rounding
 F = lambda attention, top_k, gate, value_source: dict(attention=attention, top_k=top_k, gate=gate,
                                                       value_source=value_source)
 RUNS_SMALL = [("b1", 1, True), ("b3", 3, True), ("b3_noproprio", 3, False)]
+# Cases whose run TAP_RUN also stores the named intermediates (one per block kind / gate / attention).
+TAP_CASES = ("pro", "focus_cascaded_k16_element_emb", "focus_mixed_k12_head_layer", "focus_cascaded_k10_scalar_layer")
+TAP_RUN = "b3"
 
 # name, kind, hidden, blocks, extra layers, Nv, focus, module_prefix, runs, weights dtype
 CASES = [
@@ -118,6 +127,30 @@ def run(head, visual, queries, proprio, dtype):
     return actions, diag
 
 
+def run_with_taps(head, visual, queries, proprio, dtype):
+    """The named intermediates the C++ head taps, by name (relative to the head): forward hooks on
+    the reference modules of those names (`stem` = ReLU of model.fc1's output, as MLPResNet
+    computes it) and the blocks' diagnostics. The reference's math is untouched."""
+    h = copy.deepcopy(head).to(dtype)
+    taps = {}
+
+    def hook(name, after=lambda t: t):
+        return lambda module, inputs, output: taps.__setitem__(name, after(output))
+
+    h.model.fc1.register_forward_hook(hook("stem", torch.relu))
+    for i, block in enumerate(h.model.mlp_resnet_blocks):
+        block.register_forward_hook(hook(f"blocks.{i}"))
+    h.model.fc2.register_forward_hook(hook("output"))
+    diag = {}
+    cast = lambda t: None if t is None else t.to(dtype)
+    actions = R.head_forward(h, cast(visual), cast(queries), cast(proprio), diagnostics=diag)
+    for key, name in (("visual_logits", "visual_logits"), ("kept_indices", "kept"), ("gates", "gate")):
+        for i, t in enumerate(diag.get(key, [])):
+            taps[f"blocks.{i}.{name}"] = t
+    assert torch.equal(taps["output"], actions)
+    return taps
+
+
 def generate(out_dir, name, kind, hidden, blocks, extra_layers, nv, focus, module_prefix, runs, weights, gen):
     start = time.time()
     print(f"{name}: {kind} D={hidden} blocks={blocks} Nv={nv} focus={focus}", flush=True)
@@ -170,10 +203,18 @@ def generate(out_dir, name, kind, hidden, blocks, extra_layers, nv, focus, modul
             data[f"{tag}.gate_bf16.{i}"] = g.float()
         if kind == "focus" and focus["top_k"] > 0:
             assert len(diag["kept_indices"]) == blocks
+        if name in TAP_CASES and tag == TAP_RUN:
+            for dtype, group in ((torch.float32, "tap"), (torch.bfloat16, "tap_bf16")):
+                taps = run_with_taps(head, visual, queries, proprio, dtype)
+                expected = actions if dtype == torch.float32 else actions_bf16
+                assert torch.equal(taps["output"].float(), expected.float()), f"{name}: hooks changed the run"
+                for tap_name, t in taps.items():
+                    data[f"{tag}.{group}.{tap_name}"] = t if t.dtype == torch.int64 else t.float()
     save_file({k: v.contiguous() for k, v in data.items()}, os.path.join(d, "data.safetensors"))
     case = dict(kind=kind, hidden=hidden, heads=R.NUM_HEADS, blocks=blocks, layers=layers, nv=nv, nq=NQ,
                 focus=focus, module_prefix=module_prefix, weights=str(weights).replace("torch.", ""),
-                runs=[dict(tag=t, batch=b, proprio=p) for t, b, p in runs])
+                runs=[dict(tag=t, batch=b, proprio=p) for t, b, p in runs],
+                tap_runs=[t for t, _, _ in runs if name in TAP_CASES and t == TAP_RUN])
     with open(os.path.join(d, "case.json"), "w") as f:
         json.dump(case, f, indent=2)
     print(f"  done in {time.time() - start:.1f} s", flush=True)

@@ -55,12 +55,22 @@ using NormStatsMap = std::map<std::string, DatasetStats>;
 NormStatsMap parse_norm_stats(const nlohmann::json& j, const std::string& source);
 NormStatsMap load_dataset_statistics(const std::string& path);
 
-// The FocusVLA head's switches (SPEC 9.2), from config.json's "focus" section.
+// The FocusVLA head's switches (SPEC 9.2), from config.json's "focus" section. The strings of the
+// file are parsed (and validated) once, by from_json; to_string gives them back.
+enum class FocusAttention { cascaded, mixed };           // "cascaded" | "mixed"
+enum class FocusGate { element, head, scalar, none };    // "element" | "head" | "scalar" | "none"
+enum class FocusValueSource { embeddings, layer };       // "embeddings" | "layer"
+const char* to_string(FocusAttention attention);
+const char* to_string(FocusGate gate);
+const char* to_string(FocusValueSource value_source);
+
 struct FocusConfig {
-  std::string attention = "cascaded";       // "cascaded" | "mixed"
-  int64_t top_k = 256;                      // 0 = patch-level focus off
-  std::string gate = "element";             // "element" | "head" | "scalar" | "none"
-  std::string value_source = "embeddings";  // "embeddings" | "layer"
+  FocusAttention attention = FocusAttention::cascaded;
+  int64_t top_k = 256;  // 0 = patch-level focus off
+  FocusGate gate = FocusGate::element;
+  FocusValueSource value_source = FocusValueSource::embeddings;
+  // Throws Error naming `source` and the field ("<source>: focus.gate: 'channel' is not one of
+  // element, head, scalar, none") for an unknown key, value or type.
   static FocusConfig from_json(const nlohmann::json& j, const std::string& source);
 };
 

@@ -1,6 +1,7 @@
 #pragma once
 // The policy heads (SPEC section 9): VLA-Adapter's `L1RegressionActionHead` frame (`MLPResNet`)
-// with one of three block kinds, detected from the state dict:
+// with one of three block kinds, detected from the state dict. They are one PolicyHead family
+// (head.h), "mlp-resnet": MlpResNetHead below, made by load_head.
 //
 //   base   VLA-Adapter `MLPResNetBlock`: one shared k/v projection, no RoPE   (keys k_proj, v_proj)
 //   pro    VLA-Adapter `MLPResNetBlock_Pro`: separate projections, RoPE       (keys k_self, k_adapter, k_task, ...)
@@ -38,29 +39,32 @@
 
 #include <torch/torch.h>
 
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "focusvla/core/tap.h"
 #include "focusvla/io/checkpoint_config.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/nn/layers.h"
+#include "focusvla/policy/head.h"
 
 namespace focusvla::policy {
 
 enum class HeadKind { base, pro, focus };
-const char* to_string(HeadKind kind);
+const char* to_string(HeadKind kind);     // "base", "pro", "focus"
+const char* variant_name(HeadKind kind);  // PolicyHead::name(): "vla-adapter", "vla-adapter-pro", "focusvla"
 
 struct ActionHeadConfig {
   int64_t hidden = 896, heads = 8, blocks = 24, chunk = 8, action_dim = 7;
   HeadKind kind = HeadKind::pro;
-  io::FocusConfig focus;  // used when kind == focus
+  io::FocusConfig focus;  // used when kind == focus (its switches were validated by from_json)
 
   int64_t head_dim() const { return hidden / heads; }
-  // Throws Error naming `what` and the field when the numbers do not make a head; returns *this.
+  // Throws Error naming `what` and the field when the numbers do not make a head (sizes, an odd
+  // RoPE head dimension, a negative top_k); returns *this.
   const ActionHeadConfig& validate(const std::string& what) const;
   // Keys (relative to `model.`) of a checkpoint that this head does not construct (see above).
   std::vector<std::string> unused_prefixes() const;
@@ -75,15 +79,16 @@ struct ActionHeadConfig {
   static ActionHeadConfig from_state(const io::StateDict& head, const std::optional<io::FocusConfig>& focus);
 };
 
-// Optional outputs of ActionHead::forward, per block, FocusVLA heads only (left empty otherwise).
-struct HeadDiagnostics {
-  std::vector<torch::Tensor> kept_indices;  // (B, heads, T, K) int64 positions kept by top-K (top_k > 0)
-  std::vector<torch::Tensor> gates;         // element: (B, T, D); head: (B, T, heads); scalar: tanh(g) (1,)
-};
-
-// Called with (name, tensor) for each named intermediate when set: "stem" (after fc1 / ReLU,
-// (B, T, D)), "blocks.{i}" (block i's output), "output" (B, T, A). Valid during the call only.
-using Tap = std::function<void(const std::string& name, const torch::Tensor& value)>;
+// HeadDiagnostics (the FocusVLA blocks' kept indices and gates): head.h.
+//
+// Named intermediates (focusvla::Tap, set with set_tap), relative to the head:
+//   "stem"                      (B, T, D) after layer_norm1 -> fc1 -> ReLU
+//   "blocks.{i}.visual_logits"  (B, heads, T, Nv) FocusVLA: the visual logits before top-K (the
+//                               ones that enter the softmax: scalar gate and 1/sqrt(hd) applied)
+//   "blocks.{i}.kept"           (B, heads, T, K) int64 FocusVLA with top_k > 0: the kept indices
+//   "blocks.{i}.gate"           FocusVLA with a gate: as HeadDiagnostics::gates
+//   "blocks.{i}"                (B, T, D) block i's output (the module mlp_resnet_blocks.{i})
+//   "output"                    (B, T, A) the normalized actions
 
 // ---------------------------------------------------------------------------------------------
 // Building blocks
@@ -127,6 +132,7 @@ struct BlockContext {
   RopeTable rope_task;     // over Nv
   torch::Tensor shallow;   // (B, Nv, D) layer-0 visual states (FocusVLA value_source "embeddings")
   HeadDiagnostics* diagnostics = nullptr;
+  Tap tap;                 // the block's named intermediates, names relative to the block (unset: none)
 };
 
 // One block of any kind: x (B, T, D), visual (B, Nv, D), queries (B, Nq, D), proprio (B, 1, D) or
@@ -176,7 +182,8 @@ class ProBlockImpl : public HeadBlockImpl {
   int64_t heads_;
 };
 
-// The FocusVLA block (SPEC 9.2). With q = RoPE(q_proj(A)) over T, per head:
+// The FocusVLA block (SPEC 9.2); its switches are the typed io::FocusConfig (no strings here).
+// With q = RoPE(q_proj(A)) over T, per head:
 //   H_A  = softmax(q k_self(A)^T / sqrt(hd)) v_self(A)                 (RoPE on k_self over T)
 //   H_AQ = softmax(q k_adapter(C)^T / sqrt(hd)) v_adapter(C)           (RoPE over len(C))
 //   s_V  = q k_task(V)^T [* tanh(g) for gate "scalar"] / sqrt(hd)       (RoPE over Nv)
@@ -265,6 +272,32 @@ class ActionHeadImpl : public torch::nn::Module {
   Tap tap_;
 };
 TORCH_MODULE(ActionHead);
+
+// The "mlp-resnet" family as a PolicyHead: an ActionHead of any block kind.
+class MlpResNetHead final : public PolicyHead {
+ public:
+  explicit MlpResNetHead(ActionHead head) : head_(std::move(head)) {}
+
+  torch::Tensor forward(const torch::Tensor& visual_states, const torch::Tensor& query_states,
+                        const torch::Tensor& proprio_token, HeadDiagnostics* diagnostics = nullptr) const override {
+    return head_->forward(visual_states, query_states, proprio_token, diagnostics);
+  }
+  int64_t chunk() const override { return head_->config().chunk; }
+  int64_t action_dim() const override { return head_->config().action_dim; }
+  int64_t hidden() const override { return head_->config().hidden; }
+  std::string name() const override { return variant_name(head_->config().kind); }
+  torch::nn::Module& module() override { return *head_; }
+  void set_tap(Tap tap) override { head_->set_tap(std::move(tap)); }
+
+  const ActionHead& action_head() const { return head_; }
+
+ private:
+  ActionHead head_;
+};
+
+// The family: detected by any key under model.fc1, model.fc2, model.layer_norm1/2 or
+// model.mlp_resnet_blocks; loaded by ActionHeadImpl::load with config.json's `focus` section.
+HeadFamily mlp_resnet_family();
 
 // RoPE tables for `length` positions as VLA-Adapter's RotaryPositionEmbedding computes them for a
 // module of dtype `dtype` (positions, frequencies and angles in that dtype).
