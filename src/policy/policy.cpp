@@ -13,7 +13,7 @@
 #include "focusvla/core/log.h"
 #include "focusvla/io/checkpoint.h"
 #include "focusvla/llm/qwen2.h"
-#include "focusvla/policy/action_head.h"
+#include "focusvla/policy/head.h"
 #include "focusvla/policy/graph_runner.h"
 #include "focusvla/policy/normalization.h"
 #include "focusvla/policy/proprio_projector.h"
@@ -65,7 +65,7 @@ std::pair<torch::ScalarType, std::string> resolve_dtype(const std::optional<torc
   const std::string checkpoint = "checkpoint " + dtype_name(stored);
   if (stored != torch::kBFloat16 && stored != torch::kFloat16) return {torch::kFloat32, checkpoint};
   if (device.is_cuda()) return {stored, checkpoint + " on CUDA"};
-  if (stored == torch::kBFloat16 && llm::cpu_has_native_bf16()) return {stored, checkpoint + ", CPU with native bf16"};
+  if (stored == torch::kBFloat16 && nn::cpu_has_native_bf16()) return {stored, checkpoint + ", CPU with native bf16"};
   return {torch::kFloat32, checkpoint + ", float32 on a CPU without native " + dtype_name(stored)};
 }
 
@@ -85,7 +85,7 @@ struct Policy::Impl {
   llm::Qwen2Model llm{nullptr};
   torch::Tensor action_queries;  // (64, D)
   torch::Tensor stop_embedding;  // (1, D): the embedding of the stop token that ends the sequence
-  policy::ActionHead head{nullptr};
+  std::shared_ptr<policy::PolicyHead> head;  // made by policy::load_head from the checkpoint
   policy::ProprioProjector proprio_projector{nullptr};
   std::optional<policy::Normalizer> action_normalizer, proprio_normalizer;
   int64_t max_positions = 0;
@@ -176,14 +176,14 @@ void Policy::Impl::allocate(const ShapeKey& key, ShapeBuffers& w) const {
   const auto on_device = [&](const torch::Tensor& t) {
     return cuda ? torch::zeros(t.sizes(), t.options().device(device).pinned_memory(false)) : t;
   };
-  const int64_t b = key.batch, size = preprocessor->image_size();
+  const int64_t b = key.batch;
   const int64_t nv = key.cameras * vision->config.tokens_per_image();
   for (const int64_t p : key.prompt_lengths)
     w.lengths.push_back(policy::SequenceLayout{nv, p, action_queries.size(0)}.length());
   const int64_t length = *std::max_element(w.lengths.begin(), w.lengths.end());
   const int64_t longest_prompt = *std::max_element(key.prompt_lengths.begin(), key.prompt_lengths.end());
 
-  w.staging = torch::empty({b, key.cameras, 2, size, size, 3}, host.dtype(torch::kUInt8));
+  w.staging = torch::empty(preprocessor->staging_shape(b, key.cameras), host.dtype(torch::kUInt8));
   w.images = on_device(w.staging);
   w.ids_host = torch::zeros({b, longest_prompt}, host.dtype(torch::kInt64));
   w.ids = on_device(w.ids_host);
@@ -195,8 +195,7 @@ void Policy::Impl::allocate(const ShapeKey& key, ShapeBuffers& w) const {
   // Zeros: the padding of shorter samples stays finite (it is never written).
   w.hidden = torch::zeros({llm->num_layers() + 1, b, length, llm->config().hidden_size},
                           torch::TensorOptions(dtype).device(device));
-  const auto& head_config = head->config();
-  w.output = torch::empty({b, head_config.chunk, head_config.action_dim}, torch::TensorOptions(torch::kFloat32).device(device));
+  w.output = torch::empty({b, head->chunk(), head->action_dim()}, torch::TensorOptions(torch::kFloat32).device(device));
   w.output_host = cuda ? torch::empty(w.output.sizes(), host.dtype(torch::kFloat32)) : w.output;
 }
 
@@ -224,11 +223,11 @@ void Policy::Impl::forward(ShapeBuffers& w, const ShapeKey& key, StageTimer* tim
   const auto mark = [&] {
     if (timer != nullptr) timer->mark();
   };
-  const torch::Tensor pixels = preprocessor->normalize(w.images, dtype);  // (B, N, 6, S, S)
+  const torch::Tensor pixels = preprocessor->normalize(w.images, dtype);  // (B, N, 3 * encoders, S, S)
   mark();
-  const torch::Tensor features = vision->features(pixels);  // (B, Nv, 2176)
+  const torch::Tensor features = vision->features(pixels);  // (B, Nv, vision_dim)
   mark();
-  const torch::Tensor visual = vision->projector->forward(features);  // (B, Nv, D)
+  const torch::Tensor visual = vision->project(features);  // (B, Nv, D)
   mark();
 
   // The sequences, right-padded, written straight into hidden[0] (SPEC 6, 11).
@@ -363,8 +362,15 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   pre.device = options.device;
   impl->preprocessor = std::make_unique<vision::ImagePreprocessor>(*ckpt.preprocessor, pre);
   impl->vision = vision::VisionTower::load(ckpt.model, ckpt.config, tensor_options);
+  check(impl->preprocessor->num_encoders() == static_cast<int64_t>(impl->vision->num_encoders()) &&
+            impl->preprocessor->image_size() == impl->vision->config.image_size(),
+        directory,
+        "preprocessor_config.json prepares " + std::to_string(impl->preprocessor->num_encoders()) + " images of " +
+            std::to_string(impl->preprocessor->image_size()) + "px, config.json has " +
+            std::to_string(impl->vision->num_encoders()) + " vision encoders of " +
+            std::to_string(impl->vision->config.image_size()) + "px");
   lap("vision");
-  impl->llm = llm::load_qwen2(ckpt.model, ckpt.config.text_config, tensor_options);
+  impl->llm = llm::Qwen2ModelImpl::load(ckpt.model, ckpt.config.text_config, tensor_options);
   impl->max_positions = ckpt.config.text_config.max_position_embeddings;
   const torch::Tensor& queries = ckpt.model.at("action_queries.weight");
   check(queries.dim() == 2 && queries.size(1) == ckpt.config.text_config.hidden_size, "action_queries.weight",
@@ -375,9 +381,9 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   // captured CUDA graph.
   (void)impl->llm->rope_tables(impl->max_positions, options.device, impl->dtype);
   lap("llm");
-  impl->head = policy::ActionHeadImpl::load(ckpt.action_head, ckpt.config.focus, tensor_options);
-  check(impl->head->config().action_dim == static_cast<int64_t>(impl->action_normalizer->dim()), directory,
-        "the action head predicts " + std::to_string(impl->head->config().action_dim) + " dims but '" +
+  impl->head = policy::load_head(ckpt.action_head, ckpt.config, tensor_options);
+  check(impl->head->action_dim() == static_cast<int64_t>(impl->action_normalizer->dim()), directory,
+        "the action head predicts " + std::to_string(impl->head->action_dim()) + " dims but '" +
             impl->unnorm_key + "' has statistics for " + std::to_string(impl->action_normalizer->dim()));
   if (!ckpt.files.proprio_projector.empty()) {
     impl->proprio_projector = policy::ProprioProjectorImpl::load(ckpt.proprio_projector, tensor_options);
@@ -392,22 +398,18 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   lap("head");
   // bf16 on a CPU: fp32 matmuls of fp32 weight copies where bf16 would be emulated (see
   // PolicyOptions::cpu_bf16_matmul), made once here.
-  impl->llm->set_cpu_bf16_matmul(options.cpu_bf16_matmul);
-  const bool fp32_matmuls = impl->llm->bf16_matmul_in_fp32();
-  impl->vision->set_bf16_matmul_in_fp32(fp32_matmuls);
-  nn::keep_fp32_copies(*impl->head, fp32_matmuls);
-  if (impl->proprio_projector) nn::keep_fp32_copies(*impl->proprio_projector, fp32_matmuls);
+  const bool fp32_matmuls = nn::bf16_matmul_in_fp32(options.cpu_bf16_matmul, impl->llm->dtype(), impl->llm->device());
+  nn::set_cpu_bf16_matmul(*impl->llm, options.cpu_bf16_matmul);
+  nn::set_cpu_bf16_matmul(*impl->vision, options.cpu_bf16_matmul);
+  nn::set_cpu_bf16_matmul(impl->head->module(), options.cpu_bf16_matmul);
+  if (impl->proprio_projector) nn::set_cpu_bf16_matmul(*impl->proprio_projector, options.cpu_bf16_matmul);
   if (fp32_matmuls) {
     log_info("bf16 on a CPU without native bf16 dot products: linear layers run as fp32 matmuls");
     lap("fp32 weight copies");
   }
   impl->runner = std::make_unique<policy::GraphRunner>(
       policy::GraphRunner::Options{options.device, options.cuda_graphs, options.max_cached_shapes});
-  switch (impl->head->config().kind) {
-    case policy::HeadKind::base: settings.head = "vla-adapter"; break;
-    case policy::HeadKind::pro: settings.head = "vla-adapter-pro"; break;
-    case policy::HeadKind::focus: settings.head = "focusvla"; break;
-  }
+  settings.head = impl->head->name();
   settings.prompt_format = to_string(impl->prompt_format);
   settings.center_crop = options.center_crop;
   settings.dtype = impl->dtype;
@@ -421,8 +423,8 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.normalization = options.normalization;
   settings.cameras = impl->num_images;
   settings.proprio_dim = impl->proprio_projector ? impl->proprio_projector->proprio_dim() : 0;
-  settings.chunk = impl->head->config().chunk;
-  settings.action_dim = impl->head->config().action_dim;
+  settings.chunk = impl->head->chunk();
+  settings.action_dim = impl->head->action_dim();
   log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s), " +
            settings.prompt_format + " prompt, center crop " + (settings.center_crop ? "on" : "off") + ", " +
            dtype_name(impl->dtype) + ", matmul " + settings.matmul + ") in " +
@@ -442,8 +444,8 @@ std::vector<ActionChunk> Policy::act_batch(const std::vector<Observation>& batch
 }
 
 int64_t Policy::num_images() const { return impl_->num_images; }
-int64_t Policy::chunk_size() const { return impl_->head->config().chunk; }
-int64_t Policy::action_dim() const { return impl_->head->config().action_dim; }
+int64_t Policy::chunk_size() const { return impl_->head->chunk(); }
+int64_t Policy::action_dim() const { return impl_->head->action_dim(); }
 int64_t Policy::proprio_dim() const { return impl_->proprio_projector ? impl_->proprio_projector->proprio_dim() : 0; }
 std::string Policy::head_kind() const { return impl_->settings.head; }
 const std::string& Policy::unnorm_key() const { return impl_->unnorm_key; }
@@ -454,13 +456,7 @@ void Policy::set_tap(Tap tap) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   impl_->tapped = static_cast<bool>(tap);
   impl_->vision->set_tap(prefixed("vision", tap));
-  // The decoder's hook names its layer apart: layer i's output is "layers.<i>" (the module path),
-  // the points inside it "layers.<i>.<name>".
-  const Tap llm_tap = prefixed("llm", tap);
-  impl_->llm->set_debug_hook(llm_tap ? llm::DebugHook([llm_tap](const std::string& name, int64_t layer, const torch::Tensor& v) {
-    if (layer < 0) return llm_tap(name, v);
-    llm_tap(name == "layer_out" ? indexed("layers", layer) : indexed("layers", layer) + "." + name, v);
-  }) : llm::DebugHook());
+  impl_->llm->set_tap(prefixed("llm", tap));
   impl_->head->set_tap(prefixed("head", tap));
 }
 

@@ -44,7 +44,7 @@ PolicyOptions options_for(const nlohmann::json& c) {
   PolicyOptions o;
   o.dtype = c["dtype"] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
   // LibTorch's own bf16 kernels, as the reference runs (the default kAuto is tested apart).
-  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kNative;
+  o.cpu_bf16_matmul = nn::CpuBf16Matmul::kNative;
   o.unnorm_key = c["unnorm_key"];
   o.prompt_format = c["prompt_format"];
   o.center_crop = c.value("center_crop", false);
@@ -137,12 +137,12 @@ TEST(PolicyDefaults, DtypeFollowsTheWeightsAndTheCpu) {
   PolicyOptions o;
   o.unnorm_key = c["unnorm_key"];
   const Policy bf16_weights = Policy::load(data_path("policy", c["checkpoint"]), o);
-  const bool native = llm::cpu_has_native_bf16();
+  const bool native = nn::cpu_has_native_bf16();
   EXPECT_EQ(bf16_weights.settings().dtype, native ? torch::kBFloat16 : torch::kFloat32);
   EXPECT_EQ(bf16_weights.settings().matmul, native ? "native-bf16" : "fp32");
   EXPECT_NE(bf16_weights.settings().dtype_source.find("checkpoint bfloat16"), std::string::npos);
   o.dtype = torch::kBFloat16;
-  o.cpu_bf16_matmul = llm::CpuBf16Matmul::kFloat32;
+  o.cpu_bf16_matmul = nn::CpuBf16Matmul::kFloat32;
   const Policy explicit_bf16 = Policy::load(data_path("policy", c["checkpoint"]), o);
   EXPECT_EQ(explicit_bf16.settings().dtype, torch::kBFloat16);
   EXPECT_EQ(explicit_bf16.settings().dtype_source, "option");
@@ -182,13 +182,13 @@ TEST(PolicyDefaults, PromptFormatFollowsTheBackbone) {
 // the same case; ours, in either CPU matmul mode, must land within 2d of that fp32. (Which
 // kernels LibTorch picks depends on the CPU, so bit-identity cannot be a test across machines.)
 void expect_bf16_within_bf16_of_fp32(const std::string& bf16_case, const std::string& fp32_case,
-                                     llm::CpuBf16Matmul mode) {
+                                     nn::CpuBf16Matmul mode) {
   const auto c = find_case(bf16_case);
   PolicyOptions o = options_for(c);
   o.cpu_bf16_matmul = mode;
   const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
-  const bool native = mode == llm::CpuBf16Matmul::kNative ||
-                      (mode == llm::CpuBf16Matmul::kAuto && llm::cpu_has_native_bf16());
+  const bool native = mode == nn::CpuBf16Matmul::kNative ||
+                      (mode == nn::CpuBf16Matmul::kAuto && nn::cpu_has_native_bf16());
   EXPECT_EQ(policy.settings().matmul, native ? "native-bf16" : "fp32-copies");
   const Observation obs = observation(c["observations"][0]);
   const ActionChunk chunk = policy.act(obs.images, obs.instruction, obs.proprio);
@@ -197,23 +197,23 @@ void expect_bf16_within_bf16_of_fp32(const std::string& bf16_case, const std::st
   const double ours = relative_error(chunk.actions, fp32), reference = testing::relative_error(ref_bf16, fp32);
   std::printf("  %s, %s matmul (CPU native bf16: %s): bf16 vs fp32 %.2e; reference bf16 vs fp32 %.2e; "
               "ours vs reference bf16 %.2e\n",
-              bf16_case.c_str(), policy.settings().matmul.c_str(), llm::cpu_has_native_bf16() ? "yes" : "no", ours,
+              bf16_case.c_str(), policy.settings().matmul.c_str(), nn::cpu_has_native_bf16() ? "yes" : "no", ours,
               reference, relative_error(chunk.actions, ref_bf16));
   EXPECT_GT(reference, 0.0);  // the case must show bf16 rounding at all
   EXPECT_LE(ours, 2 * reference);
 }
 
 TEST(PolicyConformance, FocusVlaBf16NativeMatmul) {
-  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", llm::CpuBf16Matmul::kNative);
+  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", nn::CpuBf16Matmul::kNative);
 }
 TEST(PolicyConformance, FocusVlaBf16Fp32CopiesMatmul) {
-  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", llm::CpuBf16Matmul::kFloat32);
+  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", nn::CpuBf16Matmul::kFloat32);
 }
 TEST(PolicyConformance, ProBf16NativeMatmul) {
-  expect_bf16_within_bf16_of_fp32("pro_bf16", "pro_bf16_as_f32", llm::CpuBf16Matmul::kNative);
+  expect_bf16_within_bf16_of_fp32("pro_bf16", "pro_bf16_as_f32", nn::CpuBf16Matmul::kNative);
 }
 TEST(PolicyConformance, ProBf16Fp32CopiesMatmul) {
-  expect_bf16_within_bf16_of_fp32("pro_bf16", "pro_bf16_as_f32", llm::CpuBf16Matmul::kFloat32);
+  expect_bf16_within_bf16_of_fp32("pro_bf16", "pro_bf16_as_f32", nn::CpuBf16Matmul::kFloat32);
 }
 
 // Our max relative distance from the reference's fp32 actions and the reference's own
@@ -233,7 +233,7 @@ bool has_case(const std::string& name) {
 }
 
 TEST(PolicyConformance, Bf16AutoMatmulWithinBf16OfFp32) {
-  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", llm::CpuBf16Matmul::kAuto);
+  expect_bf16_within_bf16_of_fp32("focus_bf16", "focus_bf16_as_f32", nn::CpuBf16Matmul::kAuto);
 }
 
 // Buffers are kept per input shape: repeated and interleaved shapes, and an evicted shape built
@@ -300,7 +300,7 @@ TEST(PolicyCuda, Bf16WithinBf16OfFp32) {
 // The CPU target of the bf16 path at full size.
 TEST(PolicyConformance, FullSizeBf16WithinBf16OfFp32) {
   if (!has_case("full_focus_bf16")) GTEST_FAIL() << "gen_policy.py was run without --full";
-  expect_bf16_within_bf16_of_fp32("full_focus_bf16", "full_focus_f32", llm::CpuBf16Matmul::kAuto);
+  expect_bf16_within_bf16_of_fp32("full_focus_bf16", "full_focus_f32", nn::CpuBf16Matmul::kAuto);
 }
 
 TEST(PolicyConformance, FullSizeFocusVlaFp32) {
@@ -444,6 +444,7 @@ TEST(PolicyTaps, EveryLayerMatchesTheReference) {
     ASSERT_EQ(got.sizes(), expected.sizes());
     const double err = testing::relative_error(got.to(torch::kFloat64), expected.to(torch::kFloat64));
     EXPECT_LE(err, 1e-6);
+    std::printf("  %-24s relative error %.2e\n", name.c_str(), err);
     ++compared;
   }
   std::printf("  %d named intermediates compared; %zu tapped\n", compared, seen.size());

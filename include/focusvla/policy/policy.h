@@ -17,13 +17,15 @@
 
 #include <Eigen/Core>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "focusvla/core/tap.h"
-#include "focusvla/llm/qwen2.h"
+#include "focusvla/nn/matmul.h"
 
 namespace focusvla {
 
@@ -65,8 +67,8 @@ struct PolicyOptions {
   // bf16 on the CPU: kAuto runs bf16 linear layers as fp32 matmuls of fp32 weight copies (made at
   // load) on CPUs without native bf16 dot products, where LibTorch emulates bf16 matmuls ~3x
   // slower; kNative always uses LibTorch's bf16 kernels (bit-identical to PyTorch's bf16 on the
-  // same CPU). See llm::CpuBf16Matmul. The fp32 copies take 2x the bf16 weights' memory.
-  llm::CpuBf16Matmul cpu_bf16_matmul = llm::CpuBf16Matmul::kAuto;
+  // same CPU). See nn::CpuBf16Matmul. The fp32 copies take 2x the bf16 weights' memory.
+  nn::CpuBf16Matmul cpu_bf16_matmul = nn::CpuBf16Matmul::kAuto;
   // Input shapes whose buffers (and CUDA graphs) are kept; the least recently used goes first.
   int max_cached_shapes = 8;
 };
