@@ -166,14 +166,25 @@ Qwen2Config Qwen2Config::from_json(const json& j, const std::string& source) {
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", source, c.tie_word_embeddings);
   c.hidden_act = get_string(j, "hidden_act", source, c.hidden_act);
   c.torch_dtype = get_string(j, "torch_dtype", source, "");
-  check(c.hidden_size % c.num_attention_heads == 0, source,
-        "hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
-            std::to_string(c.num_attention_heads));
-  check(c.num_attention_heads % c.num_key_value_heads == 0, source,
-        "num_attention_heads " + std::to_string(c.num_attention_heads) + " is not a multiple of num_key_value_heads " +
-            std::to_string(c.num_key_value_heads));
-  check(c.hidden_act == "silu", field_name(source, "hidden_act"), "'" + c.hidden_act + "' is not supported (only silu)");
+  c.validate(source);
   return c;
+}
+
+const Qwen2Config& Qwen2Config::validate(const std::string& what) const {
+  check(hidden_size > 0 && num_attention_heads > 0 && num_key_value_heads > 0 && intermediate_size > 0, what,
+        "hidden_size, intermediate_size, num_attention_heads and num_key_value_heads must be positive");
+  check(num_hidden_layers >= 1, what, "num_hidden_layers must be at least 1, got " + std::to_string(num_hidden_layers));
+  check(hidden_size % num_attention_heads == 0, what,
+        "hidden_size " + std::to_string(hidden_size) + " is not a multiple of num_attention_heads " +
+            std::to_string(num_attention_heads));
+  check(num_attention_heads % num_key_value_heads == 0, what,
+        "num_attention_heads " + std::to_string(num_attention_heads) + " is not a multiple of num_key_value_heads " +
+            std::to_string(num_key_value_heads));
+  check(head_dim() % 2 == 0, what, "head dimension " + std::to_string(head_dim()) + " must be even for RoPE");
+  check(hidden_act == "silu", field_name(what, "hidden_act"), "'" + hidden_act + "' is not supported (only silu)");
+  check(max_position_embeddings > 0, what, "max_position_embeddings must be positive");
+  check(rope_theta > 0, what, "rope_theta must be positive");
+  return *this;
 }
 
 NormStats NormStats::from_json(const json& j, const std::string& source) {

@@ -31,22 +31,6 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
   return out;
 }
 
-void check_config(const io::Qwen2Config& c) {
-  const std::string what = "Qwen2Config";
-  check(c.hidden_size > 0 && c.num_attention_heads > 0 && c.num_key_value_heads > 0 && c.intermediate_size > 0,
-        what, "hidden_size, intermediate_size, num_attention_heads and num_key_value_heads must be positive");
-  check(c.num_hidden_layers >= 1, what, "num_hidden_layers must be at least 1, got " + std::to_string(c.num_hidden_layers));
-  check(c.hidden_size % c.num_attention_heads == 0, what,
-        "hidden_size " + std::to_string(c.hidden_size) + " is not divisible by num_attention_heads " +
-            std::to_string(c.num_attention_heads));
-  check(c.num_attention_heads % c.num_key_value_heads == 0, what,
-        "num_attention_heads " + std::to_string(c.num_attention_heads) + " is not divisible by num_key_value_heads " +
-            std::to_string(c.num_key_value_heads));
-  check(c.head_dim() % 2 == 0, what, "head dimension " + std::to_string(c.head_dim()) + " must be even for RoPE");
-  check(c.hidden_act == "silu", what, "hidden_act '" + c.hidden_act + "' is not supported (only 'silu')");
-  check(c.max_position_embeddings > 0, what, "max_position_embeddings must be positive");
-  check(c.rope_theta > 0, what, "rope_theta must be positive");
-}
 
 }  // namespace
 
@@ -151,7 +135,7 @@ torch::Tensor Qwen2DecoderLayerImpl::forward(const torch::Tensor& h, const RopeT
 Qwen2ModelImpl::Qwen2ModelImpl(const io::Qwen2Config& config, const torch::TensorOptions& options,
                                int64_t embedding_rows)
     : embed_tokens(nullptr), layers(nullptr), norm(nullptr), config_(config) {
-  check_config(config_);
+  config_.validate("Qwen2Config");
   const int64_t rows = embedding_rows > 0 ? embedding_rows : config_.vocab_size;
   embed_tokens = register_module("embed_tokens", TokenEmbedding(rows, config_.hidden_size, options));
   layers = register_module("layers", torch::nn::ModuleList());

@@ -32,6 +32,10 @@ struct Qwen2Config {
   std::string torch_dtype;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  // The one check that the numbers make a decoder (positive sizes, heads dividing the width and
+  // each other, an even head dimension for RoPE, SiLU): from_json runs it, and so does the
+  // decoder for a config built in code. Throws Error naming `what`; returns *this.
+  const Qwen2Config& validate(const std::string& what) const;
   static Qwen2Config from_json(const nlohmann::json& j, const std::string& source);
 };
 
