@@ -16,12 +16,14 @@
 
 #include <string>
 
+#include "focusvla/nn/matmul.h"
 #include "focusvla/vision/preprocess.h"
 #include "focusvla/vision/vision_tower.h"
 #include "focusvla/vision/vit.h"
 
 namespace {
 
+using focusvla::nn::CpuBf16Matmul;
 using focusvla::vision::ImagePreprocessor;
 using focusvla::vision::VisionTower;
 using focusvla::vision::VisionTowerConfig;
@@ -80,7 +82,7 @@ void BM_Encoder(benchmark::State& state, Encoder e, torch::ScalarType dtype, boo
   // Built per run (one call: fixed iterations), so that only one model is resident at a time.
   VisionTransformer vit(config_of(e), torch::TensorOptions().dtype(dtype));
   randomize(*vit);
-  vit->set_bf16_matmul_in_fp32(bf16_in_fp32);
+  focusvla::nn::set_cpu_bf16_matmul(*vit, bf16_in_fp32 ? CpuBf16Matmul::kFloat32 : CpuBf16Matmul::kNative);
   torch::manual_seed(1);
   const auto pixels = torch::randn({1, 3, 224, 224}).to(dtype);
   vit->forward(pixels);  // warm-up: allocator, oneDNN primitives
@@ -95,7 +97,7 @@ void BM_Encoder(benchmark::State& state, Encoder e, torch::ScalarType dtype, boo
 void BM_Tower(benchmark::State& state, torch::ScalarType dtype, bool bf16_in_fp32 = false) {
   VisionTower t(VisionTowerConfig{}, torch::TensorOptions().dtype(dtype));
   randomize(*t);
-  t->set_bf16_matmul_in_fp32(bf16_in_fp32);
+  focusvla::nn::set_cpu_bf16_matmul(*t, bf16_in_fp32 ? CpuBf16Matmul::kFloat32 : CpuBf16Matmul::kNative);
   torch::manual_seed(1);
   const auto pixels = torch::randn({1, 6, 224, 224});
   t->forward(pixels);
@@ -109,7 +111,9 @@ void BM_Tower(benchmark::State& state, torch::ScalarType dtype, bool bf16_in_fp3
                            static_cast<double>(c.projector.vision_dim * c.projector.hidden +
                                                c.projector.hidden * c.projector.llm_dim +
                                                c.projector.llm_dim * c.projector.llm_dim);
-  set_counters(state, encoder_flops(c.featurizer) + encoder_flops(c.fused_featurizer) + projector, cpu_start);
+  double encoders = 0;
+  for (const auto& e : c.encoders) encoders += encoder_flops(focusvla::vision::vit_config(e));
+  set_counters(state, encoders + projector, cpu_start);
 }
 
 // One camera image (480x640, a common sensor size) to the 6 x 224 x 224 pixels, as the reference
@@ -146,7 +150,7 @@ BENCHMARK_CAPTURE(BM_Encoder, dino_bf16, Encoder::dino, torch::kBFloat16)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
 BENCHMARK_CAPTURE(BM_Encoder, siglip_bf16, Encoder::siglip, torch::kBFloat16)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
-// bf16 with the linear layers as fp32 matmuls (set_bf16_matmul_in_fp32), for CPUs without bf16.
+// bf16 with the linear layers as fp32 matmuls (nn::set_cpu_bf16_matmul kFloat32), for CPUs without bf16.
 BENCHMARK_CAPTURE(BM_Encoder, dino_bf16_f32mm, Encoder::dino, torch::kBFloat16, true)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
 BENCHMARK_CAPTURE(BM_Encoder, siglip_bf16_f32mm, Encoder::siglip, torch::kBFloat16, true)

@@ -12,7 +12,7 @@ reference / focusvla:
                      weights) through get_intermediate_layers(x, n={depth - 2}), the path Prismatic
                      runs, one 224x224 image, fp32 and bf16 (eval, inference_mode)
   *_bf16_f32mm       focusvla's bf16 with the linear layers as fp32 matmuls of the upcast operands
-                     (set_bf16_matmul_in_fp32), against timm's bf16
+                     (nn::set_cpu_bf16_matmul kFloat32), against timm's bf16
   tower_*            both encoders + the projector (2176 -> 8704 -> 896 -> 896), as
                      VLA-Adapter's PrismaticVisionBackbone + projector run one camera
   preprocess_*       Prismatic's image processor (PIL bicubic resize, to_tensor, normalize) of one

@@ -7,9 +7,11 @@
 namespace focusvla::vision {
 namespace {
 
-const char* const kFeaturizer = "vision_backbone.featurizer";
-const char* const kFusedFeaturizer = "vision_backbone.fused_featurizer";
+const char* const kBackbone = "vision_backbone";
 const char* const kProjector = "projector";
+
+// The checkpoint prefix of an encoder: "vision_backbone.featurizer".
+std::string prefix_of(const std::string& name) { return std::string(kBackbone) + "." + name; }
 
 // The tensor `prefix.name` when present with `dims` dimensions, else an undefined tensor.
 torch::Tensor find(const io::StateDict& state, const std::string& prefix, const std::string& name, int64_t dims) {
@@ -19,41 +21,41 @@ torch::Tensor find(const io::StateDict& state, const std::string& prefix, const 
   return t.dim() == dims ? t : torch::Tensor();
 }
 
-VitConfig fit_encoder(VitConfig c, const io::StateDict& state, const std::string& prefix) {
-  const int64_t blocks_after_stop = c.depth - c.stop_after_block;
-  if (auto w = find(state, prefix, "patch_embed.proj.weight", 4); w.defined()) {
-    c.dim = w.size(0);
-    c.in_channels = w.size(1);
-    c.patch_size = w.size(2);
-  }
-  if (auto w = find(state, prefix, "blocks.0.mlp.fc1.weight", 2); w.defined()) c.mlp_hidden = w.size(0);
-  if (auto r = find(state, prefix, "reg_token", 3); r.defined()) c.reg_tokens = r.size(1);
-  int64_t depth = 0;
-  while (state.has_prefix(prefix + ".blocks." + std::to_string(depth))) ++depth;
-  if (depth > 0) {
-    c.depth = depth;
-    c.stop_after_block = std::max<int64_t>(0, depth - blocks_after_stop);
-  }
-  if (auto p = find(state, prefix, "pos_embed", 3); p.defined()) {
-    const int64_t patches = p.size(1) - (c.no_embed_class ? 0 : c.num_prefix_tokens());
-    const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(patches, 0)))));
-    if (grid > 0 && grid * grid == patches) c.image_size = grid * c.patch_size;
-  }
-  return c;
-}
-
 void append(std::vector<std::string>& into, const std::vector<std::string>& items) {
   into.insert(into.end(), items.begin(), items.end());
 }
 
 std::string shape_of(const torch::Tensor& t) { return io::shape_string(t.sizes()); }
 
+// "featurizer + fused_featurizer" for messages.
+std::string names_of(const std::vector<EncoderConfig>& encoders) {
+  std::string out;
+  for (const auto& e : encoders) out += (out.empty() ? "" : " + ") + e.name;
+  return out;
+}
+
 }  // namespace
 
-io::LoadOptions encoder_load_options(const VitConfig& config) {
-  io::LoadOptions options;
-  options.ignored_prefixes = config.unused_prefixes();
-  return options;
+VisionBackboneImpl::VisionBackboneImpl(const std::vector<EncoderConfig>& encoders,
+                                       const torch::TensorOptions& options) {
+  for (const auto& e : encoders) encoders_.push_back(register_module(e.name, e.params().build(e.name, options)));
+}
+
+int64_t VisionBackboneImpl::in_channels() const {
+  int64_t out = 0;
+  for (const auto& e : encoders_) out += e->in_channels();
+  return out;
+}
+
+torch::Tensor VisionBackboneImpl::forward(const torch::Tensor& pixels) const {
+  if (encoders_.size() == 1) return encoders_.front()->forward(pixels);
+  std::vector<torch::Tensor> features;
+  int64_t channel = 0;
+  for (const auto& e : encoders_) {
+    features.push_back(e->forward(pixels.slice(1, channel, channel + e->in_channels())));
+    channel += e->in_channels();
+  }
+  return torch::cat(features, 2);
 }
 
 ProjectorConfig ProjectorImpl::config_from(const io::StateDict& state, const std::string& prefix) {
@@ -66,19 +68,43 @@ ProjectorConfig ProjectorImpl::config_from(const io::StateDict& state, const std
   return c;
 }
 
+int64_t VisionTowerConfig::in_channels() const {
+  int64_t out = 0;
+  for (const auto& e : encoders) out += e.in_channels();
+  return out;
+}
+
+int64_t VisionTowerConfig::vision_dim() const {
+  int64_t out = 0;
+  for (const auto& e : encoders) out += e.dim();
+  return out;
+}
+
+std::string VisionTowerConfig::encoder_name(size_t index) {
+  if (index == 0) return "featurizer";
+  if (index == 1) return "fused_featurizer";
+  return "featurizer_" + std::to_string(index);
+}
+
+std::vector<EncoderConfig> VisionTowerConfig::default_encoders(int64_t image_size) {
+  return {EncoderConfig::from_timm_id("vit_large_patch14_reg4_dinov2.lvd142m", image_size, encoder_name(0)),
+          EncoderConfig::from_timm_id("vit_so400m_patch14_siglip_224", image_size, encoder_name(1))};
+}
+
 VisionTowerConfig VisionTowerConfig::from_vla_config(const io::VlaConfig& config) {
-  check(config.use_fused_vision_backbone, "config.json",
-        "use_fused_vision_backbone is false: only the fused DINOv2 + SigLIP backbone is supported");
-  check(config.timm_model_ids.size() == 2, "config.json",
-        "timm_model_ids must name the two encoders of the fused backbone, found " +
-            std::to_string(config.timm_model_ids.size()));
+  const auto& ids = config.timm_model_ids;
+  check(!ids.empty(), "config.json", "timm_model_ids names no vision encoder");
+  check(config.use_fused_vision_backbone == (ids.size() > 1), "config.json",
+        std::to_string(ids.size()) + " timm_model_ids but use_fused_vision_backbone is " +
+            (config.use_fused_vision_backbone ? "true" : "false"));
   auto size = [&](size_t i) {
     if (config.image_sizes.empty()) return int64_t{224};
     return config.image_sizes.at(std::min(i, config.image_sizes.size() - 1));
   };
   VisionTowerConfig c;
-  c.featurizer = VitConfig::from_timm_id(config.timm_model_ids[0], size(0));
-  c.fused_featurizer = VitConfig::from_timm_id(config.timm_model_ids[1], size(1));
+  c.encoders.clear();
+  for (size_t i = 0; i < ids.size(); ++i)
+    c.encoders.push_back(EncoderConfig::from_timm_id(ids[i], size(i), encoder_name(i)));
   c.projector.vision_dim = c.vision_dim();
   c.projector.hidden = 4 * c.vision_dim();
   c.projector.llm_dim = config.text_config.hidden_size;
@@ -87,8 +113,7 @@ VisionTowerConfig VisionTowerConfig::from_vla_config(const io::VlaConfig& config
 
 VisionTowerConfig VisionTowerConfig::fitted_to(const io::StateDict& state) const {
   VisionTowerConfig c = *this;
-  c.featurizer = fit_encoder(featurizer, state, kFeaturizer);
-  c.fused_featurizer = fit_encoder(fused_featurizer, state, kFusedFeaturizer);
+  for (auto& e : c.encoders) e.params().fit(state, prefix_of(e.name));
   c.projector = ProjectorImpl::config_from(state, kProjector);
   if (!state.contains(std::string(kProjector) + ".fc1.weight")) {
     c.projector.vision_dim = c.vision_dim();
@@ -98,33 +123,44 @@ VisionTowerConfig VisionTowerConfig::fitted_to(const io::StateDict& state) const
 }
 
 const VisionTowerConfig& VisionTowerConfig::validate() const {
-  featurizer.validate(kFeaturizer);
-  fused_featurizer.validate(kFusedFeaturizer);
-  check(featurizer.image_size == fused_featurizer.image_size && featurizer.num_patches() == fused_featurizer.num_patches(),
-        "vision tower",
-        "the two encoders must see the same image size and patch grid: " + std::to_string(featurizer.image_size) +
-            "px / " + std::to_string(featurizer.num_patches()) + " patches vs " +
-            std::to_string(fused_featurizer.image_size) + "px / " + std::to_string(fused_featurizer.num_patches()) +
-            " patches");
+  check(!encoders.empty(), "vision tower", "no encoders");
+  for (size_t i = 0; i < encoders.size(); ++i) {
+    const EncoderConfig& e = encoders[i];
+    check(!e.name.empty() && e.name.find('.') == std::string::npos, "vision tower",
+          "encoder " + std::to_string(i) + " needs a module name without dots, got '" + e.name + "'");
+    for (size_t j = 0; j < i; ++j)
+      check(encoders[j].name != e.name, "vision tower", "two encoders are named '" + e.name + "'");
+    e.params().validate(prefix_of(e.name));
+  }
+  const EncoderConfig& first = encoders.front();
+  for (const EncoderConfig& e : encoders)
+    check(e.image_size() == first.image_size() && e.tokens() == first.tokens(), "vision tower",
+          "the encoders must see the same image size and give the same token count: " + first.name + " " +
+              std::to_string(first.image_size()) + "px / " + std::to_string(first.tokens()) + " tokens vs " + e.name +
+              " " + std::to_string(e.image_size()) + "px / " + std::to_string(e.tokens()) + " tokens");
+  std::string widths;
+  for (const EncoderConfig& e : encoders) widths += (widths.empty() ? "" : " + ") + std::to_string(e.dim());
   check(projector.vision_dim == vision_dim(), "vision tower",
         "projector input width " + std::to_string(projector.vision_dim) + " differs from the fused feature width " +
-            std::to_string(featurizer.dim) + " + " + std::to_string(fused_featurizer.dim));
+            widths);
   check(projector.hidden > 0 && projector.llm_dim > 0, "vision tower", "projector widths must be positive");
   return *this;
 }
 
 VisionTowerImpl::VisionTowerImpl(const VisionTowerConfig& config_, const torch::TensorOptions& options)
     : config(config_.validate()),
-      vision_backbone(register_module("vision_backbone",
-                                      FusedBackbone(config.featurizer, config.fused_featurizer, options))),
-      projector(register_module("projector", Projector(config.projector, options))) {}
+      vision_backbone(register_module(kBackbone, VisionBackbone(config.encoders, options))),
+      projector(register_module(kProjector, Projector(config.projector, options))) {}
 
 torch::Tensor VisionTowerImpl::features(const torch::Tensor& pixels) const {
   const c10::InferenceMode inference;
   const std::string what = "VisionTower";
   focusvla::check(pixels.defined(), what, "pixels tensor is undefined");
+  const int64_t want_channels = config.in_channels();
+  const std::string c = std::to_string(want_channels);
   focusvla::check(pixels.dim() == 4 || pixels.dim() == 5, what,
-        "expected pixels of shape [N, 6, H, W] (one sample of N cameras) or [B, N, 6, H, W], got " + shape_of(pixels));
+        "expected pixels of shape [N, " + c + ", H, W] (one sample of N cameras) or [B, N, " + c + ", H, W], got " +
+            shape_of(pixels));
   focusvla::check(pixels.is_floating_point(), what,
         std::string("pixels must be floating point (normalized images from ImagePreprocessor), got ") +
             c10::toString(pixels.scalar_type()));
@@ -135,36 +171,31 @@ torch::Tensor VisionTowerImpl::features(const torch::Tensor& pixels) const {
   const int64_t size = config.image_size();
   focusvla::check(batch > 0, what, "empty batch (B = 0)");
   focusvla::check(cameras > 0, what, "no camera images (N = 0)");
-  const int64_t want_channels = config.featurizer.in_channels + config.fused_featurizer.in_channels;
   focusvla::check(channels == want_channels, what,
-        "expected " + std::to_string(want_channels) + " channels per image (DINOv2 + SigLIP normalized), got " +
+        "expected " + c + " channels per image (" + names_of(config.encoders) + " normalized), got " +
             std::to_string(channels) + " in " + shape_of(pixels));
   focusvla::check(pixels.size(-2) == size && pixels.size(-1) == size, what,
         "expected " + std::to_string(size) + "x" + std::to_string(size) + " images, got " + shape_of(pixels));
 
   const torch::Tensor images = pixels.reshape({batch * cameras, channels, size, size});
-  const torch::Tensor fused = vision_backbone->forward(images);  // (B*N, P, D1 + D2)
+  const torch::Tensor fused = vision_backbone->forward(images);  // (B*N, P, D1 + ... + Dk)
   torch::Tensor out = fused.reshape({batch, cameras * fused.size(1), fused.size(2)});
   tap("features", out);
   return out;
 }
 
-torch::Tensor VisionTowerImpl::forward(const torch::Tensor& pixels) const {
-  const torch::Tensor fused = features(pixels);
+torch::Tensor VisionTowerImpl::project(const torch::Tensor& features) const {
   const c10::InferenceMode inference;
-  torch::Tensor out = projector->forward(fused);
+  torch::Tensor out = projector->forward(features);
   tap("output", out);
   return out;
 }
 
+torch::Tensor VisionTowerImpl::forward(const torch::Tensor& pixels) const { return project(features(pixels)); }
+
 void VisionTowerImpl::set_tap(Tap tap) {
-  tap_ = tap;
-  auto forward_to = [tap](const std::string& prefix) -> Tap {
-    if (!tap) return nullptr;
-    return [tap, prefix](const std::string& name, const torch::Tensor& value) { tap(prefix + "." + name, value); };
-  };
-  vision_backbone->featurizer->set_tap(forward_to(kFeaturizer));
-  vision_backbone->fused_featurizer->set_tap(forward_to(kFusedFeaturizer));
+  for (const auto& e : vision_backbone->encoders()) e->set_tap(prefixed(e->checkpoint_name(), tap));
+  tap_ = std::move(tap);
 }
 
 io::LoadReport VisionTowerImpl::check(const io::StateDict& state) const {
@@ -175,9 +206,10 @@ io::LoadReport VisionTowerImpl::check(const io::StateDict& state) const {
     append(report.mismatched, part.mismatched);
     append(report.ignored, part.ignored);
   };
-  add(io::check_module(*vision_backbone->featurizer, state, kFeaturizer, encoder_load_options(config.featurizer)));
-  add(io::check_module(*vision_backbone->fused_featurizer, state, kFusedFeaturizer,
-                       encoder_load_options(config.fused_featurizer)));
+  for (size_t i = 0; i < config.encoders.size(); ++i) {
+    const EncoderConfig& e = config.encoders[i];
+    add(io::check_module(*vision_backbone->encoder(i), state, prefix_of(e.name), e.load_options()));
+  }
   add(io::check_module(*projector, state, kProjector));
   return report;
 }
@@ -193,7 +225,10 @@ VisionTower VisionTowerImpl::load(const io::StateDict& state, const VisionTowerC
   const io::LoadReport report = tower->check(state);
   if (!report.ok()) {
     std::string source = "the state dict";
-    for (const char* prefix : {kFeaturizer, kFusedFeaturizer, kProjector}) {
+    std::vector<std::string> prefixes;
+    for (const auto& e : config.encoders) prefixes.push_back(prefix_of(e.name));
+    prefixes.emplace_back(kProjector);
+    for (const auto& prefix : prefixes) {
       const io::StateDict part = state.subset(prefix);
       if (!part.empty()) {
         source = part.source(part.keys().front());
@@ -201,13 +236,14 @@ VisionTower VisionTowerImpl::load(const io::StateDict& state, const VisionTowerC
       }
     }
     std::string hint;
-    if (!state.has_prefix(kFeaturizer) && !state.has_prefix(kFusedFeaturizer))
+    if (!state.has_prefix(kBackbone))
       hint = " (no 'vision_backbone.*' tensors at all: is this a VLA-Adapter / Prismatic checkpoint?)";
     throw Error("loading the vision tower from " + source + hint + ":" + report.describe());
   }
-  io::load_module(*tower->vision_backbone->featurizer, state, kFeaturizer, encoder_load_options(config.featurizer));
-  io::load_module(*tower->vision_backbone->fused_featurizer, state, kFusedFeaturizer,
-                  encoder_load_options(config.fused_featurizer));
+  for (size_t i = 0; i < config.encoders.size(); ++i) {
+    const EncoderConfig& e = config.encoders[i];
+    io::load_module(*tower->vision_backbone->encoder(i), state, prefix_of(e.name), e.load_options());
+  }
   io::load_module(*tower->projector, state, kProjector);
   return tower;
 }

@@ -1,5 +1,7 @@
 #include "focusvla/vision/vit.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "focusvla/core/error.h"
@@ -11,6 +13,18 @@ std::string strip_pretrained_tag(const std::string& id) {
   const auto dot = id.find('.');
   return dot == std::string::npos ? id : id.substr(0, dot);
 }
+
+// The tensor `prefix.name` when present with `dims` dimensions, else an undefined tensor.
+torch::Tensor find(const io::StateDict& state, const std::string& prefix, const std::string& name, int64_t dims) {
+  const std::string key = prefix + "." + name;
+  if (!state.contains(key)) return {};
+  const torch::Tensor& t = state.at(key);
+  return t.dim() == dims ? t : torch::Tensor();
+}
+
+// timm/data/constants.py
+constexpr Normalization kImagenetDefault{{0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};
+constexpr Normalization kImagenetInception{{0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}};
 
 void require_positive(int64_t value, const std::string& what, const char* field) {
   check(value > 0, what, std::string(field) + " must be positive, got " + std::to_string(value));
@@ -45,8 +59,33 @@ std::vector<std::string> VitConfig::unused_prefixes() const {
   return out;
 }
 
+VitConfig VitConfig::fitted_to(const io::StateDict& state, const std::string& prefix) const {
+  VitConfig c = *this;
+  const int64_t blocks_after_stop = c.depth - c.stop_after_block;
+  if (auto w = find(state, prefix, "patch_embed.proj.weight", 4); w.defined()) {
+    c.dim = w.size(0);
+    c.in_channels = w.size(1);
+    c.patch_size = w.size(2);
+  }
+  if (auto w = find(state, prefix, "blocks.0.mlp.fc1.weight", 2); w.defined()) c.mlp_hidden = w.size(0);
+  if (auto r = find(state, prefix, "reg_token", 3); r.defined()) c.reg_tokens = r.size(1);
+  int64_t depth = 0;
+  while (state.has_prefix(prefix + ".blocks." + std::to_string(depth))) ++depth;
+  if (depth > 0) {
+    c.depth = depth;
+    c.stop_after_block = std::max<int64_t>(0, depth - blocks_after_stop);
+  }
+  if (auto p = find(state, prefix, "pos_embed", 3); p.defined()) {
+    const int64_t patches = p.size(1) - (c.no_embed_class ? 0 : c.num_prefix_tokens());
+    const auto grid = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(patches, 0)))));
+    if (grid > 0 && grid * grid == patches) c.image_size = grid * c.patch_size;
+  }
+  return c;
+}
+
 // timm/models/vision_transformer.py, `vit_large_patch14_reg4_dinov2`: patch 14, 1024 wide, 24 blocks,
-// 16 heads, mlp_ratio 4, init_values 1e-5 (LayerScale), 4 registers, no_embed_class.
+// 16 heads, mlp_ratio 4, init_values 1e-5 (LayerScale), 4 registers, no_embed_class; pretrained
+// cfg `.lvd142m`: ImageNet mean / std.
 VitConfig VitConfig::dinov2_vit_large_reg4(int64_t image_size) {
   VitConfig c;
   c.image_size = image_size;
@@ -60,11 +99,13 @@ VitConfig VitConfig::dinov2_vit_large_reg4(int64_t image_size) {
   c.layer_scale = true;
   c.no_embed_class = true;
   c.stop_after_block = c.depth - 2;
+  c.normalization = kImagenetDefault;
   return c;
 }
 
 // timm/models/vision_transformer.py, `vit_so400m_patch14_siglip_224`: patch 14, 1152 wide, 27 blocks,
-// 16 heads, mlp_ratio 3.7362 (int(1152 * 3.7362) = 4304), no class token, global_pool "map".
+// 16 heads, mlp_ratio 3.7362 (int(1152 * 3.7362) = 4304), no class token, global_pool "map";
+// pretrained cfg `.webli`: timm's default 0.5 / 0.5.
 VitConfig VitConfig::siglip_so400m(int64_t image_size) {
   VitConfig c;
   c.image_size = image_size;
@@ -78,6 +119,7 @@ VitConfig VitConfig::siglip_so400m(int64_t image_size) {
   c.layer_scale = false;
   c.no_embed_class = false;
   c.stop_after_block = c.depth - 2;
+  c.normalization = kImagenetInception;
   return c;
 }
 
@@ -95,6 +137,22 @@ VitConfig VitConfig::from_timm_id(const std::string& timm_model_id, int64_t imag
     throw Error("timm model id '" + timm_model_id + "': not a known vision encoder (known: " + known + ")");
   }
   return it->second(image_size).validate("timm model '" + timm_model_id + "'");
+}
+
+io::LoadOptions encoder_load_options(const VitConfig& config) {
+  io::LoadOptions options;
+  options.ignored_prefixes = config.unused_prefixes();
+  return options;
+}
+
+EncoderRegistration vit_encoder_registration() {
+  EncoderRegistration r;
+  r.kind = "timm ViT";
+  r.timm_id_prefixes = {"vit_"};
+  r.configure = [](const std::string& timm_model_id, int64_t image_size) -> std::unique_ptr<EncoderParams> {
+    return std::make_unique<VitEncoderParams>(VitConfig::from_timm_id(timm_model_id, image_size));
+  };
+  return r;
 }
 
 }  // namespace focusvla::vision

@@ -340,8 +340,11 @@ TEST(PreprocessErrors, UnsupportedConfig) {
   config.backbones[1].interpolation = "nearest";
   expect_error([&] { ImagePreprocessor p(config); }, {"interpolation 'nearest'"});
   config = reference_config();
-  config.backbones.pop_back();
-  expect_error([&] { ImagePreprocessor p(config); }, {"two backbones"});
+  config.backbones.clear();
+  expect_error([&] { ImagePreprocessor p(config); }, {"ImagePreprocessor", "no encoders"});
+  config = reference_config();
+  config.backbones[1].input_size = {3, 448, 448};
+  expect_error([&] { ImagePreprocessor p(config); }, {"one input size", "224", "448"});
 }
 
 }  // namespace

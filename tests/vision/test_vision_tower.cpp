@@ -56,15 +56,21 @@ void expect_tower_matches(const VisionTower& tower, const io::StateDict& io, con
 TEST(VisionTower, BuildsFromConfigAndShapes) {
   const Case c = read_case("tiny16");
   const auto config = VisionTowerConfig::from_vla_config(c.config).fitted_to(c.model);
-  EXPECT_EQ(config.featurizer.dim, 128);
-  EXPECT_EQ(config.featurizer.depth, 4);
-  EXPECT_EQ(config.featurizer.stop_after_block, 2);
-  EXPECT_EQ(config.featurizer.mlp_hidden, 512);
-  EXPECT_EQ(config.featurizer.reg_tokens, 4);
-  EXPECT_TRUE(config.featurizer.layer_scale);
-  EXPECT_EQ(config.fused_featurizer.dim, 144);
-  EXPECT_EQ(config.fused_featurizer.stop_after_block, 2);
-  EXPECT_EQ(config.fused_featurizer.mlp_hidden, 538);
+  ASSERT_EQ(config.num_encoders(), 2u);
+  EXPECT_EQ(config.encoders[0].name, "featurizer");
+  EXPECT_EQ(config.encoders[1].name, "fused_featurizer");
+  const VitConfig& dino = vit_config(config.encoders[0]);
+  const VitConfig& siglip = vit_config(config.encoders[1]);
+  EXPECT_EQ(dino.dim, 128);
+  EXPECT_EQ(dino.depth, 4);
+  EXPECT_EQ(dino.stop_after_block, 2);
+  EXPECT_EQ(dino.mlp_hidden, 512);
+  EXPECT_EQ(dino.reg_tokens, 4);
+  EXPECT_TRUE(dino.layer_scale);
+  EXPECT_EQ(siglip.dim, 144);
+  EXPECT_EQ(siglip.stop_after_block, 2);
+  EXPECT_EQ(siglip.mlp_hidden, 538);
+  EXPECT_EQ(config.in_channels(), 6);
   EXPECT_EQ(config.projector.vision_dim, 272);
   EXPECT_EQ(config.projector.hidden, 1088);
   EXPECT_EQ(config.projector.llm_dim, 112);
@@ -75,8 +81,11 @@ TEST(VisionTower, BuildsFromConfigAndShapes) {
   EXPECT_EQ(full.vision_dim(), 2176);
   EXPECT_EQ(full.projector.hidden, 8704);
   EXPECT_EQ(full.projector.llm_dim, 896);
-  EXPECT_EQ(full.featurizer.stop_after_block, 22);
-  EXPECT_EQ(full.fused_featurizer.stop_after_block, 25);
+  EXPECT_EQ(vit_config(full.encoders[0]).stop_after_block, 22);
+  EXPECT_EQ(vit_config(full.encoders[1]).stop_after_block, 25);
+  // The encoders' own (timm pretrained) normalization: ImageNet for DINOv2, 0.5 for SigLIP.
+  EXPECT_FLOAT_EQ(full.encoders[0].normalization().mean[0], 0.485f);
+  EXPECT_FLOAT_EQ(full.encoders[1].normalization().std[2], 0.5f);
 
   // Parameter names are the checkpoint's.
   const auto tower = VisionTower::load(c.model, c.config);
@@ -102,10 +111,10 @@ TEST(VisionTower, Bf16WithFp32MatmulsMatchesPrismaticBf16) {
   const Case c = read_case("tiny16");
   auto tower = VisionTower::load(c.model, c.config, torch::TensorOptions().dtype(torch::kBFloat16));
   const auto native = tower->forward(c.io.at("pixels"));
-  tower->set_bf16_matmul_in_fp32(true);
+  nn::set_cpu_bf16_matmul(*tower, nn::CpuBf16Matmul::kFloat32);
   EXPECT_EQ(tower->forward(c.io.at("pixels")).scalar_type(), torch::kBFloat16);
   expect_tower_matches(tower, c.io, "_bf16", 2e-2, "tiny16 bf16 (fp32 matmuls)");
-  tower->set_bf16_matmul_in_fp32(false);
+  nn::set_cpu_bf16_matmul(*tower, nn::CpuBf16Matmul::kNative);
   EXPECT_TRUE(torch::equal(tower->forward(c.io.at("pixels")), native));
 }
 
@@ -113,8 +122,7 @@ TEST(VisionTower, Bf16WithFp32MatmulsMatchesPrismaticBf16) {
 TEST(VisionTower, ExplicitHeadCountFromBf16Weights) {
   const Case c = read_case("tiny4");
   auto config = VisionTowerConfig::from_vla_config(c.config).fitted_to(c.model);
-  config.featurizer.num_heads = 4;
-  config.fused_featurizer.num_heads = 4;
+  for (auto& encoder : config.encoders) vit_config(encoder).num_heads = 4;
   expect_tower_matches(VisionTower::load(c.model, config), c.io, "", 1e-4, "tiny4 fp32 (bf16 weights)");
   expect_tower_matches(VisionTower::load(c.model, config, torch::TensorOptions().dtype(torch::kBFloat16)), c.io,
                        "_bf16", 2e-2, "tiny4 bf16");
@@ -144,11 +152,17 @@ TEST(VisionTower, TapsNameTheIntermediates) {
   torch::Tensor siglip;
   tower->set_tap([&](const std::string& name, const torch::Tensor& value) {
     names.push_back(name);
-    if (name == "vision_backbone.fused_featurizer.output") siglip = value.clone();
+    if (name == "fused_featurizer.output") siglip = value.clone();
   });
   tower->forward(c.io.at("pixels"));
-  EXPECT_NE(std::find(names.begin(), names.end(), "vision_backbone.featurizer.blocks.2"), names.end());
-  EXPECT_EQ(names.back(), "output");
+  // Relative to the tower, layer-qualified, each encoder under its checkpoint name, in run order.
+  const std::vector<std::string> expected = {
+      "featurizer.patch_embed",       "featurizer.tokens",       "featurizer.blocks.0",
+      "featurizer.blocks.1",          "featurizer.blocks.2",     "featurizer.output",
+      "fused_featurizer.patch_embed", "fused_featurizer.tokens", "fused_featurizer.blocks.0",
+      "fused_featurizer.blocks.1",    "fused_featurizer.blocks.2", "fused_featurizer.output",
+      "features",                     "output"};
+  EXPECT_EQ(names, expected);
   EXPECT_LE(relative_error(siglip, c.io.at("siglip")), 1e-4);
 }
 
@@ -157,9 +171,9 @@ TEST(VisionTower, TapsNameTheIntermediates) {
 TEST(VisionTower, FullSizeFp32MatchesPrismatic) {
   const Case c = read_case("full");
   const auto tower = VisionTower::load(c.model, c.config, torch::TensorOptions().dtype(torch::kFloat32));
-  EXPECT_EQ(tower->config.featurizer.dim, 1024);
-  EXPECT_EQ(tower->vision_backbone->featurizer->blocks->size(), 23u);
-  EXPECT_EQ(tower->vision_backbone->fused_featurizer->blocks->size(), 26u);
+  EXPECT_EQ(tower->config.encoders[0].dim(), 1024);
+  EXPECT_EQ(tower->vision_backbone->encoder_as<VisionTransformerImpl>(0)->blocks->size(), 23u);
+  EXPECT_EQ(tower->vision_backbone->encoder_as<VisionTransformerImpl>(1)->blocks->size(), 26u);
   expect_tower_matches(tower, c.io, "", 1e-4, "full-size fp32");
 }
 

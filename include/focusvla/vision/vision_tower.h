@@ -1,7 +1,9 @@
 #pragma once
-// The visual half of the policy (SPEC sections 1, 4, 5): per camera image, DINOv2 on channels 0-2
-// and SigLIP on channels 3-5, concatenated on channels (256 x 2176), images concatenated along
-// the tokens, then the projector (2176 -> 8704 -> 896 -> 896).
+// The visual half of the policy (SPEC sections 1, 4, 5): per camera image, each encoder of the
+// backbone on its own channels (VisionTowerConfig::encoders, in order), their features
+// concatenated on channels, images concatenated along the tokens, then the projector.
+// The released models: DINOv2 on channels 0-2 and SigLIP on channels 3-5 (256 x 2176), projector
+// 2176 -> 8704 -> 896 -> 896.
 //
 //   pixels (B, N, 6, 224, 224) -> vision_backbone.featurizer        -> (B*N, 256, 1024) -+
 //                              -> vision_backbone.fused_featurizer  -> (B*N, 256, 1152) -+-> cat
@@ -9,20 +11,26 @@
 //
 // Module names equal the checkpoint's (Prismatic / VLA-Adapter `OpenVLAForActionPrediction`):
 // `vision_backbone.featurizer.*`, `vision_backbone.fused_featurizer.*`, `projector.fc{1,2,3}.*`.
+// The encoders come from config.json's `timm_model_ids` (one or two) through the encoder registry
+// (image_encoder.h); nothing here assumes how many there are or what kind they are.
 
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
+#include <vector>
 
+#include "focusvla/core/tap.h"
 #include "focusvla/io/checkpoint_config.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/nn/layers.h"
+#include "focusvla/vision/image_encoder.h"
 #include "focusvla/vision/vit.h"
 
 namespace focusvla::vision {
 
 struct ProjectorConfig {
-  int64_t vision_dim = 2176;  // fused feature width (DINOv2 + SigLIP)
+  int64_t vision_dim = 2176;  // fused feature width (the encoders' widths summed; DINOv2 + SigLIP)
   int64_t hidden = 8704;      // 4 * vision_dim
   int64_t llm_dim = 896;      // the language model's hidden size
 };
@@ -49,45 +57,63 @@ class ProjectorImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Projector);
 
-// Prismatic's fused DINOv2 + SigLIP backbone (`DinoSigLIPViTBackbone`, HF
-// `PrismaticVisionBackbone`): pixels (M, 6, H, W) -> (M, P, D1 + D2).
-class FusedBackboneImpl : public torch::nn::Module {
+// Prismatic's vision backbone (`DinoSigLIPViTBackbone` / HF `PrismaticVisionBackbone`, or the
+// single-encoder one): a list of encoders, each registered under its checkpoint name, each reading
+// its own `in_channels()` of the pixels in list order:
+// pixels (M, C1 + ... + Ck, S, S) -> (M, P, D1 + ... + Dk).
+class VisionBackboneImpl : public torch::nn::Module {
  public:
-  FusedBackboneImpl(const VitConfig& featurizer_config, const VitConfig& fused_config,
-                    const torch::TensorOptions& options)
-      : featurizer(register_module("featurizer", VisionTransformer(featurizer_config, options))),
-        fused_featurizer(register_module("fused_featurizer", VisionTransformer(fused_config, options))) {}
+  VisionBackboneImpl(const std::vector<EncoderConfig>& encoders, const torch::TensorOptions& options);
 
-  torch::Tensor forward(const torch::Tensor& pixels) const {
-    const int64_t split = featurizer->config.in_channels;
-    return torch::cat({featurizer->forward(pixels.slice(1, 0, split)), fused_featurizer->forward(pixels.slice(1, split))},
-                      2);
+  torch::Tensor forward(const torch::Tensor& pixels) const;
+
+  size_t size() const { return encoders_.size(); }
+  const std::shared_ptr<ImageEncoder>& encoder(size_t index) const { return encoders_.at(index); }
+  const std::vector<std::shared_ptr<ImageEncoder>>& encoders() const { return encoders_; }
+  // encoder(index) as its implementation (e.g. VisionTransformerImpl); throws Error otherwise.
+  template <typename T>
+  std::shared_ptr<T> encoder_as(size_t index) const {
+    auto out = std::dynamic_pointer_cast<T>(encoder(index));
+    check(out != nullptr, "vision backbone",
+          "encoder '" + encoder(index)->checkpoint_name() + "' is not of the requested kind");
+    return out;
   }
+  int64_t in_channels() const;  // the channels of all encoders together
 
-  VisionTransformer featurizer;        // DINOv2, normalized with the DINOv2 statistics
-  VisionTransformer fused_featurizer;  // SigLIP, normalized with 0.5 / 0.5
+ private:
+  std::vector<std::shared_ptr<ImageEncoder>> encoders_;
 };
-TORCH_MODULE(FusedBackbone);
+TORCH_MODULE(VisionBackbone);
 
 struct VisionTowerConfig {
-  VitConfig featurizer = VitConfig::dinov2_vit_large_reg4();
-  VitConfig fused_featurizer = VitConfig::siglip_so400m();
+  // In channel and feature order; names are the checkpoint's module names below
+  // `vision_backbone` (encoder_name). Default: the released DINOv2 + SigLIP at 224.
+  std::vector<EncoderConfig> encoders = default_encoders();
   ProjectorConfig projector;
 
-  int64_t image_size() const { return featurizer.image_size; }
-  int64_t tokens_per_image() const { return featurizer.num_patches(); }
-  int64_t vision_dim() const { return featurizer.dim + fused_featurizer.dim; }
+  size_t num_encoders() const { return encoders.size(); }
+  int64_t image_size() const { return encoders.at(0).image_size(); }
+  int64_t tokens_per_image() const { return encoders.at(0).tokens(); }
+  int64_t in_channels() const;  // the channels of all encoders together (6 for the released models)
+  int64_t vision_dim() const;   // the encoders' widths summed
 
-  // From config.json: the two `timm_model_ids` (a fused backbone) and `image_sizes`, through
-  // VitConfig::from_timm_id; the projector gets the default widths.
+  // The checkpoint module name of encoder `index`: Prismatic's "featurizer" and
+  // "fused_featurizer" for the first two, "featurizer_{index}" after them.
+  static std::string encoder_name(size_t index);
+  // DINOv2-L/14-reg4 + SigLIP-SO400M/14 at `image_size`.
+  static std::vector<EncoderConfig> default_encoders(int64_t image_size = 224);
+
+  // From config.json: one encoder per `timm_model_ids` entry (two for a fused backbone), with its
+  // `image_sizes` entry, through the encoder registry; the projector gets the default widths.
   static VisionTowerConfig from_vla_config(const io::VlaConfig& config);
   // This configuration with the sizes shown by a checkpoint's tensors (prefixes
-  // `vision_backbone.featurizer`, `vision_backbone.fused_featurizer`, `projector`): width, depth
-  // (stop_after_block keeps its distance from the last block), MLP width, patch size, registers,
-  // image size. The head count is not visible in shapes and is kept: a test-sized checkpoint with
-  // other head counts needs them set here (the table's 16 heads otherwise).
+  // `vision_backbone.<name>` per encoder, EncoderParams::fit, and `projector`). For the ViT:
+  // width, depth (stop_after_block keeps its distance from the last block), MLP width, patch
+  // size, registers, image size. The head count is not visible in shapes and is kept: a
+  // test-sized checkpoint with other head counts needs them set here (the table's 16 heads
+  // otherwise).
   VisionTowerConfig fitted_to(const io::StateDict& state) const;
-  // Throws Error when the three parts do not fit together (token counts, widths).
+  // Throws Error when the parts do not fit together (token counts, image sizes, widths).
   const VisionTowerConfig& validate() const;
 };
 
@@ -97,32 +123,34 @@ class VisionTowerImpl : public torch::nn::Module {
  public:
   VisionTowerImpl(const VisionTowerConfig& config, const torch::TensorOptions& options);
 
-  // Raw fused features. pixels (N, 6, H, W) for one sample of N cameras, or (B, N, 6, H, W):
-  // -> (B, N * tokens_per_image, vision_dim) in the module's dtype, cameras in input order.
+  // Raw fused features. pixels (N, C, H, W) for one sample of N cameras, or (B, N, C, H, W), C =
+  // config.in_channels() (6: DINOv2 + SigLIP normalized): -> (B, N * tokens_per_image,
+  // vision_dim) in the module's dtype, cameras in input order.
   torch::Tensor features(const torch::Tensor& pixels) const;
-  // Visual embeddings: projector(features(pixels)) -> (B, N * tokens_per_image, llm_dim).
+  // Visual embeddings of fused features: projector(features) -> (B, N * tokens_per_image,
+  // llm_dim), tapped as "output".
+  torch::Tensor project(const torch::Tensor& features) const;
+  // project(features(pixels)).
   torch::Tensor forward(const torch::Tensor& pixels) const;
 
-  // Named intermediates (see Tap): the encoders' under "vision_backbone.featurizer." and
-  // "vision_backbone.fused_featurizer.", then "features" and "output".
+  size_t num_encoders() const { return config.num_encoders(); }
+
+  // Named intermediates (core/tap.h), relative to the tower: each encoder's under its checkpoint
+  // name ("featurizer.blocks.22", "fused_featurizer.output"), then "features" and "output".
   void set_tap(Tap tap);
-  // bf16 linear layers on the CPU as fp32 matmuls of fp32 weight copies (nn::keep_fp32_copies,
-  // made now: call after loading): ~3x faster on CPUs without native bf16 dot products; off by
-  // default.
-  void set_bf16_matmul_in_fp32(bool on) { nn::keep_fp32_copies(*this, on); }
 
   // Builds the tower a checkpoint holds: VisionTowerConfig::from_vla_config(config).fitted_to(state).
   static VisionTower load(const io::StateDict& state, const io::VlaConfig& config,
                           const torch::TensorOptions& options = {});
   // Builds `config` and loads it name for name. Every missing, unexpected (outside the
-  // unused parts of the encoders) or mis-shaped key of the three parts is reported in one Error.
+  // unused parts of the encoders) or mis-shaped key of every part is reported in one Error.
   static VisionTower load(const io::StateDict& state, const VisionTowerConfig& config,
                           const torch::TensorOptions& options = {});
   // What `load` would report, without writing anything.
   io::LoadReport check(const io::StateDict& state) const;
 
   const VisionTowerConfig config;
-  FusedBackbone vision_backbone;
+  VisionBackbone vision_backbone;
   Projector projector;
 
  private:
@@ -146,8 +174,5 @@ class VisionTower : public torch::nn::ModuleHolder<VisionTowerImpl> {
     return VisionTowerImpl::load(state, config, options);
   }
 };
-
-// The io::LoadOptions one encoder loads with: its unused parts are ignored.
-io::LoadOptions encoder_load_options(const VitConfig& config);
 
 }  // namespace focusvla::vision

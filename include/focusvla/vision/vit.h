@@ -9,6 +9,9 @@
 //   -> blocks 0 .. stop_after_block:  x += ls1(attn(norm1(x))); x += ls2(mlp(norm2(x)))
 //   -> drop the prefix tokens -> (B, P, D)
 //
+// It is the vision tower's built-in ImageEncoder kind (image_encoder.h): VitEncoderParams and
+// vit_encoder_registration() take the timm ids "vit_*" that VitConfig::from_timm_id knows.
+//
 // Only the blocks that run are constructed. Parameter names equal timm's (`cls_token`,
 // `reg_token`, `pos_embed`, `patch_embed.proj.weight`, `blocks.{i}.attn.qkv.weight`,
 // `blocks.{i}.ls1.scale_factor`, ...), so `named_parameters()` is the checkpoint map; the keys of
@@ -18,12 +21,15 @@
 
 #include <torch/torch.h>
 
-#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "focusvla/core/error.h"
+#include "focusvla/core/tap.h"
+#include "focusvla/io/state_dict.h"
 #include "focusvla/nn/layers.h"
+#include "focusvla/vision/image_encoder.h"
 
 namespace focusvla::vision {
 
@@ -42,6 +48,7 @@ struct VitConfig {
   bool qkv_bias = true;
   double norm_eps = 1e-6;
   int64_t stop_after_block = 22;    // run blocks 0 .. stop_after_block (Prismatic: depth - 2)
+  Normalization normalization;      // timm's pretrained mean / std of the model
 
   int64_t grid() const { return image_size / patch_size; }
   int64_t num_patches() const { return grid() * grid(); }
@@ -56,6 +63,10 @@ struct VitConfig {
   // Keys (relative to the encoder's prefix) of a full timm checkpoint that this configuration
   // does not construct: blocks after stop_after_block, `norm.`, `fc_norm.`, `attn_pool.`, `head.`.
   std::vector<std::string> unused_prefixes() const;
+  // This configuration with the sizes shown by a checkpoint's tensors under `prefix`: width,
+  // depth (stop_after_block keeps its distance from the last block), MLP width, patch size,
+  // registers, image size. The head count is not visible in shapes and is kept.
+  VitConfig fitted_to(const io::StateDict& state, const std::string& prefix) const;
 
   // The encoders VLA-Adapter uses, as timm defines them (timm/models/vision_transformer.py,
   // `vit_large_patch14_reg4_dinov2` and `vit_so400m_patch14_siglip_224`), created by Prismatic
@@ -66,11 +77,6 @@ struct VitConfig {
   // known encoders; throws Error listing the known ids otherwise.
   static VitConfig from_timm_id(const std::string& timm_model_id, int64_t image_size = 224);
 };
-
-// Called with (name, tensor) for each named intermediate when set: "patch_embed", "tokens"
-// (after the position embedding and prefix), "blocks.{i}", "output". The tensor is only valid
-// during the call (clone it to keep it).
-using Tap = std::function<void(const std::string& name, const torch::Tensor& value)>;
 
 // timm `PatchEmbed.proj`: a p x p convolution with stride p. Registered empty (loading fills it).
 class PatchConvImpl : public torch::nn::Module {
@@ -184,15 +190,23 @@ class BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Block);
 
-class VisionTransformerImpl : public torch::nn::Module {
+// Named intermediates (set_tap, core/tap.h): "patch_embed", "tokens" (after the position
+// embedding and prefix), "blocks.{i}", "output".
+class VisionTransformerImpl : public ImageEncoder {
  public:
-  VisionTransformerImpl(const VitConfig& config, const torch::TensorOptions& options);
+  // `name`: the module name in the checkpoint below `vision_backbone` (see ImageEncoder).
+  VisionTransformerImpl(const VitConfig& config, const torch::TensorOptions& options, std::string name = "");
 
   // pixels (B, in_channels, image_size, image_size), any floating dtype -> patch features
   // (B, num_patches, dim) of block `stop_after_block`, in the module's dtype.
-  torch::Tensor forward(const torch::Tensor& pixels) const;
+  torch::Tensor forward(const torch::Tensor& pixels) const override;
 
-  void set_tap(Tap tap) { tap_ = std::move(tap); }
+  int64_t dim() const override { return config.dim; }
+  int64_t tokens() const override { return config.num_patches(); }
+  int64_t image_size() const override { return config.image_size; }
+  int64_t in_channels() const override { return config.in_channels; }
+  Normalization normalization() const override { return config.normalization; }
+
   // bf16 linear layers on the CPU as fp32 matmuls of fp32 weight copies (nn::keep_fp32_copies:
   // made now, so call it after loading; `false` drops them). Off by default (bit-identical to
   // timm's bf16); ~3x faster on CPUs without native bf16 dot products.
@@ -208,19 +222,49 @@ class VisionTransformerImpl : public torch::nn::Module {
  private:
   // timm `_pos_embed`: position embedding and the prefix tokens [cls, registers].
   torch::Tensor embed_positions(const torch::Tensor& patches) const;
-  void tap(const std::string& name, const torch::Tensor& value) const {
-    if (tap_) tap_(name, value);
-  }
 
   std::vector<Block> block_list_;  // the same modules as `blocks`, typed
-  Tap tap_;
 };
 TORCH_MODULE(VisionTransformer);
 
+// The timm ViT as an encoder kind of the vision tower.
+class VitEncoderParams final : public EncoderParams {
+ public:
+  explicit VitEncoderParams(VitConfig config) : vit(std::move(config)) {}
+
+  std::unique_ptr<EncoderParams> clone() const override { return std::make_unique<VitEncoderParams>(*this); }
+  std::string kind() const override { return "timm ViT"; }
+  int64_t dim() const override { return vit.dim; }
+  int64_t tokens() const override { return vit.num_patches(); }
+  int64_t image_size() const override { return vit.image_size; }
+  int64_t in_channels() const override { return vit.in_channels; }
+  Normalization normalization() const override { return vit.normalization; }
+  void validate(const std::string& what) const override { vit.validate(what); }
+  void fit(const io::StateDict& state, const std::string& prefix) override { vit = vit.fitted_to(state, prefix); }
+  std::vector<std::string> unused_prefixes() const override { return vit.unused_prefixes(); }
+  std::shared_ptr<ImageEncoder> build(const std::string& name, const torch::TensorOptions& options) const override {
+    return std::make_shared<VisionTransformerImpl>(vit, options, name);
+  }
+
+  VitConfig vit;
+};
+
+// The registration of the timm ViT: ids "vit_*", configured by VitConfig::from_timm_id.
+EncoderRegistration vit_encoder_registration();
+
+// The ViT configuration of a tower's encoder; throws Error when that encoder is not a timm ViT.
+inline VitConfig& vit_config(EncoderConfig& encoder) { return encoder.params_as<VitEncoderParams>().vit; }
+inline const VitConfig& vit_config(const EncoderConfig& encoder) { return encoder.params_as<VitEncoderParams>().vit; }
+
+// The io::LoadOptions one ViT loads with: its unused parts are ignored.
+io::LoadOptions encoder_load_options(const VitConfig& config);
+
 // ---------------------------------------------------------------------------------------------
 
-inline VisionTransformerImpl::VisionTransformerImpl(const VitConfig& config_, const torch::TensorOptions& options)
-    : config(config_.validate("VisionTransformer")),
+inline VisionTransformerImpl::VisionTransformerImpl(const VitConfig& config_, const torch::TensorOptions& options,
+                                                    std::string name)
+    : ImageEncoder(std::move(name)),
+      config(config_.validate("VisionTransformer")),
       cls_token(config.class_token ? register_parameter("cls_token", torch::empty({1, 1, config.dim}, options), false)
                                    : torch::Tensor()),
       reg_token(config.reg_tokens > 0
@@ -265,7 +309,7 @@ inline torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& pixels)
   tap("tokens", x);
   for (size_t i = 0; i < block_list_.size(); ++i) {
     x = block_list_[i]->forward(x);
-    tap("blocks." + std::to_string(i), x);
+    tap(indexed("blocks", static_cast<int64_t>(i)), x);
   }
   x = x.slice(1, c.num_prefix_tokens());
   tap("output", x);
