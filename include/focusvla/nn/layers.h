@@ -11,13 +11,6 @@
 
 namespace focusvla::nn {
 
-// Deprecated: set_cpu_bf16_matmul(root, on ? kFloat32 : kNative). Kept only for
-// vision/vit.h's VisionTransformerImpl::set_bf16_matmul_in_fp32 until vision/ calls
-// set_cpu_bf16_matmul itself; no new callers.
-inline int64_t keep_fp32_copies(torch::nn::Module& root, bool on) {
-  return set_cpu_bf16_matmul(root, on ? CpuBf16Matmul::kFloat32 : CpuBf16Matmul::kNative);
-}
-
 // LayerNorm over the last dimension with affine weight and bias.
 class LayerNormImpl : public torch::nn::Module {
  public:

@@ -207,11 +207,6 @@ class VisionTransformerImpl : public ImageEncoder {
   int64_t in_channels() const override { return config.in_channels; }
   Normalization normalization() const override { return config.normalization; }
 
-  // bf16 linear layers on the CPU as fp32 matmuls of fp32 weight copies (nn::keep_fp32_copies:
-  // made now, so call it after loading; `false` drops them). Off by default (bit-identical to
-  // timm's bf16); ~3x faster on CPUs without native bf16 dot products.
-  void set_bf16_matmul_in_fp32(bool on) { nn::keep_fp32_copies(*this, on); }
-
   const VitConfig config;
   torch::Tensor cls_token;  // (1, 1, D), undefined without class token
   torch::Tensor reg_token;  // (1, R, D), undefined without registers
