@@ -1,0 +1,391 @@
+// focusvla._core: the Python binding of focusvla::Policy (nanobind). The Python package
+// (python/focusvla/__init__.py) imports torch first and re-exports what is here; __init__.pyi
+// documents it.
+//
+// Inputs are converted while the GIL is held (images to torch::Tensor views of the caller's
+// memory: zero copy for C-contiguous arrays and tensors, one contiguous copy otherwise); load,
+// act and act_batch then run with the GIL released. focusvla::Error becomes focusvla.Error (a
+// RuntimeError subclass) with the library's message.
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "focusvla/core/error.h"
+#include "focusvla/policy/policy.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+using focusvla::ActionChunk;
+using focusvla::Error;
+using focusvla::Observation;
+using focusvla::Policy;
+
+// Any array: numpy, torch (CPU or CUDA, via DLPack), anything with the buffer protocol. Made
+// C-contiguous by nanobind (a copy) when it is not; dtype and shape are checked by the library.
+using InputArray = nb::ndarray<nb::ro, nb::c_contig>;
+
+std::string py_type_name(nb::handle h) { return nb::type_name(h.type()).c_str(); }
+
+std::optional<torch::ScalarType> scalar_type_of(nb::dlpack::dtype d) {
+  using nb::dlpack::dtype_code;
+  const auto code = static_cast<dtype_code>(d.code);
+  if (d.lanes != 1) return std::nullopt;
+  if (code == dtype_code::UInt && d.bits == 8) return torch::kUInt8;
+  if (code == dtype_code::Int) {
+    switch (d.bits) {
+      case 8: return torch::kInt8;
+      case 16: return torch::kInt16;
+      case 32: return torch::kInt32;
+      case 64: return torch::kInt64;
+    }
+  }
+  if (code == dtype_code::Float) {
+    switch (d.bits) {
+      case 16: return torch::kFloat16;
+      case 32: return torch::kFloat32;
+      case 64: return torch::kFloat64;
+    }
+  }
+  if (code == dtype_code::Bfloat && d.bits == 16) return torch::kBFloat16;
+  if (code == dtype_code::Bool) return torch::kBool;
+  return std::nullopt;
+}
+
+// One camera image: a torch::Tensor viewing the array's memory (valid while `keep` holds it).
+torch::Tensor image_tensor(nb::handle object, size_t index, std::vector<InputArray>& keep) {
+  const std::string what = "images[" + std::to_string(index) + "]";
+  InputArray array;
+  if (!nb::try_cast<InputArray>(object, array, true)) {
+    throw nb::type_error((what + ": expected an H x W x 3 uint8 numpy array or torch tensor, got " +
+                          py_type_name(object)).c_str());
+  }
+  const auto dtype = scalar_type_of(array.dtype());
+  if (!dtype) throw nb::type_error((what + ": unsupported array dtype").c_str());
+  std::vector<int64_t> shape(array.ndim());
+  for (size_t i = 0; i < array.ndim(); ++i) shape[i] = static_cast<int64_t>(array.shape(i));
+  torch::Device device = torch::kCPU;
+  if (array.device_type() == nb::device::cuda::value) {
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(array.device_id()));
+  } else if (array.device_type() != nb::device::cpu::value) {
+    throw nb::type_error((what + ": arrays on the CPU or a CUDA device only").c_str());
+  }
+  torch::Tensor tensor = torch::from_blob(const_cast<void*>(array.data()), shape,
+                                          torch::TensorOptions().dtype(*dtype).device(device));
+  keep.push_back(std::move(array));
+  return tensor;
+}
+
+std::vector<torch::Tensor> image_list(nb::handle images, std::vector<InputArray>& keep) {
+  if (!nb::isinstance<nb::list>(images) && !nb::isinstance<nb::tuple>(images)) {
+    throw nb::type_error(("images: expected a list of H x W x 3 uint8 arrays (one per camera), got " +
+                          py_type_name(images)).c_str());
+  }
+  std::vector<torch::Tensor> out;
+  size_t i = 0;
+  for (nb::handle item : images) out.push_back(image_tensor(item, i++, keep));
+  return out;
+}
+
+std::vector<double> proprio_vector(nb::handle proprio) {
+  if (proprio.is_none()) return {};
+  // Arrays and tensors (any numeric dtype, 1-D) first, then any sequence of numbers.
+  nb::ndarray<nb::ro> array;
+  if (nb::try_cast<nb::ndarray<nb::ro>>(proprio, array, false) && array.device_type() == nb::device::cpu::value) {
+    if (array.ndim() != 1) {
+      throw nb::type_error(("proprio: expected a 1-D array, got " + std::to_string(array.ndim()) + " dimensions").c_str());
+    }
+    const auto dtype = scalar_type_of(array.dtype());
+    if (!dtype) throw nb::type_error("proprio: unsupported array dtype");
+    const torch::Tensor view = torch::from_blob(const_cast<void*>(array.data()), {static_cast<int64_t>(array.shape(0))},
+                                                {static_cast<int64_t>(array.stride(0))}, torch::dtype(*dtype));
+    const torch::Tensor values = view.to(torch::kFloat64).contiguous();
+    return std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + values.numel());
+  }
+  std::vector<double> values;
+  if (nb::isinstance<nb::str>(proprio) || !nb::try_cast<std::vector<double>>(proprio, values, true)) {
+    throw nb::type_error(("proprio: expected a sequence of numbers or a 1-D array, got " + py_type_name(proprio)).c_str());
+  }
+  return values;
+}
+
+std::string instruction_string(nb::handle instruction) {
+  if (!nb::isinstance<nb::str>(instruction)) {
+    throw nb::type_error(("instruction: expected a str, got " + py_type_name(instruction)).c_str());
+  }
+  return nb::cast<std::string>(instruction);
+}
+
+// A numpy array owning a copy of `matrix` (moved to the heap, freed with the array).
+nb::object numpy_matrix(ActionChunk::Matrix&& matrix) {
+  auto* owned = new ActionChunk::Matrix(std::move(matrix));
+  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<ActionChunk::Matrix*>(p); });
+  return nb::cast(nb::ndarray<nb::numpy, double, nb::ndim<2>>(
+      owned->data(), {static_cast<size_t>(owned->rows()), static_cast<size_t>(owned->cols())}, owner));
+}
+
+// A numpy array of a tensor's values (a CPU copy; bf16 / fp16 as float32).
+nb::object numpy_tensor(const torch::Tensor& value) {
+  torch::Tensor t = value.detach().to(torch::kCPU);
+  if (t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat16) t = t.to(torch::kFloat32);
+  t = t.contiguous().clone();
+  auto* owned = new torch::Tensor(t);
+  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<torch::Tensor*>(p); });
+  std::vector<size_t> shape(t.sizes().begin(), t.sizes().end());
+  nb::dlpack::dtype dtype;
+  switch (t.scalar_type()) {
+    case torch::kFloat32: dtype = nb::dtype<float>(); break;
+    case torch::kFloat64: dtype = nb::dtype<double>(); break;
+    case torch::kInt64: dtype = nb::dtype<int64_t>(); break;
+    case torch::kInt32: dtype = nb::dtype<int32_t>(); break;
+    case torch::kUInt8: dtype = nb::dtype<uint8_t>(); break;
+    case torch::kBool: dtype = nb::dtype<bool>(); break;
+    default: {
+      *owned = owned->to(torch::kFloat32);
+      dtype = nb::dtype<float>();
+    }
+  }
+  return nb::cast(nb::ndarray<nb::numpy>(owned->data_ptr(), shape.size(), shape.data(), owner, nullptr, dtype));
+}
+
+std::string dtype_name(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return c10::toString(t);
+  }
+}
+
+nb::dict settings_dict(const focusvla::PolicySettings& s) {
+  nb::dict d;
+  d["head"] = s.head;
+  d["prompt_format"] = s.prompt_format;
+  d["prompt_format_source"] = s.prompt_format_source;
+  d["center_crop"] = s.center_crop;
+  d["dtype"] = dtype_name(s.dtype);
+  d["dtype_source"] = s.dtype_source;
+  d["device"] = s.device.str();
+  d["matmul"] = s.matmul;
+  d["unnorm_key"] = s.unnorm_key;
+  d["normalization"] = s.normalization;
+  d["cameras"] = s.cameras;
+  d["proprio_dim"] = s.proprio_dim;
+  d["chunk"] = s.chunk;
+  d["action_dim"] = s.action_dim;
+  return d;
+}
+
+nb::dict timing_dict(const focusvla::StageTiming& t) {
+  nb::dict d;
+  d["preprocess_ms"] = t.preprocess_ms;
+  d["vision_ms"] = t.vision_ms;
+  d["projector_ms"] = t.projector_ms;
+  d["llm_ms"] = t.llm_ms;
+  d["head_ms"] = t.head_ms;
+  d["total_ms"] = t.total_ms;
+  d["device_ms"] = t.device_ms;
+  d["cuda_graph"] = t.cuda_graph;
+  return d;
+}
+
+nb::object result(const Policy& policy, ActionChunk&& chunk, bool return_info) {
+  nb::object actions = numpy_matrix(std::move(chunk.actions));
+  if (!return_info) return actions;
+  nb::dict info;
+  info["timing"] = timing_dict(chunk.timing);
+  info["normalized"] = numpy_matrix(std::move(chunk.normalized));
+  info["settings"] = settings_dict(policy.settings());
+  if (policy.options().diagnostics) {
+    nb::list kept, gates;
+    for (const auto& t : chunk.kept_indices) kept.append(numpy_tensor(t));
+    for (const auto& t : chunk.gates) gates.append(numpy_tensor(t));
+    info["kept_indices"] = kept;
+    info["gates"] = gates;
+  }
+  return nb::make_tuple(actions, info);
+}
+
+torch::Device parse_device(nb::handle device) {
+  // A str ("cpu", "cuda", "cuda:1") or a torch.device (its str()).
+  const std::string text = nb::isinstance<nb::str>(device) ? nb::cast<std::string>(device)
+                                                          : nb::cast<std::string>(nb::str(device));
+  try {
+    return torch::Device(text);
+  } catch (const std::exception&) {
+    throw Error("device: unknown device '" + text + "' (expected \"cpu\", \"cuda\" or \"cuda:N\")");
+  }
+}
+
+std::optional<torch::ScalarType> parse_dtype(nb::handle dtype) {
+  if (dtype.is_none()) return std::nullopt;
+  std::string text = nb::isinstance<nb::str>(dtype) ? nb::cast<std::string>(dtype)
+                                                   : nb::cast<std::string>(nb::str(dtype));
+  if (text.rfind("torch.", 0) == 0) text = text.substr(6);
+  if (text == "float32" || text == "float") return torch::kFloat32;
+  if (text == "bfloat16") return torch::kBFloat16;
+  if (text == "float16" || text == "half") return torch::kFloat16;
+  throw Error("dtype: unknown dtype '" + text + "' (expected None, \"float32\", \"bfloat16\" or \"float16\")");
+}
+
+focusvla::nn::CpuBf16Matmul parse_matmul(const std::string& text) {
+  if (text == "auto") return focusvla::nn::CpuBf16Matmul::kAuto;
+  if (text == "native") return focusvla::nn::CpuBf16Matmul::kNative;
+  if (text == "float32") return focusvla::nn::CpuBf16Matmul::kFloat32;
+  throw Error("cpu_bf16_matmul: unknown mode '" + text + "' (expected \"auto\", \"native\" or \"float32\")");
+}
+
+Observation observation(nb::handle item, size_t index, std::vector<InputArray>& keep) {
+  nb::object images, instruction, proprio = nb::none();
+  if (nb::isinstance<nb::dict>(item)) {
+    nb::dict d = nb::borrow<nb::dict>(item);
+    for (auto [key, value] : d) {
+      const std::string k = nb::isinstance<nb::str>(key) ? nb::cast<std::string>(key) : std::string("?");
+      if (k != "images" && k != "instruction" && k != "proprio") {
+        throw nb::type_error(("observations[" + std::to_string(index) + "]: unknown key '" +
+                              nb::cast<std::string>(nb::repr(key)) + "' (expected images, instruction, proprio)").c_str());
+      }
+    }
+    if (!d.contains("images") || !d.contains("instruction")) {
+      throw nb::type_error(("observations[" + std::to_string(index) + "]: a dict needs 'images' and 'instruction'").c_str());
+    }
+    images = d["images"];
+    instruction = d["instruction"];
+    if (d.contains("proprio")) proprio = d["proprio"];
+  } else if (nb::isinstance<nb::tuple>(item) && (nb::len(item) == 2 || nb::len(item) == 3)) {
+    images = item[0];
+    instruction = item[1];
+    if (nb::len(item) == 3) proprio = item[2];
+  } else {
+    throw nb::type_error(("observations[" + std::to_string(index) +
+                          "]: expected a dict {'images', 'instruction', 'proprio'} or a tuple "
+                          "(images, instruction[, proprio]), got " + py_type_name(item)).c_str());
+  }
+  Observation obs;
+  obs.images = image_list(images, keep);
+  obs.instruction = instruction_string(instruction);
+  obs.proprio = proprio_vector(proprio);
+  return obs;
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "focusvla: LibTorch inference for FocusVLA / VLA-Adapter robot policies (native module)";
+  m.attr("__version__") = FOCUSVLA_VERSION;
+  m.attr("__torch_version__") = FOCUSVLA_TORCH_VERSION;
+
+  nb::exception<Error>(m, "Error", PyExc_RuntimeError);
+
+  nb::class_<Policy>(m, "Policy")
+      .def_static(
+          "load",
+          [](const std::string& path, nb::handle device, nb::handle dtype, std::optional<std::string> unnorm_key,
+             const std::string& prompt_format, bool center_crop, int threads, bool cuda_graphs, int64_t num_images,
+             const std::string& normalization, bool diagnostics, const std::string& cpu_bf16_matmul) {
+            focusvla::PolicyOptions o;
+            o.device = parse_device(device);
+            o.dtype = parse_dtype(dtype);
+            o.unnorm_key = unnorm_key.value_or("");
+            o.prompt_format = prompt_format;
+            o.center_crop = center_crop;
+            o.threads = threads;
+            o.cuda_graphs = cuda_graphs;
+            o.num_images = num_images;
+            o.normalization = normalization;
+            o.diagnostics = diagnostics;
+            o.cpu_bf16_matmul = parse_matmul(cpu_bf16_matmul);
+            nb::gil_scoped_release release;
+            return Policy::load(path, o);
+          },
+          "path"_a, "device"_a = "cpu", "dtype"_a = nb::none(), "unnorm_key"_a = nb::none(),
+          "prompt_format"_a = "auto", "center_crop"_a = true, "threads"_a = 0, "cuda_graphs"_a = true,
+          "num_images"_a = 0, "normalization"_a = "bounds_q99", "diagnostics"_a = false,
+          "cpu_bf16_matmul"_a = "auto")
+      .def(
+          "act",
+          [](const Policy& self, nb::handle images, nb::handle instruction, nb::handle proprio, bool return_info) {
+            std::vector<InputArray> keep;
+            const std::vector<torch::Tensor> tensors = image_list(images, keep);
+            const std::string text = instruction_string(instruction);
+            const std::vector<double> state = proprio_vector(proprio);
+            ActionChunk chunk;
+            {
+              nb::gil_scoped_release release;
+              chunk = self.act(tensors, text, state);
+            }
+            return result(self, std::move(chunk), return_info);
+          },
+          "images"_a, "instruction"_a, "proprio"_a = nb::none(), "return_info"_a = false)
+      .def(
+          "act_batch",
+          [](const Policy& self, nb::handle observations, bool return_info) {
+            if (!nb::isinstance<nb::list>(observations) && !nb::isinstance<nb::tuple>(observations)) {
+              throw nb::type_error(("observations: expected a list of dicts or tuples, got " +
+                                    py_type_name(observations)).c_str());
+            }
+            std::vector<InputArray> keep;
+            std::vector<Observation> batch;
+            size_t i = 0;
+            for (nb::handle item : observations) batch.push_back(observation(item, i++, keep));
+            std::vector<ActionChunk> chunks;
+            {
+              nb::gil_scoped_release release;
+              chunks = self.act_batch(batch);
+            }
+            nb::list out;
+            for (auto& chunk : chunks) out.append(result(self, std::move(chunk), return_info));
+            return out;
+          },
+          "observations"_a, "return_info"_a = false)
+      .def_prop_ro("num_images", &Policy::num_images)
+      .def_prop_ro("chunk_size", &Policy::chunk_size)
+      .def_prop_ro("action_dim", &Policy::action_dim)
+      .def_prop_ro("proprio_dim", &Policy::proprio_dim)
+      .def_prop_ro("head_kind", &Policy::head_kind)
+      .def_prop_ro("unnorm_key", [](const Policy& self) { return self.unnorm_key(); })
+      .def_prop_ro("settings", [](const Policy& self) { return settings_dict(self.settings()); })
+      .def_prop_ro("last_execution", &Policy::last_execution)
+      .def(
+          "prompt",
+          [](const Policy& self, const std::string& instruction) {
+            focusvla::PromptText p = self.prompt(instruction);
+            return std::make_pair(p.text, p.ids);
+          },
+          "instruction"_a)
+      .def(
+          "set_tap",
+          [](Policy& self, nb::object callback) {
+            if (callback.is_none()) {
+              self.set_tap({});
+              return;
+            }
+            if (!PyCallable_Check(callback.ptr())) throw nb::type_error("set_tap: expected a callable or None");
+            // Called from act (GIL released): take the GIL, hand over a numpy copy.
+            auto shared = std::shared_ptr<nb::object>(new nb::object(callback), [](nb::object* p) {
+              nb::gil_scoped_acquire gil;
+              delete p;
+            });
+            self.set_tap([shared](const std::string& name, const torch::Tensor& value) {
+              nb::gil_scoped_acquire gil;
+              (*shared)(name, numpy_tensor(value));
+            });
+          },
+          "callback"_a.none());
+}

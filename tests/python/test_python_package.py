@@ -1,0 +1,304 @@
+"""The Python package focusvla (pytest), run by ctest's python_package through
+tests/python/run_python_package.sh: the installed wheel against the C++ reference actions of the
+policy test group (FOCUSVLA_TEST_DATA/policy: cases.json, tensors.safetensors, the checkpoints)."""
+
+import gc
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import focusvla
+
+DATA = Path(os.environ.get("FOCUSVLA_TEST_DATA", "build/test_data")) / "policy"
+TOLERANCE = 1e-4  # as tests/policy/test_policy.cpp
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {c["name"]: c for c in json.loads((DATA / "cases.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def tensors():
+    return load_file(str(DATA / "tensors.safetensors"))
+
+
+def options_for(c):
+    """Every setting the case was computed with, explicit (test_policy.cpp's options_for)."""
+    return dict(dtype=c["dtype"], cpu_bf16_matmul="native", unnorm_key=c["unnorm_key"],
+                prompt_format=c["prompt_format"], center_crop=c.get("center_crop", False))
+
+
+def observation(o, tensors):
+    images = [tensors[f"{o['key']}.image{i}"] for i in range(o["cameras"])]
+    return images, o["instruction"], (o["proprio"] or None)
+
+
+def relative_error(got, expected):
+    assert got.shape == expected.shape
+    assert np.isfinite(got).all()
+    return float(np.abs(got - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def load_case(c, **overrides):
+    return focusvla.Policy.load(str(DATA / c["checkpoint"]), **{**options_for(c), **overrides})
+
+
+def test_installed_package_is_the_wheel():
+    prefix = os.environ.get("FOCUSVLA_EXPECT_PREFIX")
+    if prefix:
+        assert Path(focusvla.__file__).resolve().is_relative_to(Path(prefix).resolve()), focusvla.__file__
+
+
+FP32_CASES = ["focus_openvla", "focus_qwen_chat", "pro_1cam_noproprio", "pro_1cam_qwen_chat", "base_openvla",
+              "focus_bf16_as_f32", "pro_bf16_as_f32"]
+
+
+@pytest.mark.parametrize("name", FP32_CASES)
+def test_act_equals_reference(name, cases, tensors):
+    c = cases[name]
+    policy = load_case(c)
+    assert policy.settings["dtype"] == "float32"
+    for o in c["observations"]:
+        images, instruction, proprio = observation(o, tensors)
+        actions = policy.act(images, instruction, proprio)
+        assert actions.dtype == np.float64
+        assert actions.shape == (policy.chunk_size, policy.action_dim)
+        assert relative_error(actions, tensors[o["key"] + ".actions"]) <= TOLERANCE, o["key"]
+
+
+def test_defaults_reproduce_the_evaluation(cases, tensors):
+    c = cases["focus_libero_eval"]
+    assert c["defaults"]
+    policy = focusvla.Policy.load(str(DATA / c["checkpoint"]), unnorm_key=c["unnorm_key"])
+    s = policy.settings
+    assert s["prompt_format"] == "qwen-chat" and s["center_crop"] is True
+    for o in c["observations"]:
+        images, instruction, proprio = observation(o, tensors)
+        actions = policy.act(images, instruction, proprio)
+        # The checkpoint is fp32 (the defaults keep it); bf16-native CPUs change nothing here.
+        assert relative_error(actions, tensors[o["key"] + ".actions"]) <= TOLERANCE, o["key"]
+
+
+@pytest.fixture(scope="module")
+def focus(cases):
+    return load_case(cases["focus_openvla"], diagnostics=True)
+
+
+def test_properties_prompt_and_info(focus, cases, tensors):
+    assert (focus.num_images, focus.chunk_size, focus.action_dim, focus.proprio_dim) == (2, 8, 7, 8)
+    assert focus.head_kind == "focusvla"
+    s = focus.settings
+    assert s["head"] == "focusvla" and s["prompt_format"] == "openvla" and s["prompt_format_source"] == "option"
+    assert s["dtype"] == "float32" and s["device"] == "cpu" and s["unnorm_key"] == "libero_spatial_no_noops"
+    text, ids = focus.prompt("put the bowl on the plate")
+    assert text == "In: What action should the robot take to put the bowl on the plate?\nOut:"
+    assert ids and all(isinstance(i, int) for i in ids)
+
+    o = cases["focus_openvla"]["observations"][0]
+    images, instruction, proprio = observation(o, tensors)
+    actions, info = focus.act(images, instruction, proprio, return_info=True)
+    assert relative_error(actions, tensors[o["key"] + ".actions"]) <= TOLERANCE
+    assert set(info) >= {"timing", "normalized", "settings", "kept_indices", "gates"}
+    assert info["timing"]["total_ms"] > 0 and info["timing"]["cuda_graph"] is False
+    assert info["normalized"].shape == (8, 7)
+    assert info["settings"] == s
+    assert info["kept_indices"] and all(isinstance(k, np.ndarray) for k in info["kept_indices"])
+    assert len(info["gates"]) == len(info["kept_indices"])
+    assert info["kept_indices"][0].dtype == np.int64
+
+
+def test_act_batch_equals_act(focus, cases, tensors):
+    obs = [observation(o, tensors) for o in cases["focus_openvla"]["observations"]]
+    singles = [focus.act(*ob) for ob in obs]
+    as_dicts = focus.act_batch([{"images": i, "instruction": t, "proprio": p} for i, t, p in obs])
+    as_tuples = focus.act_batch([tuple(ob) for ob in obs])
+    assert len(as_dicts) == len(obs) == len(as_tuples)
+    for single, a, b in zip(singles, as_dicts, as_tuples):
+        assert relative_error(a, single) <= TOLERANCE
+        assert relative_error(b, single) <= TOLERANCE
+    with_info = focus.act_batch([tuple(ob) for ob in obs[:2]], return_info=True)
+    for (actions, info), single in zip(with_info, singles):
+        assert relative_error(actions, single) <= TOLERANCE
+        assert info["normalized"].shape == (8, 7) and info["timing"]["total_ms"] > 0
+
+
+def test_numpy_torch_and_strided_inputs(focus, cases, tensors):
+    o = cases["focus_openvla"]["observations"][1]
+    images, instruction, proprio = observation(o, tensors)
+    expected = focus.act(images, instruction, proprio)
+    # torch uint8 tensors (zero copy) and a torch proprio.
+    as_torch = focus.act([torch.from_numpy(i) for i in images], instruction, torch.tensor(proprio, dtype=torch.float64))
+    np.testing.assert_array_equal(as_torch, expected)
+    # Proprio as a numpy array, images as a tuple.
+    np.testing.assert_array_equal(focus.act(tuple(images), instruction, np.asarray(proprio)), expected)
+    # Non-contiguous views (negative strides, a channel-last slice of a wider array, a transposed
+    # torch tensor) give what their contiguous copies give.
+    flipped = [i[:, ::-1] for i in images]
+    np.testing.assert_array_equal(focus.act(flipped, instruction, proprio),
+                                  focus.act([np.ascontiguousarray(f) for f in flipped], instruction, proprio))
+    padded = [np.concatenate([i, i[..., :1]], axis=2)[..., :3] for i in images]
+    assert not padded[0].flags.c_contiguous
+    np.testing.assert_array_equal(focus.act(padded, instruction, proprio), expected)
+    transposed = [torch.from_numpy(np.ascontiguousarray(i.transpose(1, 0, 2))).transpose(0, 1) for i in images]
+    assert not transposed[0].is_contiguous()
+    np.testing.assert_array_equal(focus.act(transposed, instruction, proprio), expected)
+
+
+def test_threads_four_policies_or_one_shared(cases, tensors):
+    c = cases["pro_1cam_noproprio"]
+    obs = [observation(o, tensors) for o in c["observations"]]
+    expected = [tensors[o["key"] + ".actions"] for o in c["observations"]]
+    shared = load_case(c)
+    for policies in ([load_case(c) for _ in range(4)], [shared] * 4):
+        errors, results = [], [None] * 4
+
+        def run(k, policy):
+            try:
+                results[k] = [policy.act(*obs[(k + r) % 4]) for r in range(2)]
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(k, p)) for k, p in enumerate(policies)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for k in range(4):
+            for r in range(2):
+                assert relative_error(results[k][r], expected[(k + r) % 4]) <= TOLERANCE
+
+
+def test_act_releases_the_gil(cases, tensors):
+    """While act runs in a thread, this thread keeps running Python: with the GIL held through each
+    ~10 ms act, the loop below would stall for whole calls."""
+    import sys
+
+    c = cases["pro_1cam_noproprio"]
+    policy = load_case(c)
+    images, instruction, proprio = observation(c["observations"][0], tensors)
+    policy.act(images, instruction, proprio)
+    done = threading.Event()
+
+    def work():
+        for _ in range(20):
+            policy.act(images, instruction, proprio)
+        done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        worker = threading.Thread(target=work)
+        start = last = time.perf_counter()
+        stalled = 0.0
+        worker.start()
+        while not done.is_set():
+            now = time.perf_counter()
+            if now - last > 2e-3:
+                stalled += now - last
+            last = now
+        total = time.perf_counter() - start
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert stalled < 0.5 * total, f"this thread stalled {stalled:.3f} s of {total:.3f} s"
+
+
+def expect_error(fn, *fragments, kind=focusvla.Error):
+    with pytest.raises(kind) as e:
+        fn()
+    for f in fragments:
+        assert f in str(e.value), (f, str(e.value))
+
+
+def test_bad_inputs(focus, cases, tensors):
+    assert issubclass(focusvla.Error, RuntimeError)
+    o = cases["focus_openvla"]["observations"][0]
+    images, instruction, proprio = observation(o, tensors)
+    expect_error(lambda: focus.act([images[0].astype(np.float32), images[1]], instruction, proprio), "uint8")
+    expect_error(lambda: focus.act([images[0][..., :1], images[1]], instruction, proprio), "channel")
+    expect_error(lambda: focus.act([images[0]], instruction, proprio), "images", "got 1 camera", "takes 2")
+    nan = list(proprio)
+    nan[3] = float("nan")
+    expect_error(lambda: focus.act(images, instruction, nan), "proprio", "value 3", "not finite")
+    expect_error(lambda: focus.act(images, instruction, proprio[:2]), "proprio", "has 2 values", "takes 8")
+    expect_error(lambda: focus.act(images, "   ", proprio), "instruction", "empty")
+    expect_error(lambda: focus.act_batch([]), "no observations")
+    # Wrong Python types: TypeError naming the argument.
+    expect_error(lambda: focus.act(images[0], instruction, proprio), "images", kind=TypeError)
+    expect_error(lambda: focus.act(["not an image", images[1]], instruction, proprio), "images[0]", kind=TypeError)
+    expect_error(lambda: focus.act(images, 42, proprio), "instruction", kind=TypeError)
+    expect_error(lambda: focus.act(images, instruction, "0.1,0.2"), "proprio", kind=TypeError)
+    expect_error(lambda: focus.act_batch([42]), "observations[0]", kind=TypeError)
+    expect_error(lambda: focus.act_batch([{"images": images}]), "instruction", kind=TypeError)
+    # The policy still works.
+    assert relative_error(focus.act(images, instruction, proprio), tensors[o["key"] + ".actions"]) <= TOLERANCE
+
+
+def test_load_errors(cases):
+    c = cases["focus_openvla"]
+    expect_error(lambda: focusvla.Policy.load(str(DATA / "no_such_checkpoint")), "no_such_checkpoint")
+    expect_error(lambda: load_case(c, unnorm_key="no_such_dataset"), "unnorm_key 'no_such_dataset'", "choose one of")
+    expect_error(lambda: load_case(c, dtype="int8"), "dtype")
+    expect_error(lambda: load_case(c, cpu_bf16_matmul="fast"), "cpu_bf16_matmul")
+    expect_error(lambda: load_case(c, device="tpu"), "device")
+
+
+def test_set_tap(cases, tensors):
+    c = cases["pro_1cam_noproprio"]
+    policy = load_case(c)
+    seen = {}
+    policy.set_tap(lambda name, value: seen.setdefault(name, value))
+    images, instruction, proprio = observation(c["observations"][0], tensors)
+    policy.act(images, instruction, proprio)
+    assert "llm.norm" in seen and isinstance(seen["llm.norm"], np.ndarray)
+    policy.set_tap(None)
+    seen.clear()
+    policy.act(images, instruction, proprio)
+    assert not seen
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_thousand_calls_flat_memory(cases, tensors):
+    c = cases["pro_1cam_noproprio"]
+    policy = load_case(c, threads=1)
+    obs = [observation(o, tensors) for o in c["observations"]]
+    images = [[torch.from_numpy(i) for i in ob[0]] for ob in obs]
+    rss = {}
+    for k in range(1, 1001):
+        ob = obs[k % 4]
+        if k % 2:
+            actions, info = policy.act(ob[0], ob[1], ob[2], return_info=True)
+        else:
+            actions = policy.act(images[k % 4], ob[1], ob[2])
+        if k in (100, 1000):
+            gc.collect()
+            rss[k] = rss_bytes()
+    growth = rss[1000] - rss[100]
+    print(f"RSS after 100 calls {rss[100] / 2**20:.1f} MiB, after 1000 {rss[1000] / 2**20:.1f} MiB")
+    # A leak of one 8x7 float64 result per call would be 450 KB over 900 calls; of one image, 140 MB.
+    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 900 calls"
+
+
+def test_torch_version_check():
+    from focusvla import _check_torch_version
+
+    _check_torch_version("2.11.0+cu130", "2.11.0+cu130")
+    with pytest.raises(ImportError) as e:
+        _check_torch_version("2.10.0+cpu", "2.11.0+cu130")
+    assert "2.10.0+cpu" in str(e.value) and "2.11.0+cu130" in str(e.value)
+    from focusvla import _build_info
+
+    assert focusvla._core.__torch_version__ == _build_info.TORCH_VERSION == torch.__version__
