@@ -232,9 +232,6 @@ std::optional<torch::ScalarType> parse_dtype(const std::string& d) {
   throw focusvla::Error("--dtype '" + d + "': not auto, float32, bfloat16 or float16");
 }
 
-std::string dtype_name(torch::ScalarType t) {
-  return t == torch::kBFloat16 ? "bfloat16" : t == torch::kFloat16 ? "float16" : "float32";
-}
 
 // The value at quantile q (0..1) of `values` (nearest rank).
 double quantile(std::vector<double> values, double q) {
@@ -251,7 +248,7 @@ nlohmann::json settings_json(const focusvla::PolicySettings& s) {
           {"prompt_format", s.prompt_format},
           {"prompt_format_source", s.prompt_format_source},
           {"center_crop", s.center_crop},
-          {"dtype", dtype_name(s.dtype)},
+          {"dtype", focusvla::dtype_name(s.dtype)},
           {"dtype_source", s.dtype_source},
           {"device", s.device.str()},
           {"matmul", s.matmul},
@@ -344,7 +341,7 @@ void run_act(ActArgs a) {
               (long long)settings.cameras, settings.unnorm_key.c_str());
   std::printf("settings     prompt %s (%s), center crop %s, dtype %s (%s), device %s, matmul %s\n",
               settings.prompt_format.c_str(), settings.prompt_format_source.c_str(), settings.center_crop ? "on" : "off",
-              dtype_name(settings.dtype).c_str(), settings.dtype_source.c_str(), settings.device.str().c_str(),
+              focusvla::dtype_name(settings.dtype).c_str(), settings.dtype_source.c_str(), settings.device.str().c_str(),
               settings.matmul.c_str());
   std::printf("instruction  %s\n", a.instruction.c_str());
   std::printf("prompt       %s\n", quoted(prompt.text).c_str());

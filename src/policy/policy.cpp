@@ -45,14 +45,6 @@ std::pair<PromptFormat, std::string> resolve_prompt_format(const std::string& re
   return {qwen ? PromptFormat::qwen_chat : PromptFormat::openvla, "checkpoint: llm_backbone_id " + backbone};
 }
 
-std::string dtype_name(torch::ScalarType dtype) {
-  switch (dtype) {
-    case torch::kFloat32: return "float32";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    default: return c10::toString(dtype);
-  }
-}
 
 // The checkpoint's dtype (its decoder weights' as stored: config.json's torch_dtype says bf16
 // whatever the weights are) where the device computes it natively, float32 elsewhere.
@@ -451,6 +443,15 @@ std::string Policy::head_kind() const { return impl_->settings.head; }
 const std::string& Policy::unnorm_key() const { return impl_->unnorm_key; }
 const PolicyOptions& Policy::options() const { return impl_->options; }
 const PolicySettings& Policy::settings() const { return impl_->settings; }
+
+std::string dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    default: return c10::toString(dtype);
+  }
+}
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
 void Policy::set_tap(Tap tap) {
   std::lock_guard<std::mutex> lock(impl_->mutex);

@@ -175,14 +175,6 @@ nb::object numpy_tensor(const torch::Tensor& value) {
   return nb::cast(nb::ndarray<nb::numpy>(owned->data_ptr(), shape.size(), shape.data(), owner, nullptr, dtype));
 }
 
-std::string dtype_name(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32: return "float32";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    default: return c10::toString(t);
-  }
-}
 
 nb::dict settings_dict(const focusvla::PolicySettings& s) {
   nb::dict d;
@@ -190,7 +182,7 @@ nb::dict settings_dict(const focusvla::PolicySettings& s) {
   d["prompt_format"] = s.prompt_format;
   d["prompt_format_source"] = s.prompt_format_source;
   d["center_crop"] = s.center_crop;
-  d["dtype"] = dtype_name(s.dtype);
+  d["dtype"] = focusvla::dtype_name(s.dtype);
   d["dtype_source"] = s.dtype_source;
   d["device"] = s.device.str();
   d["matmul"] = s.matmul;

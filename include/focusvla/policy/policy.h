@@ -92,6 +92,9 @@ struct PolicySettings {
   int64_t chunk = 0, action_dim = 0;
 };
 
+// The spelling of a dtype in settings, logs and --dtype: "float32", "bfloat16", "float16".
+std::string dtype_name(torch::ScalarType dtype);
+
 // The prompt an instruction becomes, and its token ids (no BOS / EOS).
 struct PromptText {
   std::string text;
