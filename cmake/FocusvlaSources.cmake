@@ -4,6 +4,7 @@
 file(GLOB_RECURSE FOCUSVLA_SOURCES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/src/*.cpp")
 list(FILTER FOCUSVLA_SOURCES EXCLUDE REGEX "/src/cli/")
 list(FILTER FOCUSVLA_SOURCES EXCLUDE REGEX "/src/python/")  # the Python module (FOCUSVLA_BUILD_PYTHON)
+list(FILTER FOCUSVLA_SOURCES EXCLUDE REGEX "/src/serve/")   # the server library (FocusvlaServe.cmake)
 
 set(FOCUSVLA_TORCH_FREE_SOURCES
   ${PROJECT_SOURCE_DIR}/src/core/log.cpp

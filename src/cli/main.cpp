@@ -1,6 +1,7 @@
 // The `focusvla` command-line tool (arguments parsed with CLI11; every command answers --help).
 //   focusvla inspect DIR [--json]    config, files, components, tensor counts, dtypes, parameters
 //   focusvla act [options]           one observation -> the action chunk, the settings that ran
+//   focusvla serve --checkpoint DIR  the policy over openpi's websocket protocol (src/cli/serve.cpp)
 //   focusvla version
 // Global options: --log-level trace|debug|info|warn|error|off, --version, --help.
 // Exit status: 0 success, 1 an Error (bad file, bad input), 2 a usage error, 3 an internal error.
@@ -34,6 +35,10 @@
 #include "focusvla/io/json_file.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/version.h"
+#include "policy_args.h"
+#ifdef FOCUSVLA_WITH_SERVE
+#include "serve.h"
+#endif
 
 namespace {
 
@@ -196,42 +201,12 @@ std::string demo_checkpoint() {
 
 // What `act` was asked for, as parsed.
 struct ActArgs {
-  std::string checkpoint, instruction, proprio, unnorm_key, device = "cpu";
-  std::string prompt_format = "auto", dtype = "auto";
+  focusvla::cli::PolicyArgs policy;
+  std::string instruction, proprio;
   std::vector<std::string> images;
-  bool center_crop = false, no_center_crop = false, json = false;
-  int64_t num_images = 0;
-  int threads = 0, repeat = 1;
+  bool json = false;
+  int repeat = 1;
 };
-
-// "cpu", "cuda", "cuda:N": a device LibTorch knows and this machine has.
-torch::Device parse_device(const std::string& text) {
-  std::optional<torch::Device> device;
-  try {
-    device = torch::Device(text);
-  } catch (const std::exception&) {
-    throw focusvla::Error("--device '" + text + "': not a device (cpu, cuda or cuda:N)");
-  }
-  if (device->is_cuda()) {
-    const int64_t count = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
-    if (count == 0) throw focusvla::Error("--device '" + text + "': this machine has no CUDA device");
-    if (device->has_index() && device->index() >= count)
-      throw focusvla::Error("--device '" + text + "': no such CUDA device (this machine has " + std::to_string(count) +
-                            ": cuda:0 .. cuda:" + std::to_string(count - 1) + ")");
-  } else if (!device->is_cpu()) {
-    throw focusvla::Error("--device '" + text + "': only cpu and cuda are supported");
-  }
-  return *device;
-}
-
-std::optional<torch::ScalarType> parse_dtype(const std::string& d) {
-  if (d == "auto") return std::nullopt;
-  if (d == "float32" || d == "fp32") return torch::kFloat32;
-  if (d == "bfloat16" || d == "bf16") return torch::kBFloat16;
-  if (d == "float16" || d == "fp16") return torch::kFloat16;
-  throw focusvla::Error("--dtype '" + d + "': not auto, float32, bfloat16 or float16");
-}
-
 
 // The value at quantile q (0..1) of `values` (nearest rank).
 double quantile(std::vector<double> values, double q) {
@@ -243,35 +218,15 @@ double quantile(std::vector<double> values, double q) {
 // JSON-style quoting for the prompt text (it holds newlines and special tokens).
 std::string quoted(const std::string& text) { return nlohmann::json(text).dump(); }
 
-nlohmann::json settings_json(const focusvla::PolicySettings& s) {
-  return {{"head", s.head},
-          {"prompt_format", s.prompt_format},
-          {"prompt_format_source", s.prompt_format_source},
-          {"center_crop", s.center_crop},
-          {"dtype", focusvla::dtype_name(s.dtype)},
-          {"dtype_source", s.dtype_source},
-          {"device", s.device.str()},
-          {"matmul", s.matmul},
-          {"unnorm_key", s.unnorm_key},
-          {"normalization", s.normalization},
-          {"cameras", s.cameras},
-          {"proprio_dim", s.proprio_dim}};
-}
 
 void run_act(ActArgs a) {
-  focusvla::PolicyOptions options;
-  options.device = parse_device(a.device);
-  options.dtype = parse_dtype(a.dtype);
-  options.prompt_format = a.prompt_format;
-  options.center_crop = !a.no_center_crop;
-  options.unnorm_key = a.unnorm_key;
-  options.threads = a.threads;
+  focusvla::PolicyOptions options = focusvla::cli::policy_options(a.policy);
   bool demo = false;
-  if (a.checkpoint.empty()) {
+  if (a.policy.checkpoint.empty()) {
     demo = true;
-    a.checkpoint = demo_checkpoint();
-    if (!std::filesystem::exists(a.checkpoint + "/config.json"))
-      throw focusvla::Error("act: no --checkpoint, and no demo checkpoint at " + a.checkpoint +
+    a.policy.checkpoint = demo_checkpoint();
+    if (!std::filesystem::exists(a.policy.checkpoint + "/config.json"))
+      throw focusvla::Error("act: no --checkpoint, and no demo checkpoint at " + a.policy.checkpoint +
                             " (scripts/demo writes one: full-size FocusVLA layout, random weights)");
     const std::string sample = std::string(std::getenv("FOCUSVLA_ASSETS") ? std::getenv("FOCUSVLA_ASSETS") : "assets") +
                                "/libero-sample";
@@ -286,14 +241,14 @@ void run_act(ActArgs a) {
   if (a.images.empty()) throw focusvla::Error("act: give at least one --image");
   if (a.instruction.empty()) throw focusvla::Error("act: --instruction is required");
   const auto given = static_cast<int64_t>(a.images.size());
-  if (a.num_images > 0 && a.num_images != given)
-    throw focusvla::Error("act: --num-images " + std::to_string(a.num_images) + " but " + std::to_string(given) +
+  if (a.policy.num_images > 0 && a.policy.num_images != given)
+    throw focusvla::Error("act: --num-images " + std::to_string(a.policy.num_images) + " but " + std::to_string(given) +
                           " --image given: give one --image per camera");
   options.num_images = given;
   const std::vector<double> proprio = a.proprio.empty() ? std::vector<double>{} : parse_numbers(a.proprio, "--proprio");
 
   const auto load_start = std::chrono::steady_clock::now();
-  const focusvla::Policy policy = focusvla::Policy::load(a.checkpoint, options);
+  const focusvla::Policy policy = focusvla::Policy::load(a.policy.checkpoint, options);
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
   std::vector<torch::Tensor> pixels;
   for (const auto& path : a.images) pixels.push_back(read_image(path));
@@ -308,12 +263,12 @@ void run_act(ActArgs a) {
 
   if (a.json) {
     nlohmann::json j;
-    j["checkpoint"] = a.checkpoint;
+    j["checkpoint"] = a.policy.checkpoint;
     j["untrained_demo_weights"] = demo;
     j["instruction"] = a.instruction;
     j["head"] = policy.head_kind();
     j["unnorm_key"] = policy.unnorm_key();
-    j["settings"] = settings_json(settings);
+    j["settings"] = focusvla::settings_json(settings);
     j["prompt"] = {{"text", prompt.text}, {"ids", prompt.ids}};
     for (Eigen::Index r = 0; r < chunk.actions.rows(); ++r) {
       std::vector<double> row(chunk.actions.row(r).data(), chunk.actions.row(r).data() + chunk.actions.cols());
@@ -336,8 +291,8 @@ void run_act(ActArgs a) {
   if (demo)
     std::printf("NOTE: demo checkpoint %s has RANDOM, UNTRAINED weights (no trained weights ship):\n"
                 "      these actions show the pipeline and its speed, not a policy.\n\n",
-                a.checkpoint.c_str());
-  std::printf("policy       %s (%s head, %lld camera(s), unnorm_key %s)\n", a.checkpoint.c_str(), policy.head_kind().c_str(),
+                a.policy.checkpoint.c_str());
+  std::printf("policy       %s (%s head, %lld camera(s), unnorm_key %s)\n", a.policy.checkpoint.c_str(), policy.head_kind().c_str(),
               (long long)settings.cameras, settings.unnorm_key.c_str());
   std::printf("settings     prompt %s (%s), center crop %s, dtype %s (%s), device %s, matmul %s\n",
               settings.prompt_format.c_str(), settings.prompt_format_source.c_str(), settings.center_crop ? "on" : "off",
@@ -364,29 +319,6 @@ void run_act(ActArgs a) {
                 quantile(totals, 0), quantile(totals, 0.5), quantile(totals, 0.99));
 }
 
-// An integer option in [low, high]; a value that is not one names the flag, the value and the
-// accepted range (CLI11's own range check would call "abc" out of range).
-template <typename Int>
-void add_int_option(CLI::App& command, const std::string& flag, Int& target, int64_t low, int64_t high,
-                    const std::string& help) {
-  command
-      .add_option_function<std::string>(
-          flag,
-          [&target, flag, low, high](const std::string& text) {
-            const std::string range = " (accepted: " + std::to_string(low) + " .. " + std::to_string(high) + ")";
-            int64_t value = 0;
-            const char* end = text.data() + text.size();
-            const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-            if (text.empty() || ec == std::errc::invalid_argument || ptr != end)
-              throw CLI::ValidationError(flag, "'" + text + "' is not an integer" + range);
-            if (ec == std::errc::result_out_of_range || value < low || value > high)
-              throw CLI::ValidationError(flag, "'" + text + "' is out of range" + range);
-            target = static_cast<Int>(value);
-          },
-          help)
-      ->type_name("INT");
-}
-
 // Adds the `act` command and its options to `app`.
 CLI::App* add_act_command(CLI::App& app, ActArgs& a) {
   CLI::App* act = app.add_subcommand(
@@ -397,24 +329,14 @@ CLI::App* add_act_command(CLI::App& app, ActArgs& a) {
       "checkpoint ($FOCUSVLA_DEMO_CHECKPOINT or build/demo-checkpoint, written by scripts/demo: full-size FocusVLA, "
       "random weights) on the LIBERO sample in assets/libero-sample.");
   act->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
-  act->add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
+  focusvla::cli::add_policy_options(*act, a.policy, "cpu");
   act->add_option("--image", a.images, "camera image (PNG / JPEG), once per camera, in the trained order")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   act->add_option("--instruction", a.instruction, "the task, e.g. \"put the bowl on the plate\"");
   act->add_option("--proprio", a.proprio, "robot state, comma-separated (v1,...,vN)");
-  act->add_option("--unnorm-key", a.unnorm_key, "dataset statistics to un-normalize with");
-  act->add_option("--prompt-format", a.prompt_format, "prompt format (auto: the reference's for this checkpoint)")
-      ->check(CLI::IsMember({"auto", "openvla", "qwen-chat"}));
-  act->add_option("--dtype", a.dtype,
-                  "compute dtype (auto: the checkpoint's where the device computes it natively, else float32)")
-      ->check(CLI::IsMember({"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}));
-  act->add_option("--device", a.device, "cpu, cuda or cuda:N");
-  auto* crop = act->add_flag("--center-crop", a.center_crop, "the 0.9 center crop (the default)");
-  act->add_flag("--no-center-crop", a.no_center_crop, "no center crop (policies trained without crop augmentation)")
-      ->excludes(crop);
-  add_int_option(*act, "--num-images", a.num_images, 1, 16, "cameras per observation (must equal the --image count)");
-  add_int_option(*act, "--threads", a.threads, 1, 1024, "CPU threads");
-  add_int_option(*act, "--repeat", a.repeat, 1, 1000000, "calls to time (reports min, p50, p99 of the total)");
+  focusvla::cli::add_int_option(*act, "--num-images", a.policy.num_images, 1, 16,
+                                "cameras per observation (must equal the --image count)");
+  focusvla::cli::add_int_option(*act, "--repeat", a.repeat, 1, 1000000, "calls to time (reports min, p50, p99 of the total)");
   act->add_flag("--json", a.json, "print JSON");
   return act;
 }
@@ -438,6 +360,10 @@ int main(int argc, char** argv) {
 
   ActArgs act_args;
   CLI::App* act = add_act_command(app, act_args);
+#ifdef FOCUSVLA_WITH_SERVE
+  focusvla::cli::ServeArgs serve_args;
+  CLI::App* serve = focusvla::cli::add_serve_command(app, serve_args);
+#endif
   CLI::App* version = app.add_subcommand("version", "Print the version.");
 
   try {
@@ -451,6 +377,9 @@ int main(int argc, char** argv) {
     if (!log_level.empty()) focusvla::set_log_level(focusvla::parse_log_level(log_level));
     if (*inspect) run_inspect(inspect_dir, inspect_as_json);
     if (*act) run_act(act_args);
+#ifdef FOCUSVLA_WITH_SERVE
+    if (*serve) focusvla::cli::run_serve(serve_args, !log_level.empty());
+#endif
     if (*version) std::printf("focusvla %s\n", focusvla::kVersion);
     return 0;
   } catch (const focusvla::Error& e) {

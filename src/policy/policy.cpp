@@ -452,6 +452,21 @@ std::string dtype_name(torch::ScalarType dtype) {
     default: return c10::toString(dtype);
   }
 }
+nlohmann::json settings_json(const PolicySettings& s) {
+  return {{"head", s.head},
+          {"prompt_format", s.prompt_format},
+          {"prompt_format_source", s.prompt_format_source},
+          {"center_crop", s.center_crop},
+          {"dtype", dtype_name(s.dtype)},
+          {"dtype_source", s.dtype_source},
+          {"device", s.device.str()},
+          {"matmul", s.matmul},
+          {"unnorm_key", s.unnorm_key},
+          {"normalization", s.normalization},
+          {"cameras", s.cameras},
+          {"proprio_dim", s.proprio_dim}};
+}
+
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
 void Policy::set_tap(Tap tap) {
   std::lock_guard<std::mutex> lock(impl_->mutex);

@@ -17,6 +17,8 @@
 
 #include <Eigen/Core>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -94,6 +96,11 @@ struct PolicySettings {
 
 // The spelling of a dtype in settings, logs and --dtype: "float32", "bfloat16", "float16".
 std::string dtype_name(torch::ScalarType dtype);
+
+// The settings as JSON, as `focusvla act --json` and the server's metadata give them:
+// {"head", "prompt_format", "prompt_format_source", "center_crop", "dtype", "dtype_source",
+//  "device", "matmul", "unnorm_key", "normalization", "cameras", "proprio_dim"}.
+nlohmann::json settings_json(const PolicySettings& settings);
 
 // The prompt an instruction becomes, and its token ids (no BOS / EOS).
 struct PromptText {

@@ -1,0 +1,86 @@
+#pragma once
+// Dynamic batching for the policy server: requests submitted from any thread that arrive within
+// `max_wait` of the first one waiting form one batch of up to `max_batch`, run by one worker
+// thread (one forward at a time, as Policy serializes them anyway). Under load the queue fills
+// while a batch runs, so the next batch leaves at once with up to max_batch requests.
+//
+// Each request gets exactly its own result: the worker hands result i of a batch to request i's
+// callback. When a batch fails (an observation the decoder could not foresee, e.g. a prompt past
+// the position limit), its requests are rerun one by one so only the bad one gets the error.
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "focusvla/policy/policy.h"
+
+namespace focusvla::serve {
+
+struct BatcherOptions {
+  int max_batch = 8;                         // 1: no batching
+  std::chrono::microseconds max_wait{2000};  // from the first waiting request
+  // Optional: how many requests could be waiting at most right now (the server: its open
+  // connections, each with at most one request in flight). When that many are queued nobody
+  // else can join, so the batch leaves without waiting out max_wait (a lone robot pays no wait).
+  std::function<size_t()> peers;
+};
+
+// What a request's callback receives.
+struct BatchResult {
+  std::optional<ActionChunk> chunk;  // set on success
+  std::string error;                 // set on failure
+  int batch_size = 0;                // observations in the forward that ran it
+  double queue_ms = 0;               // submit -> its batch started
+  double infer_ms = 0;               // the batch's forward (wall time)
+};
+
+class Batcher {
+ public:
+  using RunBatch = std::function<std::vector<ActionChunk>(const std::vector<Observation>&)>;
+  using Done = std::function<void(BatchResult)>;
+
+  // `run` is called from the worker thread only (Policy::act_batch in the server).
+  Batcher(RunBatch run, BatcherOptions options);
+  ~Batcher();  // stop()
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  // Queues one observation; `done` is called once, from the worker thread. Throws Error after
+  // stop() began.
+  void submit(Observation observation, Done done);
+  // Runs everything queued, then joins the worker. Idempotent.
+  void stop();
+
+  // Requests queued or running.
+  size_t pending() const;
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Request {
+    Observation observation;
+    Done done;
+    Clock::time_point submitted;
+  };
+
+  void loop();
+  std::vector<Request> next_batch();
+  void run_batch(std::vector<Request>& batch);
+
+  RunBatch run_;
+  BatcherOptions options_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Request> queue_;
+  size_t running_ = 0;
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
+}  // namespace focusvla::serve

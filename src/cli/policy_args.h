@@ -1,0 +1,111 @@
+#pragma once
+// The command-line options that load a Policy, shared by `act` and `serve`, and the checked
+// integer option every command uses.
+
+#include <CLI/CLI.hpp>
+
+#include <charconv>
+#include <optional>
+#include <string>
+#include <system_error>
+
+#include "focusvla/core/error.h"
+#include "focusvla/policy/policy.h"
+
+namespace focusvla::cli {
+
+// The policy options as parsed.
+struct PolicyArgs {
+  std::string checkpoint, unnorm_key, device;
+  std::string prompt_format = "auto", dtype = "auto";
+  bool center_crop = false, no_center_crop = false;
+  int64_t num_images = 0;
+  int threads = 0;
+};
+
+// An integer option in [low, high]; a value that is not one names the flag, the value and the
+// accepted range (CLI11's own range check would call "abc" out of range).
+template <typename Int>
+void add_int_option(CLI::App& command, const std::string& flag, Int& target, int64_t low, int64_t high,
+                    const std::string& help) {
+  command
+      .add_option_function<std::string>(
+          flag,
+          [&target, flag, low, high](const std::string& text) {
+            const std::string range = " (accepted: " + std::to_string(low) + " .. " + std::to_string(high) + ")";
+            int64_t value = 0;
+            const char* end = text.data() + text.size();
+            const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+            if (text.empty() || ec == std::errc::invalid_argument || ptr != end)
+              throw CLI::ValidationError(flag, "'" + text + "' is not an integer" + range);
+            if (ec == std::errc::result_out_of_range || value < low || value > high)
+              throw CLI::ValidationError(flag, "'" + text + "' is out of range" + range);
+            target = static_cast<Int>(value);
+          },
+          help)
+      ->type_name("INT");
+}
+
+// --checkpoint, --unnorm-key, --prompt-format, --dtype, --device, --center-crop /
+// --no-center-crop, --threads. `default_device`: "cpu", or "auto" (CUDA when there is one).
+inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::string& default_device) {
+  a.device = default_device;
+  command.add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
+  command.add_option("--unnorm-key", a.unnorm_key, "dataset statistics to un-normalize with");
+  command.add_option("--prompt-format", a.prompt_format, "prompt format (auto: the reference's for this checkpoint)")
+      ->check(CLI::IsMember({"auto", "openvla", "qwen-chat"}));
+  command
+      .add_option("--dtype", a.dtype,
+                  "compute dtype (auto: the checkpoint's where the device computes it natively, else float32)")
+      ->check(CLI::IsMember({"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}));
+  command.add_option("--device", a.device,
+                     default_device == "auto" ? "auto (cuda when this machine has a GPU, else cpu), cpu, cuda or cuda:N"
+                                              : "cpu, cuda or cuda:N");
+  auto* crop = command.add_flag("--center-crop", a.center_crop, "the 0.9 center crop (the default)");
+  command.add_flag("--no-center-crop", a.no_center_crop, "no center crop (policies trained without crop augmentation)")
+      ->excludes(crop);
+  add_int_option(command, "--threads", a.threads, 1, 1024, "CPU threads");
+}
+
+// "cpu", "cuda", "cuda:N" (a device LibTorch knows and this machine has), or "auto".
+inline torch::Device parse_device(const std::string& text) {
+  if (text == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  std::optional<torch::Device> device;
+  try {
+    device = torch::Device(text);
+  } catch (const std::exception&) {
+    throw Error("--device '" + text + "': not a device (cpu, cuda or cuda:N)");
+  }
+  if (device->is_cuda()) {
+    const int64_t count = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
+    if (count == 0) throw Error("--device '" + text + "': this machine has no CUDA device");
+    if (device->has_index() && device->index() >= count)
+      throw Error("--device '" + text + "': no such CUDA device (this machine has " + std::to_string(count) +
+                  ": cuda:0 .. cuda:" + std::to_string(count - 1) + ")");
+  } else if (!device->is_cpu()) {
+    throw Error("--device '" + text + "': only cpu and cuda are supported");
+  }
+  return *device;
+}
+
+inline std::optional<torch::ScalarType> parse_dtype(const std::string& d) {
+  if (d == "auto") return std::nullopt;
+  if (d == "float32" || d == "fp32") return torch::kFloat32;
+  if (d == "bfloat16" || d == "bf16") return torch::kBFloat16;
+  if (d == "float16" || d == "fp16") return torch::kFloat16;
+  throw Error("--dtype '" + d + "': not auto, float32, bfloat16 or float16");
+}
+
+inline PolicyOptions policy_options(const PolicyArgs& a) {
+  PolicyOptions options;
+  options.device = parse_device(a.device);
+  options.dtype = parse_dtype(a.dtype);
+  options.prompt_format = a.prompt_format;
+  options.center_crop = !a.no_center_crop;
+  options.unnorm_key = a.unnorm_key;
+  options.threads = a.threads;
+  options.num_images = a.num_images;
+  return options;
+}
+
+}  // namespace focusvla::cli

@@ -1,0 +1,140 @@
+#include "focusvla/serve/batcher.h"
+
+#include <algorithm>
+#include <exception>
+#include <utility>
+
+#include "focusvla/core/error.h"
+#include "focusvla/core/log.h"
+
+namespace focusvla::serve {
+namespace {
+
+double ms_between(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// A callback that throws must not take the worker down.
+void deliver(const Batcher::Done& done, BatchResult result) {
+  try {
+    done(std::move(result));
+  } catch (const std::exception& e) {
+    log_warn(std::string("serve: a request's completion failed: ") + e.what());
+  }
+}
+
+}  // namespace
+
+Batcher::Batcher(RunBatch run, BatcherOptions options) : run_(std::move(run)), options_(options) {
+  check(options_.max_batch >= 1, "Batcher", "max_batch must be at least 1");
+  check(options_.max_wait.count() >= 0, "Batcher", "max_wait must not be negative");
+  worker_ = std::thread([this] { loop(); });
+}
+
+Batcher::~Batcher() { stop(); }
+
+void Batcher::submit(Observation observation, Done done) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    check(!stopping_, "serve", "the server is shutting down");
+    queue_.push_back(Request{std::move(observation), std::move(done), Clock::now()});
+  }
+  wake_.notify_one();
+}
+
+void Batcher::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (worker_.joinable()) worker_.join();
+}
+
+size_t Batcher::pending() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queue_.size() + running_;
+}
+
+// Waits for a first request, then until max_batch are queued or max_wait has passed since the
+// first arrived (at once when it has already waited that long, e.g. behind a running batch).
+// Empty only when stopping with nothing queued.
+std::vector<Batcher::Request> Batcher::next_batch() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+  if (queue_.empty()) return {};
+  const auto deadline = queue_.front().submitted + options_.max_wait;
+  const auto max_batch = static_cast<size_t>(options_.max_batch);
+  const auto full = [&] {
+    if (queue_.size() >= max_batch) return true;
+    return options_.peers && queue_.size() >= options_.peers();
+  };
+  wake_.wait_until(lock, deadline, [&] { return stopping_ || full(); });
+  const size_t take = std::min(queue_.size(), max_batch);
+  std::vector<Request> batch;
+  batch.reserve(take);
+  for (size_t i = 0; i < take; ++i) {
+    batch.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  running_ = batch.size();
+  return batch;
+}
+
+void Batcher::loop() {
+  for (;;) {
+    std::vector<Request> batch = next_batch();
+    if (batch.empty()) return;
+    run_batch(batch);
+    std::lock_guard<std::mutex> lock(mutex_);
+    running_ = 0;
+  }
+}
+
+void Batcher::run_batch(std::vector<Request>& batch) {
+  const auto start = Clock::now();
+  std::vector<Observation> observations;
+  observations.reserve(batch.size());
+  for (auto& r : batch) observations.push_back(std::move(r.observation));
+  std::vector<ActionChunk> chunks;
+  std::string error;
+  try {
+    chunks = run_(observations);
+    if (chunks.size() != batch.size()) throw Error("serve: the policy returned " + std::to_string(chunks.size()) +
+                                                   " results for " + std::to_string(batch.size()) + " observations");
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  const double infer_ms = ms_between(start, Clock::now());
+
+  if (error.empty()) {
+    for (size_t i = 0; i < batch.size(); ++i) {
+      BatchResult result;
+      result.chunk = std::move(chunks[i]);
+      result.batch_size = static_cast<int>(batch.size());
+      result.queue_ms = ms_between(batch[i].submitted, start);
+      result.infer_ms = infer_ms;
+      deliver(batch[i].done, std::move(result));
+    }
+    return;
+  }
+  if (batch.size() == 1) {
+    BatchResult result;
+    result.error = error;
+    result.batch_size = 1;
+    result.queue_ms = ms_between(batch[0].submitted, start);
+    result.infer_ms = infer_ms;
+    deliver(batch[0].done, std::move(result));
+    return;
+  }
+  // One observation spoiled the batch: run each alone so the others still get their actions.
+  log_debug("serve: a batch of " + std::to_string(batch.size()) + " failed (" + error + "); running it one by one");
+  for (size_t i = 0; i < batch.size(); ++i) {
+    std::vector<Request> one;
+    one.push_back(std::move(batch[i]));
+    one[0].observation = std::move(observations[i]);
+    run_batch(one);
+  }
+}
+
+}  // namespace focusvla::serve
