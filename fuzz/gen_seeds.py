@@ -22,6 +22,8 @@ import sys
 import zipfile
 from collections import OrderedDict
 
+import msgpack
+import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -467,6 +469,10 @@ def main():
         write(os.path.join(d_archive, name + ".pt"), archive)
         write(os.path.join(d_pkl, name + ".pkl"), data_pkl(archive))
 
+    d = target_dir("msgpack_request")
+    for name, data in msgpack_request_seeds(rng).items():
+        write(os.path.join(d, name), data)
+
     d = target_dir("dicts")
 
     def seeds_of(target):
@@ -492,9 +498,57 @@ def main():
                json_words(parts, max_len=24) + [FILE_SEPARATOR, b"#version: 0.2\n", b"\n"])
     write_dict(os.path.join(d, "torch_pickle.dict"), pickle_words())
     write_dict(os.path.join(d, "torch_archive.dict"), zip_words())
+    write_dict(os.path.join(d, "msgpack_request.dict"), msgpack_words())
 
     total = sum(len(files) for _, _, files in os.walk(out))
     print(f"gen_seeds: {total} seed files under {out}")
+
+
+def pack_request(obj):
+    """openpi_client.msgpack_numpy.packb (openpi-client pins numpy<2, so it is not in this
+    environment): numpy arrays and scalars as its pack_array writes them."""
+    def pack_array(o):
+        if isinstance(o, np.ndarray):
+            return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
+        if isinstance(o, np.generic):
+            return {b"__npgeneric__": True, b"data": o.item(), b"dtype": o.dtype.str}
+        return o
+    return msgpack.packb(obj, default=pack_array)
+
+
+def msgpack_request_seeds(rng):
+    """Requests of the server (fuzz_msgpack_request.cpp: 2 cameras, 8-dim state, sides <= 64)."""
+    np_rng = np.random.default_rng(rng.randrange(2 ** 32))
+
+    def image(h, w):
+        return np_rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+    def libero(h=16, w=16, **over):
+        obs = {"observation/image": image(h, w), "observation/wrist_image": image(w, h),
+               "observation/state": np_rng.standard_normal(8), "prompt": "put the bowl on the plate"}
+        obs.update(over)
+        return obs
+
+    seeds = {
+        "libero.msgpack": libero(),
+        "libero_64.msgpack": libero(64, 64),
+        "float32_state.msgpack": libero(**{"observation/state": np_rng.standard_normal(8).astype(np.float32)}),
+        "list_state.msgpack": libero(**{"observation/state": [0.5, -1, 2, 0.0, 3, 1e-3, -2.5, 7]}),
+        "numpy_prompt.msgpack": libero(prompt=np.str_("open the drawer")),
+        "extra_keys.msgpack": libero(extra=[1, {"a": None}, b"x"], scalar=np.float32(1.5)),
+        "nested.msgpack": {"observation": {"image": image(8, 8), "wrist_image": image(8, 8),
+                                           "state": np_rng.standard_normal(8)}, "prompt": "stack the cups"},
+        "bad_image_dtype.msgpack": libero(**{"observation/image": np.zeros((8, 8, 3), np.float32)}),
+        "missing_prompt.msgpack": {k: v for k, v in libero().items() if k != "prompt"},
+    }
+    return {name: pack_request(obs) for name, obs in seeds.items()}
+
+
+def msgpack_words():
+    words = [b"__ndarray__", b"__npgeneric__", b"data", b"dtype", b"shape", b"|u1", b"<f4", b"<f8", b"<i8",
+             b"observation/image", b"observation/wrist_image", b"observation/state", b"prompt", b"observation"]
+    return [pack_request(w.decode()) for w in words] + [msgpack.packb(w) for w in words] + [
+        b"\xc3", b"\xc2", b"\xc0", b"\x93", b"\x83", b"\xdc\x00\x03", b"\xcb", b"\xca", b"\xc4", b"\xc5", b"\xd9"]
 
 
 if __name__ == "__main__":
