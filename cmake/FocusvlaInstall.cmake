@@ -5,7 +5,10 @@ install(TARGETS focusvla EXPORT focusvlaTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+# The C ABI (focusvla/focusvla.h) is in the library and installed with it. The server's headers
+# are not: its library (focusvla_serve, Boost + msgpack-cxx) is not installed.
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+  PATTERN serve EXCLUDE)
 if(TARGET focusvla_cli)
   install(TARGETS focusvla_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()

@@ -11,6 +11,8 @@ cmake -S "$src/tests/cmake/consumer" -B "$work/find" -G Ninja -DCMAKE_BUILD_TYPE
   -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" >/dev/null
 cmake --build "$work/find" >/dev/null
 "$work/find/consumer" "$config"
+"$work/find/consumer_c"
+test ! -e "$work/prefix/include/focusvla/serve" || { echo "serve headers installed without the server library" >&2; exit 1; }
 cmake -S "$src/tests/cmake/consumer" -B "$work/subdir" -G Ninja -DFOCUSVLA_SOURCE_DIR="$src" \
   -DTorch_DIR="$torch_dir" >/dev/null
 grep -q "focusvla" "$work/subdir/build.ninja"

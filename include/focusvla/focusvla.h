@@ -1,0 +1,98 @@
+/*
+ * focusvla's C ABI: FocusVLA / VLA-Adapter policies from C, or from any language with a C FFI
+ * (Rust, Go, C#, Julia, ROS nodes, ...). Plain C99: opaque handles, fixed-width integers, no C++
+ * type crosses the boundary, no exception escapes it.
+ *
+ *   focusvla_policy* policy = NULL;
+ *   focusvla_policy_options options;
+ *   focusvla_policy_options_init(&options);
+ *   options.unnorm_key = "libero_spatial_no_noops";
+ *   if (focusvla_policy_load("/path/to/checkpoint", &options, &policy) != FOCUSVLA_OK) {
+ *     fprintf(stderr, "%s\n", focusvla_last_error());
+ *   }
+ *   focusvla_image cameras[2] = {{agentview, 224, 224, 224 * 3}, {wrist, 224, 224, 224 * 3}};
+ *   double actions[8 * 7];
+ *   focusvla_policy_act(policy, cameras, 2, "put the bowl on the plate", state, 8, actions, 8 * 7);
+ *   focusvla_policy_free(policy);
+ *
+ * Every function that can fail returns a focusvla_status; on failure focusvla_last_error() holds
+ * the message (naming the thing and the problem, as the C++ library's focusvla::Error) until the
+ * next failing call on the same thread. Outputs are written only on success. A policy handle may
+ * be shared between threads (calls on it are serialized inside).
+ */
+#ifndef FOCUSVLA_FOCUSVLA_H_
+#define FOCUSVLA_FOCUSVLA_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define FOCUSVLA_API __attribute__((visibility("default")))
+#else
+#define FOCUSVLA_API
+#endif
+
+typedef enum focusvla_status {
+  FOCUSVLA_OK = 0,
+  FOCUSVLA_ERROR_INVALID_ARGUMENT = 1, /* a NULL handle or pointer, a negative size, ... */
+  FOCUSVLA_ERROR_BAD_INPUT = 2,        /* the library refused it: a bad file, image, state, ... */
+  FOCUSVLA_ERROR_BUFFER_TOO_SMALL = 3, /* out_capacity below chunk_size * action_dim */
+  FOCUSVLA_ERROR_INTERNAL = 4          /* anything else (out of memory, a bug) */
+} focusvla_status;
+
+/* A loaded policy (focusvla::Policy). */
+typedef struct focusvla_policy focusvla_policy;
+
+/* Load options; focusvla_policy_options_init sets the defaults (the reference's evaluation
+ * settings for the checkpoint, as focusvla::PolicyOptions). NULL / 0 fields mean "default". */
+typedef struct focusvla_policy_options {
+  const char* device;        /* "cpu" (default), "cuda", "cuda:N" */
+  const char* dtype;         /* NULL / "auto" (default), "float32", "bfloat16", "float16" */
+  const char* unnorm_key;    /* dataset statistics; required when the checkpoint has several */
+  const char* prompt_format; /* NULL / "auto" (default), "openvla", "qwen-chat" */
+  int32_t center_crop;       /* 1 (default): the LIBERO 0.9 center crop; 0: none */
+  int32_t num_images;        /* cameras; 0 (default): config.json's num_images_in_input */
+  int32_t threads;           /* CPU intra-op threads; 0 (default): LibTorch's setting */
+} focusvla_policy_options;
+
+/* One camera image: 8-bit RGB, interleaved (3 bytes per pixel), `row_stride` bytes from one row
+ * to the next (>= 3 * width; larger for padded rows). The data is read during the call only. */
+typedef struct focusvla_image {
+  const uint8_t* data;
+  int32_t height;
+  int32_t width;
+  int64_t row_stride;
+} focusvla_image;
+
+FOCUSVLA_API const char* focusvla_version(void);
+/* The message of the last failed call on this thread ("" when none failed yet). */
+FOCUSVLA_API const char* focusvla_last_error(void);
+
+FOCUSVLA_API void focusvla_policy_options_init(focusvla_policy_options* options);
+/* Loads a checkpoint directory (VLA-Adapter release layout). options may be NULL (defaults).
+ * On success *out holds a handle to free with focusvla_policy_free; on failure *out is NULL. */
+FOCUSVLA_API focusvla_status focusvla_policy_load(const char* path, const focusvla_policy_options* options,
+                                                  focusvla_policy** out);
+/* One observation -> the un-normalized action chunk, row-major (chunk_size x action_dim) into
+ * out[0 .. chunk_size * action_dim). images: n_images cameras in the checkpoint's order;
+ * instruction: UTF-8, NUL-terminated; proprio: proprio_len raw state values (NULL / 0 for a
+ * checkpoint without a proprio projector). */
+FOCUSVLA_API focusvla_status focusvla_policy_act(focusvla_policy* policy, const focusvla_image* images,
+                                                 size_t n_images, const char* instruction, const double* proprio,
+                                                 size_t proprio_len, double* out, size_t out_capacity);
+FOCUSVLA_API int64_t focusvla_policy_chunk_size(const focusvla_policy* policy);  /* -1 on a NULL handle */
+FOCUSVLA_API int64_t focusvla_policy_action_dim(const focusvla_policy* policy);  /* -1 on a NULL handle */
+FOCUSVLA_API int64_t focusvla_policy_num_images(const focusvla_policy* policy);  /* -1 on a NULL handle */
+FOCUSVLA_API int64_t focusvla_policy_proprio_dim(const focusvla_policy* policy); /* 0: no proprio; -1: NULL */
+/* Frees the handle (NULL is a no-op). Executors made from it keep the model alive. */
+FOCUSVLA_API void focusvla_policy_free(focusvla_policy* policy);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FOCUSVLA_FOCUSVLA_H_ */
