@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <deque>
+#include <functional>
 #include <cstdio>
 #include <limits>
 #include <map>
@@ -203,9 +205,12 @@ std::string endpoint_text(const tcp::socket& socket) {
   return endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
 }
 
-// One websocket connection of the openpi protocol. Strictly one request at a time: read a
-// frame -> decode -> batcher -> write the reply -> read the next. All handlers run on the
-// connection's strand; the batcher's completion is posted back to it.
+// One websocket connection of the openpi protocol. One request at a time: a request is decoded,
+// batched, answered, then the next is taken. Reading goes on while a request is in flight, so
+// pings are answered and a client that vanishes is noticed during a long inference; a second
+// request that arrives meanwhile is held (and reading paused) until the first is answered. All
+// handlers run on the connection's strand; the batcher's completion is posted back to it; frames
+// go out through one queue (one write at a time).
 class WsSession : public Connection, public std::enable_shared_from_this<WsSession> {
  public:
   WsSession(tcp::socket&& socket, std::shared_ptr<Shared> shared)
@@ -231,7 +236,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     ws_.set_option(timeout);
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& response) { response.set(http::field::server, kServerName); }));
-    // The size limit is ours (read_some below), so that the client hears which limit it hit.
+    // The size limit is ours (on_read), so that the client hears which limit it hit.
     ws_.read_message_max(0);
     ws_.auto_fragment(false);
     ws_.async_accept(request, beast::bind_front_handler(&WsSession::on_accept, shared_from_this()));
@@ -240,12 +245,20 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   void drain() override {
     net::post(ws_.get_executor(), [self = shared_from_this()] {
       self->draining_ = true;
-      if (self->state_ == State::reading) self->close(websocket::close_code::going_away, "server shutting down");
+      if (!self->in_flight_) self->close(websocket::close_code::going_away, "server shutting down");
     });
   }
 
  private:
-  enum class State { handshake, reading, busy, closing };
+  struct Message {
+    bool binary = true;
+    std::string bytes;
+  };
+  struct Outgoing {
+    std::string frame;
+    bool binary = true;
+    std::function<void(WsSession&)> then;  // after the frame is written
+  };
 
   void on_accept(beast::error_code ec) {
     if (ec) {
@@ -259,44 +272,50 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     opened_ = Clock::now();
     shared_->stats.connection_opened();
     log_debug("serve: connection " + std::to_string(id_) + " from " + peer_ + " opened");
-    state_ = State::busy;
-    write(shared_->metadata_frame, /*binary=*/true, [](WsSession& self) { self.read(); });
+    if (draining_ || shared_->draining) return close(websocket::close_code::going_away, "server shutting down");
+    send(shared_->metadata_frame, /*binary=*/true, {});
+    read();
   }
 
-  // The next request, in chunks so that a frame over the limit is caught (and answered) after
-  // at most max_frame_bytes + kReadChunk bytes.
+  // Reads in chunks, so that a frame over the limit is caught (and answered) after at most
+  // max_frame_bytes + kReadChunk bytes.
   void read() {
-    if (draining_ || shared_->draining) return close(websocket::close_code::going_away, "server shutting down");
-    state_ = State::reading;
+    if (reading_ || closing_ || held_) return;
+    reading_ = true;
     ws_.async_read_some(buffer_, kReadChunk, beast::bind_front_handler(&WsSession::on_read, shared_from_this()));
   }
 
   void on_read(beast::error_code ec, size_t) {
+    reading_ = false;
     if (ec) return finished(ec);
-    if (state_ == State::closing) return;
+    if (closing_) return;
     if (buffer_.size() > shared_->options.max_frame_bytes) return over_limit();
-    if (!ws_.is_message_done()) {
-      ws_.async_read_some(buffer_, kReadChunk, beast::bind_front_handler(&WsSession::on_read, shared_from_this()));
-      return;
+    if (!ws_.is_message_done()) return read();
+    const auto bytes = buffer_.data();
+    const std::string_view message(static_cast<const char*>(bytes.data()), bytes.size());
+    if (in_flight_) {
+      held_ = Message{ws_.got_binary(), std::string(message)};  // reading pauses until it is taken
+    } else {
+      handle(ws_.got_binary(), message);
     }
-    state_ = State::busy;
+    buffer_.consume(buffer_.size());
+    read();
+  }
+
+  // One request: decoded here (on the io thread; every problem an error reply), then batched.
+  void handle(bool binary, std::string_view message) {
+    in_flight_ = true;
     received_ = Clock::now();
     ++requests_;
     shared_->stats.request();
-    if (!ws_.got_binary()) {
-      buffer_.consume(buffer_.size());
-      return reply_error("request: expected a binary msgpack frame (openpi protocol), got a text frame");
-    }
+    if (!binary) return reply_error("request: expected a binary msgpack frame (openpi protocol), got a text frame");
     Observation observation;
     try {
-      const auto bytes = buffer_.data();
-      observation = decode_observation(static_cast<const char*>(bytes.data()), bytes.size(), shared_->spec);
+      observation = decode_observation(message.data(), message.size(), shared_->spec);
       shared_->policy.prompt(observation.instruction);  // invalid UTF-8 is this request's error, not its batch's
     } catch (const Error& e) {
-      buffer_.consume(buffer_.size());
       return reply_error(e.what());
     }
-    buffer_.consume(buffer_.size());
     const double decode_ms = ms_since(received_);
     try {
       shared_->batcher->submit(std::move(observation), [self = shared_from_this(), decode_ms](BatchResult result) {
@@ -310,7 +329,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   }
 
   void on_result(BatchResult result, double decode_ms) {
-    if (state_ == State::closing) return;
+    if (closing_) return;
     if (!result.chunk) return reply_error("policy: " + result.error);
     const StageTiming& t = result.chunk->timing;
     std::vector<std::pair<std::string, double>> timing = {
@@ -320,11 +339,11 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         {"projector_ms", t.projector_ms}, {"llm_ms", t.llm_ms},
         {"head_ms", t.head_ms}};
     if (prev_total_ms_) timing.emplace_back("prev_total_ms", *prev_total_ms_);
-    write(encode_reply(result.chunk->actions, timing), /*binary=*/true, [](WsSession& self) {
+    send(encode_reply(result.chunk->actions, timing), /*binary=*/true, [](WsSession& self) {
       const double total_ms = ms_since(self.received_);
       self.prev_total_ms_ = total_ms;
       self.shared_->stats.reply(total_ms);
-      self.read();
+      self.answered();
     });
   }
 
@@ -334,7 +353,19 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     ++errors_;
     shared_->stats.error();
     log_warn("serve: connection " + std::to_string(id_) + " (" + peer_ + "): " + message);
-    write(message, /*binary=*/false, [](WsSession& self) { self.read(); });
+    send(message, /*binary=*/false, [](WsSession& self) { self.answered(); });
+  }
+
+  // The request in flight is answered: the next one (held, or still to come), or the close of a drain.
+  void answered() {
+    in_flight_ = false;
+    if (draining_ || shared_->draining) return close(websocket::close_code::going_away, "server shutting down");
+    if (held_) {
+      Message next = std::move(*held_);
+      held_.reset();
+      handle(next.binary, next.bytes);
+    }
+    read();
   }
 
   void over_limit() {
@@ -344,43 +375,69 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     shared_->stats.error();
     log_warn("serve: connection " + std::to_string(id_) + " (" + peer_ + "): frame over the " + limit +
              "-byte limit; closing it");
-    state_ = State::busy;
-    write("request: frame over the size limit of " + limit + " bytes (focusvla serve --max-frame-mb); closing the connection",
-          /*binary=*/false, [](WsSession& self) { self.close(websocket::close_code::too_big, "frame over the size limit"); });
+    closing_ = true;  // no more reads or replies; the close follows the error frame
+    send("request: frame over the size limit of " + limit + " bytes (focusvla serve --max-frame-mb); closing the connection",
+         /*binary=*/false, {});
+    close(websocket::close_code::too_big, "frame over the size limit");
   }
 
-  // Writes one frame, then continues with `then` (on success). A write that does not complete
-  // within the idle timeout (a client that stopped reading) closes the socket.
-  template <typename Then>
-  void write(std::string frame, bool binary, Then then) {
-    outgoing_ = std::move(frame);
-    ws_.binary(binary);
+  // Queues a frame; frames go out one at a time, in order. A write that does not complete within
+  // the idle timeout (a client that stopped reading) closes the socket.
+  void send(std::string frame, bool binary, std::function<void(WsSession&)> then) {
+    outgoing_.push_back(Outgoing{std::move(frame), binary, std::move(then)});
+    if (!writing_) write_next();
+  }
+
+  void write_next() {
+    if (outgoing_.empty()) {
+      if (close_pending_) start_close();
+      return;
+    }
+    writing_ = true;
+    ws_.binary(outgoing_.front().binary);
     write_timer_.expires_after(std::chrono::milliseconds(static_cast<int64_t>(shared_->options.idle_timeout_s * 1000)));
     write_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
       if (ec) return;  // cancelled: the write completed
       if (auto self = weak.lock()) {
-        self->close_reason_ = "not reading its replies: write timed out";
+        if (self->close_reason_.empty()) self->close_reason_ = "not reading its replies: write timed out";
         beast::error_code ignored;
         beast::get_lowest_layer(self->ws_).socket().close(ignored);
       }
     });
-    ws_.async_write(net::buffer(outgoing_), [self = shared_from_this(), then](beast::error_code ec, size_t) {
+    ws_.async_write(net::buffer(outgoing_.front().frame), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->write_timer_.cancel();
-      if (ec) return self->finished(ec);
-      then(*self);
+      self->writing_ = false;
+      Outgoing done = std::move(self->outgoing_.front());
+      self->outgoing_.pop_front();
+      if (ec) {
+        self->outgoing_.clear();
+        return self->finished(ec);
+      }
+      if (done.then) done.then(*self);
+      self->write_next();
     });
   }
 
+  // Closes after the frames already queued are out.
   void close(websocket::close_code code, const std::string& reason) {
-    if (state_ == State::closing) return;
-    state_ = State::closing;
+    if (close_pending_ || close_started_) return;
+    closing_ = true;
+    close_pending_ = true;
+    close_code_ = code;
     if (close_reason_.empty()) close_reason_ = reason;
-    ws_.async_close(websocket::close_reason(code, reason), [self = shared_from_this()](beast::error_code ec) {
+    if (!writing_) start_close();
+  }
+
+  void start_close() {
+    close_pending_ = false;
+    close_started_ = true;
+    ws_.async_close(websocket::close_reason(close_code_, close_reason_), [self = shared_from_this()](beast::error_code ec) {
       if (ec && ec != net::error::operation_aborted) self->finished(ec);
     });
   }
 
   void finished(beast::error_code ec) {
+    closing_ = true;
     if (!close_reason_.empty()) return;
     if (ec == websocket::error::closed)
       close_reason_ = "closed by the client";
@@ -390,6 +447,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
       close_reason_ = "client went away: " + ec.message();
     else
       close_reason_ = ec.message();
+    if (in_flight_) close_reason_ += " (with a request in flight)";
   }
 
   std::string peer_;
@@ -397,9 +455,11 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   std::shared_ptr<Shared> shared_;
   net::steady_timer write_timer_;
   beast::flat_buffer buffer_;
-  std::string outgoing_;
-  State state_ = State::handshake;
-  bool draining_ = false, registered_ = false;
+  std::deque<Outgoing> outgoing_;
+  std::optional<Message> held_;
+  bool reading_ = false, writing_ = false, in_flight_ = false;
+  bool draining_ = false, closing_ = false, close_pending_ = false, close_started_ = false, registered_ = false;
+  websocket::close_code close_code_ = websocket::close_code::normal;
   uint64_t registry_id_ = 0, id_ = 0, requests_ = 0, errors_ = 0;
   Clock::time_point opened_ = Clock::now(), received_;
   std::optional<double> prev_total_ms_;

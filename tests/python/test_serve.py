@@ -822,6 +822,42 @@ def test_sigterm_drains_in_flight_request(serve, observations):
     _expect_refused(server.port)
 
 
+def test_pings_answered_while_a_request_is_in_flight(serve, observations):
+    """openpi's client pings every 20 s and drops the connection without a pong within 20 s: a
+    request in flight longer than that (a full-size batch on a CPU) must not cost the connection.
+    The server keeps reading during inference, so pings are answered and a client that vanishes
+    mid-request is noticed at once."""
+    obs, expected = observations
+    server = serve("--max-wait-ms", 3000, "--max-batch", 8)
+    idle, _ = raw_connect(server)  # a second open connection: the request waits ~3 s for a peer
+    ws, _ = raw_connect(server, ping_interval=None)
+    start = time.monotonic()
+    ws.send(msgpack_numpy.packb(obs[2]))
+    pongs = []
+    for _ in range(4):
+        time.sleep(0.3)
+        sent = time.monotonic()
+        assert ws.ping().wait(timeout=2), "no pong while the request was in flight"
+        pongs.append(time.monotonic() - sent)
+    assert time.monotonic() - start < 2.9, "the request did not stay in flight during the pings"
+    reply = msgpack_numpy.unpackb(ws.recv(timeout=30))
+    assert np.array_equal(reply["actions"], expected[2])
+    print(f"pong latency with a request in flight: max {max(pongs) * 1000:.1f} ms")
+    # A client that vanishes with its request in flight: noticed and logged, the server serves on.
+    gone, _ = raw_connect(server)
+    gone.send(msgpack_numpy.packb(obs[3]))
+    time.sleep(0.2)
+    close_quietly(gone)
+    deadline = time.monotonic() + 10
+    while "with a request in flight" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "with a request in flight" in server.log(), server.log_tail()
+    ws.send(msgpack_numpy.packb(obs[4]))
+    assert np.array_equal(msgpack_numpy.unpackb(ws.recv(timeout=30))["actions"], expected[4])
+    close_quietly(ws)
+    close_quietly(idle)
+
+
 def test_sigint_exits_cleanly(serve, observations):
     obs, expected = observations
     server = serve()

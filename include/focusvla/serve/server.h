@@ -12,8 +12,9 @@
 //
 // Same port: GET /healthz ("OK") and GET /stats (JSON counters). Threads: `io_threads` run all
 // sockets (Boost.Asio, one strand per connection, nothing blocking on them), one batcher thread
-// runs the policy; a connection's next request is read once its reply is written, so a client
-// that stops reading holds up only itself (and is dropped after the idle timeout).
+// runs the policy. A connection has one request in flight at a time; it keeps reading meanwhile
+// (pings are answered, a vanished client is noticed) and holds at most one more request, so a
+// client that stops reading holds up only itself (and is dropped after the idle timeout).
 
 #include <cstdint>
 #include <memory>
