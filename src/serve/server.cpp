@@ -625,8 +625,11 @@ struct Server::Impl {
       if (ec) return;
       log_info(std::string("serve: received ") + (signal == SIGINT ? "SIGINT" : "SIGTERM") +
                (shared->draining ? ": stopping now" : ": finishing in-flight requests, then stopping"));
+      // Re-armed first, for a second signal (which forces the stop): begin_stop may end the
+      // drain at once (no connections) and cancel this wait; armed after it, it would keep the
+      // io_context, and so the process, alive forever.
+      if (!shared->draining) wait_for_signal();
       begin_stop();
-      if (shared->draining) wait_for_signal();  // a second signal forces the stop
     });
   }
 

@@ -858,6 +858,16 @@ def test_pings_answered_while_a_request_is_in_flight(serve, observations):
     close_quietly(idle)
 
 
+def test_signal_without_connections_exits_at_once(serve):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = serve()
+        status, _ = server.http("/healthz")  # an HTTP exchange, then no connection at all
+        assert status == 200
+        server.signal(sig)
+        assert server.wait(timeout=10) == 0, server.log_tail()
+        assert "serve: stopped" in server.log(), server.log_tail()
+
+
 def test_sigint_exits_cleanly(serve, observations):
     obs, expected = observations
     server = serve()
