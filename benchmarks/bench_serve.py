@@ -125,6 +125,7 @@ def main():
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--requests", type=int, default=3, help="timed requests per robot")
     ap.add_argument("--max-wait-ms", type=float, default=2)
+    ap.add_argument("--max-batch", default="8,1", help="server --max-batch values to run (1: batching off)")
     ap.add_argument("--act-repeat", type=int, default=3)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -133,13 +134,13 @@ def main():
     print(f"focusvla act (no server), {args.act_repeat} calls: p50 {act['p50']:.1f} ms, min {act['min']:.1f} ms",
           flush=True)
     rows = []
-    for max_batch in (8, 1):
+    for max_batch in [int(b) for b in args.max_batch.split(",")]:
         proc, port, line = start_server(args, max_batch)
         print(line, flush=True)
         try:
             for clients in [int(c) for c in args.clients.split(",")]:
                 r = run_clients(port, clients, args.requests, seed=clients)
-                r["batching"] = "on (max 8)" if max_batch > 1 else "off"
+                r["batching"] = f"on (max {max_batch})" if max_batch > 1 else "off"
                 rows.append(r)
                 print(f"  {clients:>2} robots, batching {r['batching']:<10}: p50 {r['p50_ms']:8.1f} ms  "
                       f"p99 {r['p99_ms']:8.1f} ms  {r['actions_per_s']:7.1f} actions/s  mean batch "

@@ -7,7 +7,13 @@ vision encoders, transformers builds Qwen2, and the action head follows VLA-Adap
 `L1RegressionActionHead` (Pro or original block; FocusVLA adds `gate` and `fusion`, SPEC 9.2).
 
     make_checkpoint.py OUT_DIR [--size full|tiny] [--dtype bf16|f32] [--shards N]
-                       [--head pro|base|focus] [--module-prefix] [--manifest FILE]
+                       [--head pro|base|focus] [--head-init pool|torch] [--module-prefix] [--manifest FILE]
+
+--head-init: "pool" (the default) draws every head tensor from N(0, 0.02), LayerNorm weights
+included, which leaves an untrained head whose actions barely depend on its inputs (mostly its
+biases); "torch" initialises the head as PyTorch's modules do (Linear U(+-1/sqrt(fan_in)),
+LayerNorm 1 / 0) with tanh(g) gates drawn from N(0, 0.5), so that its actions respond to the
+visual tokens and the action queries as a head in training does (`focusvla explain` tests).
 
 --manifest writes the expected inspection (tensor and parameter counts, dtypes per component),
 computed here from the modules, for tests to compare with `focusvla inspect --json`.
@@ -131,6 +137,19 @@ def proprio_shapes(size):
     return {**linear("fc1", PROPRIO_DIM, d), **linear("fc2", d, d)}
 
 
+def torch_init(name, shape, gen, dtype):
+    """A head tensor as PyTorch initialises its module: nn.Linear weight and bias
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)), nn.LayerNorm weight 1 and
+    bias 0; gating_factor (zeros in VLA-Adapter, i.e. tanh(g) = 0) from N(0, 0.5) instead, so that
+    the visual logits are not all zero."""
+    if name.endswith("gating_factor"):
+        return (torch.randn(shape, generator=gen) * 0.5).to(dtype)
+    layer_norm = ".layer_norm" in name or name.endswith(("ffn.0.weight", "ffn.0.bias"))
+    if layer_norm:
+        return (torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)).to(dtype)
+    return None
+
+
 class RandomPool:
     """Random values for a billion parameters in seconds: fresh normals for small tensors, slices
     of a large normal pool (at random offsets) for big ones."""
@@ -186,7 +205,7 @@ def write_model(out_dir, shapes, make, shards):
 
 
 def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", module_prefix=False, seed=0,
-                    num_images=2, proprio=True):
+                    num_images=2, proprio=True, head_init="pool"):
     os.makedirs(out_dir, exist_ok=True)
     torch_dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[dtype]
     make = RandomPool(seed, torch_dtype)
@@ -215,8 +234,20 @@ def write_directory(out_dir, size="tiny", dtype="bf16", shards=1, head="pro", mo
     shapes = model_shapes(size)
     write_model(out_dir, shapes, make, shards)
     heads = head_shapes(size, head)
+    assert head_init in ("pool", "torch"), head_init
+    head_gen = torch.Generator().manual_seed(seed + 1000)
+
+    def make_head(name, shape):
+        fixed = torch_init(name, shape, head_gen, torch_dtype)
+        if fixed is not None:
+            return fixed
+        fan_in = heads[name[:-len("bias")] + "weight"][1] if name.endswith("bias") else shape[1]
+        bound = 1.0 / fan_in ** 0.5
+        return ((torch.rand(shape, generator=head_gen) * 2 - 1) * bound).to(torch_dtype)
+
     prefix = "module." if module_prefix else ""
-    torch.save({prefix + n: make(s) for n, s in heads.items()},
+    torch.save({prefix + n: make_head(n, s) for n, s in heads.items()} if head_init == "torch" else
+               {prefix + n: make(s) for n, s in heads.items()},
                os.path.join(out_dir, "action_head--150000_checkpoint.pt"))
     proprio_state = proprio_shapes(size) if proprio else {}
     if proprio:
@@ -257,12 +288,14 @@ def main():
     ap.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--head", choices=["pro", "base", "focus"], default="pro")
+    ap.add_argument("--head-init", choices=["pool", "torch"], default="pool",
+                    help="head weights: N(0, 0.02) throughout, or PyTorch's module initialisation")
     ap.add_argument("--module-prefix", action="store_true", help="prefix .pt keys with 'module.' as DDP does")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--manifest", help="write the expected inspection here")
     args = ap.parse_args()
     expected = write_directory(args.out_dir, args.size, args.dtype, args.shards, args.head,
-                               args.module_prefix, args.seed)
+                               args.module_prefix, args.seed, head_init=args.head_init)
     if args.manifest:
         with open(args.manifest, "w") as f:
             json.dump(expected, f, indent=2)

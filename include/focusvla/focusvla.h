@@ -91,6 +91,45 @@ FOCUSVLA_API int64_t focusvla_policy_proprio_dim(const focusvla_policy* policy);
 /* Frees the handle (NULL is a no-op). Executors made from it keep the model alive. */
 FOCUSVLA_API void focusvla_policy_free(focusvla_policy* policy);
 
+/* ---- The chunk executor (focusvla/runtime/chunk_executor.h): at each control tick, the action to
+ * execute now, with asynchronous inference or ACT's temporal ensembling. The caller's loop keeps
+ * the rate and calls focusvla_executor_tick once per period, from one thread. */
+typedef struct focusvla_executor focusvla_executor;
+
+typedef struct focusvla_executor_options {
+  const char* mode;      /* NULL / "async" (default), "open-loop", "ensemble" */
+  double hz;             /* control rate (default 20) */
+  int32_t execute_steps; /* open-loop: rows per chunk, 0 (default): all */
+  int32_t threshold;     /* async: infer when at most this many actions remain (default 4) */
+  const char* aggregate; /* async overlap: NULL / "replace" (default), "average" */
+  double new_weight;     /* "average": weight of the newer chunk (default 0.7) */
+  double ensemble_m;     /* ensemble: weights exp(-m * i), i = 0 the oldest (default 0.01) */
+} focusvla_executor_options;
+
+typedef struct focusvla_executor_metrics {
+  int64_t ticks, inferences, failed_inferences, deadline_misses, held_ticks, dropped_steps, merged_steps;
+  double inference_p50_ms, inference_p99_ms, inference_max_ms;
+  double jitter_p50_ms, jitter_p99_ms, jitter_max_ms;
+  double staleness_mean_ms, staleness_max_ms; /* age of executed actions since their observation */
+} focusvla_executor_metrics;
+
+FOCUSVLA_API void focusvla_executor_options_init(focusvla_executor_options* options);
+/* An executor over `policy` (which may be freed afterwards: the executor keeps the model).
+ * options may be NULL (defaults). */
+FOCUSVLA_API focusvla_status focusvla_executor_create(focusvla_policy* policy, const focusvla_executor_options* options,
+                                                      focusvla_executor** out);
+/* This tick's observation (as focusvla_policy_act) -> the action to execute now, into
+ * action[0 .. action_dim). A failed background inference is reported here, at the next tick
+ * (FOCUSVLA_ERROR_BAD_INPUT or _INTERNAL with its message), and nothing else happens in that
+ * tick. */
+FOCUSVLA_API focusvla_status focusvla_executor_tick(focusvla_executor* executor, const focusvla_image* images,
+                                                    size_t n_images, const char* instruction, const double* proprio,
+                                                    size_t proprio_len, double* action, size_t action_capacity);
+FOCUSVLA_API focusvla_status focusvla_executor_metrics_get(const focusvla_executor* executor,
+                                                           focusvla_executor_metrics* out);
+/* Waits for an inference in flight, then frees (NULL is a no-op). */
+FOCUSVLA_API void focusvla_executor_free(focusvla_executor* executor);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,6 +3,8 @@
     import focusvla
     policy = focusvla.Policy.load("/path/to/checkpoint", unnorm_key="libero_spatial_no_noops")
     actions = policy.act([agentview, wrist], "put the bowl on the plate", proprio)  # (8, 7) float64
+    executor = focusvla.ChunkExecutor(policy, mode="async", hz=20)       # a control loop's side
+    action = executor.tick([agentview, wrist], "put the bowl on the plate", proprio)  # (7,) now
 
 The native module links the LibTorch of the torch it was built against; torch is imported first
 so that the process holds exactly one LibTorch, and a different torch version is an ImportError.
@@ -25,6 +27,6 @@ from ._build_info import TORCH_VERSION as _BUILT_AGAINST  # noqa: E402
 
 _check_torch_version(_torch.__version__, _BUILT_AGAINST)
 
-from ._core import Error, Policy, __version__  # noqa: E402
+from ._core import ChunkExecutor, Error, Policy, SimulatedClock, __version__  # noqa: E402
 
-__all__ = ["Error", "Policy", "__version__"]
+__all__ = ["ChunkExecutor", "Error", "Policy", "SimulatedClock", "__version__"]

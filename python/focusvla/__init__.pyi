@@ -3,6 +3,8 @@
     import focusvla
     policy = focusvla.Policy.load("/path/to/checkpoint", unnorm_key="libero_spatial_no_noops")
     actions = policy.act([agentview, wrist], "put the bowl on the plate", proprio)  # (8, 7) float64
+    executor = focusvla.ChunkExecutor(policy, mode="async", hz=20)       # a control loop's side
+    action = executor.tick([agentview, wrist], "put the bowl on the plate", proprio)  # (7,) now
 """
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypedDict, Union, overload, Literal
@@ -90,6 +92,22 @@ class Policy:
         (images, instruction[, proprio]). Returns one action array per observation (each equal to its
         own act within rounding); with return_info, one (actions, info) pair each."""
 
+    def explain(self, images: Sequence[ImageLike], instruction: str, proprio: ProprioLike = None, *,
+                reliance: bool = True, per_block: bool = False, gray: int = 128) -> Dict[str, Any]:
+        """Where the policy looks and whether it uses vision (focusvla::explain; `focusvla explain`
+        writes the same dict as explain.json, with the pictures). Keys: "kept" (FocusVLA top-K: per
+        head visual position and per camera "grid" [16][16], the share of (block, head, action step)
+        rows that kept the patch) and "attention" (the softmax attention mass per patch), each None
+        when the head has none; "gates" (per block: kind, mean, below_0_1, above_0_9),
+        "scalar_gates" (per block tanh(g)), "source_mass" (per block self / action_queries / proprio
+        / visual shares of one softmax over all sources), "ablations" (name, description,
+        mean_distance, max_distance as shares of the action range, actions), "verdict" (level:
+        "insensitive", "none", "weak", "uses-vision" or "not-run"; line), "actions", "grid",
+        ... (include/focusvla/policy/explain.h defines each). reliance=False skips the five extra
+        acts of the reliance test; per_block adds "kept_per_block" / "attention_per_block"; gray is
+        the gray level of the gray-camera ablation. Runs with the GIL released; the policy's other
+        calls are unaffected. Raises focusvla.Error as act does."""
+
     @property
     def num_images(self) -> int:
         """Cameras per observation."""
@@ -125,3 +143,92 @@ class Policy:
         """Calls callback(name, array) with a numpy copy of every named intermediate of later calls
         ("vision.output", "llm.layers.3", "llm.norm", "head.blocks.7", ...) to diff against PyTorch
         forward hooks; while set, calls run eagerly (no CUDA graph replay). None removes it."""
+
+class SimulatedClock:
+    """Time (seconds) that moves only when told to, for ChunkExecutor(clock=...): deterministic
+    tests and simulations. Without one the executor reads a monotonic wall clock."""
+
+    def __init__(self, start: float = 0.0) -> None: ...
+    def now(self) -> float: ...
+    def set(self, seconds: float) -> None: ...
+    def advance(self, seconds: float) -> None: ...
+
+PolicyCallable = Callable[[List[npt.NDArray[Any]], str, Optional[npt.NDArray[np.float64]]], Any]
+"""A policy as a function: (images, instruction, proprio or None) -> a (chunk, action_dim) array."""
+
+class ChunkExecutor:
+    """The robot side of a chunking policy (focusvla::runtime::ChunkExecutor): at each control tick,
+    the action to execute now. The caller's loop keeps the rate and calls tick once per period; a
+    chunk's row i, from the observation of tick k, is the action for tick k + i.
+
+    mode:
+      "open-loop": execute a chunk's first execute_steps rows (0: all), then infer again (inside the
+        tick that needs the chunk).
+      "async": infer on a background thread once at most `threshold` planned actions remain (4 of 8:
+        LeRobot's chunk_size_threshold 0.5). A chunk from tick k landing at tick L drops its rows for
+        ticks k .. L-1 (stale); its rows for ticks still planned are merged by `aggregate`: "replace"
+        (the new row) or "average" ((1 - new_weight) * old + new_weight * new; 0.7 is LeRobot's
+        weighted_average). When the plan runs out first, the last action is repeated (a deadline miss).
+      "ensemble": ACT's temporal ensembling: infer every tick; the action is the average of every
+        chunk's prediction for this tick, weighted exp(-ensemble_m * i), i = 0 the oldest (ACT: 0.01).
+
+    The first tick of every mode infers inside the tick (there is nothing to execute before the
+    first chunk). A failed background inference is raised, unchanged, by the next tick (which does
+    nothing else); ticking again carries on. close() (or leaving a `with` block) waits for an
+    inference in flight and discards it; tick after close raises focusvla.Error.
+
+    policy: a focusvla.Policy (its act's un-normalized actions) or a callable (images as numpy
+    arrays, instruction, proprio or None) -> (chunk, action_dim) array, called from the ticking
+    thread or the worker with the GIL held. tick releases the GIL while it runs. clock: a
+    SimulatedClock for deterministic runs (None: a monotonic wall clock); time only feeds the
+    metrics and deadline accounting, never the decisions, which count ticks."""
+
+    def __init__(
+        self,
+        policy: Union[Policy, PolicyCallable],
+        mode: Literal["open-loop", "async", "ensemble"] = "async",
+        hz: float = 20.0,
+        execute_steps: int = 0,
+        threshold: int = 4,
+        aggregate: Literal["replace", "average"] = "replace",
+        new_weight: float = 0.7,
+        ensemble_m: float = 0.01,
+        clock: Optional[SimulatedClock] = None,
+        metrics_window: int = 100000,
+    ) -> None:
+        """Raises focusvla.Error naming an invalid option (hz <= 0, threshold < 0, an unknown mode, ...)."""
+
+    def tick(self, images: Sequence[ImageLike], instruction: str, proprio: ProprioLike = None) -> npt.NDArray[np.float64]:
+        """This tick's observation -> the action to execute now, (action_dim,) float64. The executor
+        copies what it hands to the background thread: the caller may reuse its buffers."""
+
+    def wait_for_inference(self, timeout: float) -> bool:
+        """Blocks (wall time, GIL released) until no background inference runs or `timeout` seconds
+        passed; True when none runs. Its chunk lands at the next tick."""
+
+    @property
+    def inference_in_flight(self) -> bool:
+        """A background inference is running."""
+
+    def metrics(self) -> Dict[str, Any]:
+        """Counts (ticks, inferences, failed_inferences, deadline_misses, held_ticks, dropped_steps,
+        merged_steps) and milliseconds: inference_p50_ms / _p99_ms / _max_ms (start to return of an
+        inference), jitter_p50_ms / _p99_ms / _max_ms (|tick interval - period|),
+        staleness_mean_ms / _max_ms and staleness_mean_ticks / _max_ticks (age of each executed
+        action's observation). Percentiles are nearest-rank over the last metrics_window samples;
+        NaN before the first."""
+
+    def last_tick(self) -> Dict[str, Any]:
+        """What the last tick did: tick, held, inferred_inline, inference_started, chunk_landed,
+        landed_from_tick, dropped_steps, merged_steps, predictions, deadline_misses, source_tick,
+        staleness_ms."""
+
+    @property
+    def options(self) -> Dict[str, Any]:
+        """mode, hz, execute_steps, threshold, aggregate, new_weight, ensemble_m, metrics_window."""
+
+    def close(self) -> None:
+        """Waits for an inference in flight (GIL released), discards it, stops the worker. Idempotent."""
+
+    def __enter__(self) -> "ChunkExecutor": ...
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None: ...

@@ -1,6 +1,7 @@
 // The `focusvla` command-line tool (arguments parsed with CLI11; every command answers --help).
 //   focusvla inspect DIR [--json]    config, files, components, tensor counts, dtypes, parameters
 //   focusvla act [options]           one observation -> the action chunk, the settings that ran
+//   focusvla explain [options]       where the head looks, its gates, whether it uses vision (src/cli/explain.cpp)
 //   focusvla serve --checkpoint DIR  the policy over openpi's websocket protocol (src/cli/serve.cpp)
 //   focusvla version
 // Global options: --log-level trace|debug|info|warn|error|off, --version, --help.
@@ -19,11 +20,6 @@
 
 #include <nlohmann/json.hpp>
 
-#ifdef FOCUSVLA_WITH_IMGCODECS
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
-#endif
-
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -35,6 +31,8 @@
 #include "focusvla/io/json_file.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/version.h"
+#include "explain.h"
+#include "inputs.h"
 #include "policy_args.h"
 #ifdef FOCUSVLA_WITH_SERVE
 #include "serve.h"
@@ -169,41 +167,10 @@ void run_inspect(const std::string& dir, bool as_json) {
     print_inspection(ckpt, parts);
 }
 
-torch::Tensor read_image(const std::string& path) {
-#ifdef FOCUSVLA_WITH_IMGCODECS
-  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
-  if (bgr.empty()) throw focusvla::Error(path + ": cannot read or decode the image");
-  cv::Mat rgb;
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
-  return torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8).clone();
-#else
-  throw focusvla::Error(path + ": this build has no image decoder (OpenCV imgcodecs was not found)");
-#endif
-}
-
-std::vector<double> parse_numbers(const std::string& text, const std::string& what) {
-  std::vector<double> out;
-  std::stringstream in(text);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    char* end = nullptr;
-    const double v = std::strtod(item.c_str(), &end);
-    if (item.empty() || end == item.c_str() || *end != '\0') throw focusvla::Error(what + ": '" + item + "' is not a number");
-    out.push_back(v);
-  }
-  return out;
-}
-
-std::string demo_checkpoint() {
-  if (const char* env = std::getenv("FOCUSVLA_DEMO_CHECKPOINT")) return env;
-  return "build/demo-checkpoint";
-}
-
 // What `act` was asked for, as parsed.
 struct ActArgs {
   focusvla::cli::PolicyArgs policy;
-  std::string instruction, proprio;
-  std::vector<std::string> images;
+  focusvla::cli::ObservationArgs obs;
   bool json = false;
   int repeat = 1;
 };
@@ -221,42 +188,21 @@ std::string quoted(const std::string& text) { return nlohmann::json(text).dump()
 
 void run_act(ActArgs a) {
   focusvla::PolicyOptions options = focusvla::cli::policy_options(a.policy);
-  bool demo = false;
-  if (a.policy.checkpoint.empty()) {
-    demo = true;
-    a.policy.checkpoint = demo_checkpoint();
-    if (!std::filesystem::exists(a.policy.checkpoint + "/config.json"))
-      throw focusvla::Error("act: no --checkpoint, and no demo checkpoint at " + a.policy.checkpoint +
-                            " (scripts/demo writes one: full-size FocusVLA layout, random weights)");
-    const std::string sample = std::string(std::getenv("FOCUSVLA_ASSETS") ? std::getenv("FOCUSVLA_ASSETS") : "assets") +
-                               "/libero-sample";
-    const auto obs = focusvla::io::read_json_file(sample + "/observation.json");
-    if (a.images.empty())
-      for (const char* k : {"agentview", "wrist"}) a.images.push_back(sample + "/" + obs["images"][k].get<std::string>());
-    if (a.instruction.empty()) a.instruction = obs["task_description"];
-    if (a.proprio.empty())
-      for (const auto& v : obs["state"]) a.proprio += (a.proprio.empty() ? "" : ",") + std::to_string(v.get<double>());
-    if (options.unnorm_key.empty()) options.unnorm_key = "libero_spatial_no_noops";
-  }
-  if (a.images.empty()) throw focusvla::Error("act: give at least one --image");
-  if (a.instruction.empty()) throw focusvla::Error("act: --instruction is required");
-  const auto given = static_cast<int64_t>(a.images.size());
-  if (a.policy.num_images > 0 && a.policy.num_images != given)
-    throw focusvla::Error("act: --num-images " + std::to_string(a.policy.num_images) + " but " + std::to_string(given) +
-                          " --image given: give one --image per camera");
-  options.num_images = given;
-  const std::vector<double> proprio = a.proprio.empty() ? std::vector<double>{} : parse_numbers(a.proprio, "--proprio");
+  const bool demo = focusvla::cli::use_demo_defaults("act", a.policy, a.obs, options);
+  focusvla::cli::check_cameras("act", a.obs, a.policy.num_images, options);
+  const std::vector<double> proprio =
+      a.obs.proprio.empty() ? std::vector<double>{} : focusvla::cli::parse_numbers(a.obs.proprio, "--proprio");
 
   const auto load_start = std::chrono::steady_clock::now();
   const focusvla::Policy policy = focusvla::Policy::load(a.policy.checkpoint, options);
   const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
   std::vector<torch::Tensor> pixels;
-  for (const auto& path : a.images) pixels.push_back(read_image(path));
-  const focusvla::PromptText prompt = policy.prompt(a.instruction);
+  for (const auto& path : a.obs.images) pixels.push_back(focusvla::cli::read_image(path));
+  const focusvla::PromptText prompt = policy.prompt(a.obs.instruction);
   focusvla::ActionChunk chunk;
   std::vector<double> totals;
   for (int r = 0; r < a.repeat; ++r) {
-    chunk = policy.act(pixels, a.instruction, proprio);
+    chunk = policy.act(pixels, a.obs.instruction, proprio);
     totals.push_back(chunk.timing.total_ms);
   }
   const auto& settings = policy.settings();
@@ -265,7 +211,7 @@ void run_act(ActArgs a) {
     nlohmann::json j;
     j["checkpoint"] = a.policy.checkpoint;
     j["untrained_demo_weights"] = demo;
-    j["instruction"] = a.instruction;
+    j["instruction"] = a.obs.instruction;
     j["head"] = policy.head_kind();
     j["unnorm_key"] = policy.unnorm_key();
     j["settings"] = focusvla::settings_json(settings);
@@ -298,7 +244,7 @@ void run_act(ActArgs a) {
               settings.prompt_format.c_str(), settings.prompt_format_source.c_str(), settings.center_crop ? "on" : "off",
               focusvla::dtype_name(settings.dtype).c_str(), settings.dtype_source.c_str(), settings.device.str().c_str(),
               settings.matmul.c_str());
-  std::printf("instruction  %s\n", a.instruction.c_str());
+  std::printf("instruction  %s\n", a.obs.instruction.c_str());
   std::printf("prompt       %s\n", quoted(prompt.text).c_str());
   std::printf("token ids    %s (%zu)\n\n", nlohmann::json(prompt.ids).dump().c_str(), prompt.ids.size());
   std::printf("  step %10s %10s %10s %10s %10s %10s %10s\n", "a0", "a1", "a2", "a3", "a4", "a5", "a6");
@@ -330,10 +276,7 @@ CLI::App* add_act_command(CLI::App& app, ActArgs& a) {
       "random weights) on the LIBERO sample in assets/libero-sample.");
   act->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a repeated flag: the last wins
   focusvla::cli::add_policy_options(*act, a.policy, "cpu");
-  act->add_option("--image", a.images, "camera image (PNG / JPEG), once per camera, in the trained order")
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  act->add_option("--instruction", a.instruction, "the task, e.g. \"put the bowl on the plate\"");
-  act->add_option("--proprio", a.proprio, "robot state, comma-separated (v1,...,vN)");
+  focusvla::cli::add_observation_options(*act, a.obs);
   focusvla::cli::add_int_option(*act, "--num-images", a.policy.num_images, 1, 16,
                                 "cameras per observation (must equal the --image count)");
   focusvla::cli::add_int_option(*act, "--repeat", a.repeat, 1, 1000000, "calls to time (reports min, p50, p99 of the total)");
@@ -360,6 +303,8 @@ int main(int argc, char** argv) {
 
   ActArgs act_args;
   CLI::App* act = add_act_command(app, act_args);
+  focusvla::cli::ExplainArgs explain_args;
+  CLI::App* explain = focusvla::cli::add_explain_command(app, explain_args);
 #ifdef FOCUSVLA_WITH_SERVE
   focusvla::cli::ServeArgs serve_args;
   CLI::App* serve = focusvla::cli::add_serve_command(app, serve_args);
@@ -377,6 +322,7 @@ int main(int argc, char** argv) {
     if (!log_level.empty()) focusvla::set_log_level(focusvla::parse_log_level(log_level));
     if (*inspect) run_inspect(inspect_dir, inspect_as_json);
     if (*act) run_act(act_args);
+    if (*explain) focusvla::cli::run_explain(explain_args);
 #ifdef FOCUSVLA_WITH_SERVE
     if (*serve) focusvla::cli::run_serve(serve_args, !log_level.empty());
 #endif

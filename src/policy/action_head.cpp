@@ -37,6 +37,14 @@ torch::Tensor adapter_source(const torch::Tensor& queries, const torch::Tensor& 
 
 torch::Tensor scores(const torch::Tensor& q, const torch::Tensor& k) { return torch::matmul(q, k.transpose(-2, -1)); }
 
+// The named intermediates of a block with one softmax over all sources (VLA-Adapter, Pro): the
+// attention weights (B, heads, T, T + len(C) + Nv) and the scalar gate tanh(g) (1,).
+void tap_mixed_attention(const BlockContext& context, const torch::Tensor& weights, const torch::Tensor& gating_factor) {
+  if (!context.tap) return;
+  context.tap("attention", weights);
+  context.tap("gate", torch::tanh(gating_factor));
+}
+
 }  // namespace
 
 const char* to_string(HeadKind kind) {
@@ -207,7 +215,7 @@ BaseBlockImpl::BaseBlockImpl(const ActionHeadConfig& config, const torch::Tensor
       heads_(config.heads) {}
 
 torch::Tensor BaseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& visual, const torch::Tensor& queries,
-                                     const torch::Tensor& proprio, const BlockContext&) const {
+                                     const torch::Tensor& proprio, const BlockContext& context) const {
   const auto cond = adapter_source(queries, proprio);
   const auto q = split_heads(q_proj->forward(x), heads_);
   const auto split_k = [&](const torch::Tensor& s) { return split_heads(k_proj->forward(s), heads_); };
@@ -216,7 +224,9 @@ torch::Tensor BaseBlockImpl::forward(const torch::Tensor& x, const torch::Tensor
                              scores(q, split_k(visual)) * torch::tanh(gating_factor)},
                             -1) /
                  std::sqrt(static_cast<double>(q.size(-1)));
-  const auto out = torch::matmul(torch::softmax(s, -1), torch::cat({split_v(x), split_v(cond), split_v(visual)}, 2));
+  const auto weights = torch::softmax(s, -1);
+  tap_mixed_attention(context, weights, gating_factor);
+  const auto out = torch::matmul(weights, torch::cat({split_v(x), split_v(cond), split_v(visual)}, 2));
   return ffn->forward(o_proj->forward(merge_heads(out)) + x);
 }
 
@@ -260,7 +270,9 @@ torch::Tensor ProBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
                              scores(p.q, p.k_task) * torch::tanh(gating_factor)},
                             -1) /
                  std::sqrt(static_cast<double>(p.q.size(-1)));
-  const auto out = torch::matmul(torch::softmax(s, -1), torch::cat({p.v_self, p.v_adapter, p.v_task}, 2));
+  const auto weights = torch::softmax(s, -1);
+  tap_mixed_attention(context, weights, gating_factor);
+  const auto out = torch::matmul(weights, torch::cat({p.v_self, p.v_adapter, p.v_task}, 2));
   return ffn->forward(o_proj->forward(merge_heads(out)) + x);
 }
 
@@ -300,9 +312,12 @@ torch::Tensor FocusBlockImpl::forward(const torch::Tensor& x, const torch::Tenso
   if (f.attention == FocusAttention::cascaded) {  // three softmaxes, no competition between the sources
     h_self = torch::matmul(torch::softmax(s_self, -1), p.v_self);
     h_adapter = torch::matmul(torch::softmax(s_adapter, -1), p.v_adapter);
-    h_visual = torch::matmul(torch::softmax(s_visual, -1), p.v_task);
+    const auto w_visual = torch::softmax(s_visual, -1);
+    if (context.tap) context.tap("visual_attention", w_visual);
+    h_visual = torch::matmul(w_visual, p.v_task);
   } else {  // one softmax over all, as the Pro block
     const auto weights = torch::softmax(torch::cat({s_self, s_adapter, s_visual}, -1), -1);
+    if (context.tap) context.tap("attention", weights);
     const int64_t n_sa = s_self.size(-1) + s_adapter.size(-1);
     h_self_adapter = torch::matmul(weights.slice(-1, 0, n_sa), torch::cat({p.v_self, p.v_adapter}, 2));
     h_visual = torch::matmul(weights.slice(-1, n_sa), p.v_task);

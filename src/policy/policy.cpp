@@ -84,6 +84,14 @@ struct Policy::Impl {
   mutable std::mutex mutex;
   mutable std::unique_ptr<policy::GraphRunner> runner;
   bool tapped = false;
+  Tap tap;                    // the Policy-wide tap (set_tap)
+  Tap active_tap;             // what the components call now: `tap`, plus a call's own (act_traced)
+  Intervention intervention;  // act_traced's, for that call only
+
+  // Installs `t` in every component (prefixed with its path) and as the policy-level tap.
+  void install_tap(const Tap& t);
+  // The policy-level named intermediates, then the intervention at that point.
+  torch::Tensor hook(const std::string& name, const torch::Tensor& value) const;
 
   // One call: validate -> stage -> run -> unpack.
   std::vector<ActionChunk> run(const std::vector<Observation>& batch) const;
@@ -219,7 +227,7 @@ void Policy::Impl::forward(ShapeBuffers& w, const ShapeKey& key, StageTimer* tim
   mark();
   const torch::Tensor features = vision->features(pixels);  // (B, Nv, vision_dim)
   mark();
-  const torch::Tensor visual = vision->project(features);  // (B, Nv, D)
+  const torch::Tensor visual = intervene(intervention, "vision.output", vision->project(features));  // (B, Nv, D)
   mark();
 
   // The sequences, right-padded, written straight into hidden[0] (SPEC 6, 11).
@@ -230,8 +238,10 @@ void Policy::Impl::forward(ShapeBuffers& w, const ShapeKey& key, StageTimer* tim
     policy::assemble_sequence(embeds[b], text, visual[b], action_queries, stop_embedding);
   }
   llm->forward_into(w.hidden, embeds, w.mask);  // (25, B, L, D)
-  const policy::Conditioning c =
+  policy::Conditioning c =
       policy::conditioning(w.hidden, visual.size(1), key.prompt_lengths, action_queries.size(0));  // SPEC 8
+  c.visual = hook("conditioning.visual", c.visual);
+  c.queries = hook("conditioning.queries", c.queries);
   mark();
 
   const torch::Tensor p = proprio_projector ? proprio_projector->forward(w.proprio).unsqueeze(1) : torch::Tensor();
@@ -468,12 +478,51 @@ nlohmann::json settings_json(const PolicySettings& s) {
 }
 
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
+
+void Policy::Impl::install_tap(const Tap& t) {
+  active_tap = t;
+  vision->set_tap(prefixed("vision", t));
+  llm->set_tap(prefixed("llm", t));
+  head->set_tap(prefixed("head", t));
+}
+
+torch::Tensor Policy::Impl::hook(const std::string& name, const torch::Tensor& value) const {
+  if (active_tap) active_tap(name, value);
+  return intervene(intervention, name, value);
+}
+
 void Policy::set_tap(Tap tap) {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   impl_->tapped = static_cast<bool>(tap);
-  impl_->vision->set_tap(prefixed("vision", tap));
-  impl_->llm->set_tap(prefixed("llm", tap));
-  impl_->head->set_tap(prefixed("head", tap));
+  impl_->tap = std::move(tap);
+  impl_->install_tap(impl_->tap);
+}
+
+ActionChunk Policy::act_traced(const Observation& observation, const Tap& tap, const Intervention& intervention) const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  Impl& impl = *impl_;
+  Tap both = tap;
+  if (impl.tap && tap)
+    both = [outer = impl.tap, tap](const std::string& name, const torch::Tensor& value) {
+      outer(name, value);
+      tap(name, value);
+    };
+  else if (impl.tap)
+    both = impl.tap;
+  // Installed for this call only: restored however it ends.
+  struct Restore {
+    Impl& impl;
+    bool tapped;
+    ~Restore() {
+      impl.intervention = {};
+      impl.tapped = tapped;
+      impl.install_tap(impl.tap);
+    }
+  } restore{impl, impl.tapped};
+  impl.install_tap(both);
+  impl.intervention = intervention;
+  impl.tapped = true;  // eager: taps and interventions act on a real forward, not a graph replay
+  return impl.run({observation}).front();
 }
 
 std::string Policy::last_execution() const {

@@ -1,4 +1,4 @@
-// focusvla._core: the Python binding of focusvla::Policy (nanobind). The Python package
+// focusvla._core: the Python binding of focusvla::Policy and runtime::ChunkExecutor (nanobind). The Python package
 // (python/focusvla/__init__.py) imports torch first and re-exports what is here; __init__.pyi
 // documents it.
 //
@@ -11,6 +11,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -25,7 +26,9 @@
 #include <vector>
 
 #include "focusvla/core/error.h"
+#include "focusvla/policy/explain.h"
 #include "focusvla/policy/policy.h"
+#include "focusvla/runtime/chunk_executor.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -195,6 +198,28 @@ nb::dict settings_dict(const focusvla::PolicySettings& s) {
   return d;
 }
 
+// A JSON value as Python objects (dict, list, str, int, float, bool, None).
+nb::object py_json(const nlohmann::json& j) {
+  switch (j.type()) {
+    case nlohmann::json::value_t::object: {
+      nb::dict d;
+      for (const auto& [key, value] : j.items()) d[key.c_str()] = py_json(value);
+      return d;
+    }
+    case nlohmann::json::value_t::array: {
+      nb::list l;
+      for (const auto& value : j) l.append(py_json(value));
+      return l;
+    }
+    case nlohmann::json::value_t::string: return nb::cast(j.get<std::string>());
+    case nlohmann::json::value_t::boolean: return nb::cast(j.get<bool>());
+    case nlohmann::json::value_t::number_integer: return nb::cast(j.get<int64_t>());
+    case nlohmann::json::value_t::number_unsigned: return nb::cast(j.get<uint64_t>());
+    case nlohmann::json::value_t::number_float: return nb::cast(j.get<double>());
+    default: return nb::none();
+  }
+}
+
 nb::dict timing_dict(const focusvla::StageTiming& t) {
   nb::dict d;
   d["preprocess_ms"] = t.preprocess_ms;
@@ -287,6 +312,128 @@ Observation observation(nb::handle item, size_t index, std::vector<InputArray>& 
   return obs;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The chunk executor
+
+namespace rt = focusvla::runtime;
+
+// A (rows, cols) float64 matrix from whatever a Python policy returned (numpy.asarray first).
+ActionChunk::Matrix chunk_matrix(nb::handle value) {
+  static const nb::handle asarray = nb::object(nb::module_::import_("numpy").attr("asarray")).release();
+  const std::string what = "policy: the callable must return a (chunk, action_dim) array of numbers, got ";
+  nb::object array;
+  try {
+    array = asarray(value, "dtype"_a = "float64");
+  } catch (const nb::python_error& e) {
+    throw Error(what + py_type_name(value) + " (" + e.what() + ")");
+  }
+  nb::ndarray<nb::ro, double, nb::ndim<2>, nb::c_contig, nb::device::cpu> m;
+  if (!nb::try_cast(array, m, true)) {
+    throw Error(what + py_type_name(value) + " of shape " + nb::cast<std::string>(nb::str(array.attr("shape"))));
+  }
+  ActionChunk::Matrix out(static_cast<Eigen::Index>(m.shape(0)), static_cast<Eigen::Index>(m.shape(1)));
+  if (out.size() > 0) std::memcpy(out.data(), m.data(), sizeof(double) * static_cast<size_t>(out.size()));
+  return out;
+}
+
+nb::object numpy_vector(const Eigen::VectorXd& vector) {
+  auto* owned = new Eigen::VectorXd(vector);
+  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<Eigen::VectorXd*>(p); });
+  return nb::cast(nb::ndarray<nb::numpy, double, nb::ndim<1>>(owned->data(), {static_cast<size_t>(owned->size())}, owner));
+}
+
+// A Python callable as the executor's policy: called (with the GIL) as
+// callable(images: list of numpy arrays, instruction: str, proprio: numpy array or None), on the
+// ticking thread or the worker. Its exceptions travel as nb::python_error and come back to Python
+// as the exception it raised.
+rt::InferFn python_infer(nb::handle callable) {
+  auto shared = std::shared_ptr<nb::object>(new nb::object(nb::borrow(callable)), [](nb::object* p) {
+    nb::gil_scoped_acquire gil;
+    delete p;
+  });
+  return [shared](const Observation& o) {
+    nb::gil_scoped_acquire gil;
+    nb::list images;
+    for (const auto& image : o.images) images.append(numpy_tensor(image));
+    nb::object proprio = nb::none();
+    if (!o.proprio.empty()) {
+      ActionChunk::Matrix row(1, static_cast<Eigen::Index>(o.proprio.size()));
+      for (size_t i = 0; i < o.proprio.size(); ++i) row(0, static_cast<Eigen::Index>(i)) = o.proprio[i];
+      proprio = numpy_matrix(std::move(row)).attr("reshape")(-1);
+    }
+    return chunk_matrix((*shared)(images, o.instruction, proprio));
+  };
+}
+
+// The Python object: closing (and destruction) releases the GIL, which a worker running a Python
+// policy needs to finish.
+struct PyExecutor {
+  std::unique_ptr<rt::ChunkExecutor> executor;
+
+  ~PyExecutor() { close(); }
+  void close() {
+    if (!executor) return;
+    nb::gil_scoped_release release;
+    executor->close();
+  }
+  rt::ChunkExecutor& get() {
+    if (!executor) throw Error("ChunkExecutor: used after close()");
+    return *executor;
+  }
+};
+
+nb::dict metrics_dict(const rt::ExecutorMetrics& m) {
+  nb::dict d;
+  d["ticks"] = m.ticks;
+  d["inferences"] = m.inferences;
+  d["failed_inferences"] = m.failed_inferences;
+  d["deadline_misses"] = m.deadline_misses;
+  d["held_ticks"] = m.held_ticks;
+  d["dropped_steps"] = m.dropped_steps;
+  d["merged_steps"] = m.merged_steps;
+  d["inference_p50_ms"] = m.inference_p50_ms;
+  d["inference_p99_ms"] = m.inference_p99_ms;
+  d["inference_max_ms"] = m.inference_max_ms;
+  d["jitter_p50_ms"] = m.jitter_p50_ms;
+  d["jitter_p99_ms"] = m.jitter_p99_ms;
+  d["jitter_max_ms"] = m.jitter_max_ms;
+  d["staleness_mean_ms"] = m.staleness_mean_ms;
+  d["staleness_max_ms"] = m.staleness_max_ms;
+  d["staleness_mean_ticks"] = m.staleness_mean_ticks;
+  d["staleness_max_ticks"] = m.staleness_max_ticks;
+  return d;
+}
+
+nb::dict tick_dict(const rt::TickReport& r) {
+  nb::dict d;
+  d["tick"] = r.tick;
+  d["held"] = r.held;
+  d["inferred_inline"] = r.inferred_inline;
+  d["inference_started"] = r.inference_started;
+  d["chunk_landed"] = r.chunk_landed;
+  d["landed_from_tick"] = r.landed_from_tick;
+  d["dropped_steps"] = r.dropped_steps;
+  d["merged_steps"] = r.merged_steps;
+  d["predictions"] = r.predictions;
+  d["deadline_misses"] = r.deadline_misses;
+  d["source_tick"] = r.source_tick;
+  d["staleness_ms"] = r.staleness_ms;
+  return d;
+}
+
+nb::dict options_dict(const rt::ExecutorOptions& o) {
+  nb::dict d;
+  d["mode"] = rt::mode_name(o.mode);
+  d["hz"] = o.hz;
+  d["execute_steps"] = o.execute_steps;
+  d["threshold"] = o.threshold;
+  d["aggregate"] = rt::aggregate_name(o.aggregate);
+  d["new_weight"] = o.new_weight;
+  d["ensemble_m"] = o.ensemble_m;
+  d["metrics_window"] = o.metrics_window;
+  return d;
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -357,6 +504,29 @@ NB_MODULE(_core, m) {
             return out;
           },
           "observations"_a, "return_info"_a = false)
+      .def(
+          "explain",
+          [](const Policy& self, nb::handle images, nb::handle instruction, nb::handle proprio, bool reliance,
+             bool per_block, int gray) {
+            if (gray < 0 || gray > 255) throw Error("gray: " + std::to_string(gray) + " is outside 0 .. 255");
+            std::vector<InputArray> keep;
+            Observation obs;
+            obs.images = image_list(images, keep);
+            obs.instruction = instruction_string(instruction);
+            obs.proprio = proprio_vector(proprio);
+            focusvla::ExplainOptions options;
+            options.reliance = reliance;
+            options.per_block = per_block;
+            options.gray = static_cast<uint8_t>(gray);
+            nlohmann::json j;
+            {
+              nb::gil_scoped_release release;
+              j = focusvla::explanation_json(focusvla::explain(self, obs, options));
+            }
+            return py_json(j);
+          },
+          "images"_a, "instruction"_a, "proprio"_a = nb::none(), "reliance"_a = true, "per_block"_a = false,
+          "gray"_a = 128)
       .def_prop_ro("num_images", &Policy::num_images)
       .def_prop_ro("chunk_size", &Policy::chunk_size)
       .def_prop_ro("action_dim", &Policy::action_dim)
@@ -391,4 +561,73 @@ NB_MODULE(_core, m) {
             });
           },
           "callback"_a.none());
+
+  nb::class_<rt::SimulatedClock>(m, "SimulatedClock")
+      .def(nb::init<double>(), "start"_a = 0.0)
+      .def("now", &rt::SimulatedClock::now)
+      .def("set", &rt::SimulatedClock::set, "seconds"_a)
+      .def("advance", &rt::SimulatedClock::advance, "seconds"_a);
+
+  nb::class_<PyExecutor>(m, "ChunkExecutor")
+      .def(
+          "__init__",
+          [](PyExecutor* self, nb::handle policy, const std::string& mode, double hz, int execute_steps, int threshold,
+             const std::string& aggregate, double new_weight, double ensemble_m,
+             std::shared_ptr<rt::SimulatedClock> clock, int metrics_window) {
+            rt::ExecutorOptions o;
+            o.mode = rt::parse_mode(mode);
+            o.hz = hz;
+            o.execute_steps = execute_steps;
+            o.threshold = threshold;
+            o.aggregate = rt::parse_aggregate(aggregate);
+            o.new_weight = new_weight;
+            o.ensemble_m = ensemble_m;
+            o.clock = clock;
+            o.metrics_window = metrics_window;
+            rt::InferFn infer;
+            if (nb::isinstance<Policy>(policy)) {
+              infer = rt::policy_infer(nb::cast<const Policy&>(policy));
+            } else if (PyCallable_Check(policy.ptr())) {
+              infer = python_infer(policy);
+            } else {
+              throw nb::type_error(("policy: expected a focusvla.Policy or a callable, got " + py_type_name(policy)).c_str());
+            }
+            new (self) PyExecutor{std::make_unique<rt::ChunkExecutor>(std::move(infer), o)};
+          },
+          "policy"_a, "mode"_a = "async", "hz"_a = 20.0, "execute_steps"_a = 0, "threshold"_a = 4,
+          "aggregate"_a = "replace", "new_weight"_a = 0.7, "ensemble_m"_a = 0.01, "clock"_a.none() = nb::none(),
+          "metrics_window"_a = 100000)
+      .def(
+          "tick",
+          [](PyExecutor& self, nb::handle images, nb::handle instruction, nb::handle proprio) {
+            std::vector<InputArray> keep;
+            Observation o;
+            o.images = image_list(images, keep);
+            o.instruction = instruction_string(instruction);
+            o.proprio = proprio_vector(proprio);
+            rt::ChunkExecutor& executor = self.get();
+            Eigen::VectorXd action;
+            {
+              nb::gil_scoped_release release;
+              action = executor.tick(o);
+            }
+            return numpy_vector(action);
+          },
+          "images"_a, "instruction"_a, "proprio"_a = nb::none())
+      .def(
+          "wait_for_inference",
+          [](PyExecutor& self, double timeout) {
+            rt::ChunkExecutor& executor = self.get();
+            nb::gil_scoped_release release;
+            return executor.wait_for_inference(timeout);
+          },
+          "timeout"_a)
+      .def_prop_ro("inference_in_flight", [](PyExecutor& self) { return self.get().inference_in_flight(); })
+      .def("metrics", [](PyExecutor& self) { return metrics_dict(self.get().metrics()); })
+      .def("last_tick", [](PyExecutor& self) { return tick_dict(self.get().last_tick()); })
+      .def_prop_ro("options", [](PyExecutor& self) { return options_dict(self.get().options()); })
+      .def("close", &PyExecutor::close)
+      .def("__enter__", [](nb::handle self) { return nb::borrow(self); })
+      .def("__exit__", [](PyExecutor& self, nb::handle, nb::handle, nb::handle) { self.close(); }, "exc_type"_a.none(),
+           "exc_value"_a.none(), "traceback"_a.none());
 }

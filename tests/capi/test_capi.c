@@ -62,7 +62,7 @@ static size_t parse_csv(const char* text, double* out, size_t capacity) {
 
 int main(int argc, char** argv) {
   const char *checkpoint, *unnorm_key, *instruction, *out_path;
-  double proprio[64], actions[8 * 7], again[8 * 7], canary[8 * 7];
+  double proprio[64], actions[8 * 7], again[8 * 7], canary[8 * 7], saved;
   size_t proprio_len, n_images, i, needed;
   int height, width;
   focusvla_image images[8], padded[8];
@@ -152,10 +152,11 @@ int main(int argc, char** argv) {
                FOCUSVLA_ERROR_BAD_INPUT, "proprio");
   expect_error(focusvla_policy_act(policy, images, n_images, instruction, NULL, 3, canary, 56),
                FOCUSVLA_ERROR_INVALID_ARGUMENT, "proprio is NULL");
+  saved = proprio[0];
   proprio[0] = NAN;
   expect_error(focusvla_policy_act(policy, images, n_images, instruction, proprio, proprio_len, canary, 56),
                FOCUSVLA_ERROR_BAD_INPUT, "proprio");
-  proprio[0] = 0.0;
+  proprio[0] = saved;
   padded[0].row_stride = 3 * width - 1;
   expect_error(focusvla_policy_act(policy, padded, n_images, instruction, proprio, proprio_len, canary, 56),
                FOCUSVLA_ERROR_BAD_INPUT, "row_stride");
@@ -164,14 +165,89 @@ int main(int argc, char** argv) {
                FOCUSVLA_ERROR_BAD_INPUT, "images[0]");
   for (i = 0; i < 8 * 7; ++i) CHECK(isnan(canary[i]), "a failed act wrote out[%zu]", i);
 
+  /* The chunk executor through the ABI, on the same (unchanging) observation. */
+  {
+    focusvla_executor_options eo;
+    focusvla_executor* executor = NULL;
+    focusvla_executor_metrics metrics;
+    double action[16], expected[7], weight, total;
+    int64_t t, k, j, dim = focusvla_policy_action_dim(policy);
+
+    focusvla_executor_options_init(&eo);
+    CHECK(eo.hz == 20.0 && eo.threshold == 4 && eo.ensemble_m == 0.01 && eo.mode == NULL, "executor defaults");
+    expect_error(focusvla_executor_create(NULL, &eo, &executor), FOCUSVLA_ERROR_INVALID_ARGUMENT, "policy is NULL");
+    eo.mode = "sideways";
+    expect_error(focusvla_executor_create(policy, &eo, &executor), FOCUSVLA_ERROR_BAD_INPUT, "sideways");
+    CHECK(executor == NULL, "a failed create left a handle");
+
+    /* Open loop: ticks 0..7 execute the chunk's rows 0..7, exactly what act returned. */
+    eo.mode = "open-loop";
+    status = focusvla_executor_create(policy, &eo, &executor);
+    CHECK(status == FOCUSVLA_OK && executor != NULL, "create failed: %s", focusvla_last_error());
+    expect_error(focusvla_executor_tick(executor, images, n_images, instruction, proprio, proprio_len, action, 6),
+                 FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "action_capacity");
+    expect_error(focusvla_executor_tick(executor, images, n_images - 1, instruction, proprio, proprio_len, action, 16),
+                 FOCUSVLA_ERROR_BAD_INPUT, "camera");
+    for (t = 0; t < 8 && executor != NULL; ++t) {
+      status = focusvla_executor_tick(executor, images, n_images, instruction, proprio, proprio_len, action, 16);
+      CHECK(status == FOCUSVLA_OK, "open-loop tick %lld: %s", (long long)t, focusvla_last_error());
+      CHECK(memcmp(action, actions + t * dim, sizeof(double) * (size_t)dim) == 0, "open-loop tick %lld is not row %lld",
+            (long long)t, (long long)t);
+    }
+    CHECK(focusvla_executor_metrics_get(executor, &metrics) == FOCUSVLA_OK, "metrics: %s", focusvla_last_error());
+    CHECK(metrics.ticks == 8 && metrics.inferences == 1, "open-loop metrics: %lld ticks, %lld inferences",
+          (long long)metrics.ticks, (long long)metrics.inferences);
+    focusvla_executor_free(executor);
+
+    /* Asynchronous (the default): the first tick infers inline and returns row 0; the rest come
+     * from the plan while the next chunk is inferred in the background; freeing waits for an
+     * inference in flight. */
+    eo.mode = NULL;
+    status = focusvla_executor_create(policy, &eo, &executor);
+    CHECK(status == FOCUSVLA_OK, "create (async) failed: %s", focusvla_last_error());
+    for (t = 0; t < 6 && executor != NULL; ++t) {
+      status = focusvla_executor_tick(executor, images, n_images, instruction, proprio, proprio_len, action, 16);
+      CHECK(status == FOCUSVLA_OK, "async tick %lld: %s", (long long)t, focusvla_last_error());
+      if (t == 0) CHECK(memcmp(action, actions, sizeof(double) * (size_t)dim) == 0, "async tick 0 is not row 0");
+      for (j = 0; j < dim; ++j) CHECK(isfinite(action[j]), "async tick %lld: a non-finite action", (long long)t);
+    }
+    focusvla_executor_free(executor); /* possibly with an inference in flight */
+
+    /* Temporal ensembling (ACT): at tick t the chunk inferred at tick k predicts row t - k; the
+     * weights are exp(-m * k), k = 0 the oldest prediction. Every chunk is the same here. */
+    eo.mode = "ensemble";
+    status = focusvla_executor_create(policy, &eo, &executor);
+    CHECK(status == FOCUSVLA_OK, "create (ensemble) failed: %s", focusvla_last_error());
+    focusvla_policy_free(policy); /* the executor keeps the model */
+    policy = NULL;
+    for (t = 0; t < 4 && executor != NULL; ++t) {
+      status = focusvla_executor_tick(executor, images, n_images, instruction, proprio, proprio_len, action, 16);
+      CHECK(status == FOCUSVLA_OK, "ensemble tick %lld: %s", (long long)t, focusvla_last_error());
+      for (j = 0; j < dim; ++j) expected[j] = 0.0;
+      total = 0.0;
+      for (k = 0; k <= t; ++k) {
+        weight = exp(-eo.ensemble_m * (double)k);
+        total += weight;
+        for (j = 0; j < dim; ++j) expected[j] += weight * actions[(t - k) * dim + j];
+      }
+      for (j = 0; j < dim; ++j)
+        CHECK(fabs(action[j] - expected[j] / total) <= 1e-12 * (1.0 + fabs(expected[j] / total)),
+              "ensemble tick %lld dim %lld: %.17g, expected %.17g", (long long)t, (long long)j, action[j],
+              expected[j] / total);
+    }
+    focusvla_executor_free(executor);
+
+  }
+
   out = fopen(out_path, "w");
   CHECK(out != NULL, "cannot write %s", out_path);
   if (out != NULL) {
     for (i = 0; i < needed; ++i) fprintf(out, "%.17g\n", actions[i]);
     fclose(out);
   }
-  focusvla_policy_free(policy);
+  focusvla_policy_free(policy); /* NULL here: freed above, while an executor still used the model */
   focusvla_policy_free(NULL);
+  focusvla_executor_free(NULL);
   for (i = 0; i < n_images; ++i) {
     free(pixels[i]);
     free(padded_pixels[i]);

@@ -254,7 +254,9 @@ TEST(ActionHeadForward, AcceptsOtherInputDtypesAndExtraLayers) {
   std::vector<std::string> taps;
   head->set_tap([&](const std::string& name, const torch::Tensor&) { taps.push_back(name); });
   head->forward(visual, c.data.at("b1.queries"), c.data.at("b1.proprio"));
-  EXPECT_EQ(taps, (std::vector<std::string>{"stem", "blocks.0", "blocks.1", "blocks.2", "output"}));
+  EXPECT_EQ(taps, (std::vector<std::string>{"stem", "blocks.0.attention", "blocks.0.gate", "blocks.0",
+                                            "blocks.1.attention", "blocks.1.gate", "blocks.1", "blocks.2.attention",
+                                            "blocks.2.gate", "blocks.2", "output"}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ TEST_P(ActionHeadTaps, MatchReference) {
       std::vector<std::string> expected_order = {"stem"};
       for (int64_t i = 0; i < blocks; ++i) {
         const std::string block = "blocks." + std::to_string(i);
-        for (const char* part : {".visual_logits", ".kept", ".gate"})
+        for (const char* part : {".visual_logits", ".kept", ".visual_attention", ".attention", ".gate"})
           if (c.data.contains(group + block + part)) expected_order.push_back(block + part);
         expected_order.push_back(block);
       }

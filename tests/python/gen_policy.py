@@ -22,6 +22,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
 import make_checkpoint  # noqa: E402
 from reference_policy import ReferencePolicy  # noqa: E402
+import explain_oracle  # noqa: E402
 
 ASSETS = os.environ.get("FOCUSVLA_ASSETS", os.path.join(HERE, "..", "..", "assets"))
 UNNORM = "libero_spatial_no_noops"
@@ -141,6 +142,10 @@ def main():
     add_case("pro_bf16", "pro_bf16", ref, obs2[:1], "openvla", "bfloat16", True)
     ref = ReferencePolicy(os.path.join(out, "pro_bf16"), "tiny", torch.float32)
     add_case("pro_bf16_as_f32", "pro_bf16", ref, obs2[:1], "openvla", "float32", True)
+
+    # `focusvla explain` (policy/explain.h): patch maps, attention masses, gates and the reliance
+    # test of the LIBERO sample through the reference, and checkpoints with the visual branch off.
+    explain_oracle.write_cases(out, images, task, state, "focus_libero_eval.0")
 
     if full:
         make_checkpoint.write_directory(os.path.join(out, "full_focus"), size="full", dtype="bf16", head="focus", seed=5)

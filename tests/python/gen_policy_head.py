@@ -22,8 +22,9 @@ For each case below, writes OUT_DIR/<case>/:
                     intermediate of the C++ head's Tap (names relative to the head), fp32 and bf16:
                       r.tap.<name>, r.tap_bf16.<name> for <name> = stem, blocks.{i} (forward hooks on
                         model.fc1 (then ReLU) and model.mlp_resnet_blocks.{i}), blocks.{i}.visual_logits,
-                        blocks.{i}.kept, blocks.{i}.gate (the diagnostics; FocusVLA), output (hook
-                        on model.fc2)
+                        blocks.{i}.kept, blocks.{i}.gate (the diagnostics; FocusVLA; tanh(g) of
+                        VLA-Adapter / Pro blocks), blocks.{i}.attention / visual_attention (the
+                        softmax weights), output (hook on model.fc2)
 and OUT_DIR/proprio_<D>/proprio.pt (`module.fc1.*`, `module.fc2.*`) with data.safetensors:
 input (3, 8), output (3, D), output_bf16.
 
@@ -144,9 +145,13 @@ def run_with_taps(head, visual, queries, proprio, dtype):
     diag = {}
     cast = lambda t: None if t is None else t.to(dtype)
     actions = R.head_forward(h, cast(visual), cast(queries), cast(proprio), diagnostics=diag)
-    for key, name in (("visual_logits", "visual_logits"), ("kept_indices", "kept"), ("gates", "gate")):
+    for key, name in (("visual_logits", "visual_logits"), ("kept_indices", "kept"), ("gates", "gate"),
+                      ("attention", "attention"), ("visual_attention", "visual_attention")):
         for i, t in enumerate(diag.get(key, [])):
             taps[f"blocks.{i}.{name}"] = t
+    for i, block in enumerate(h.model.mlp_resnet_blocks):
+        if not hasattr(block, "focus"):  # VLA-Adapter / Pro: the scalar visual gate tanh(g)
+            taps[f"blocks.{i}.gate"] = torch.tanh(block.gating_factor)
     assert torch.equal(taps["output"], actions)
     return taps
 

@@ -84,6 +84,14 @@ def apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def record_attention(diagnostics, key, weights):
+    """diagnostics[key] gets this block's softmax weights (B, H, T, columns): "attention" for one
+    softmax over [self | adapter (Q, p) | visual], "visual_attention" for a cascaded FocusVLA
+    block's visual branch. Only when diagnostics is a dict; the math is untouched."""
+    if diagnostics is not None:
+        diagnostics.setdefault(key, []).append(weights)
+
+
 def adapter_source(queries, proprio):
     """concat(Q, p) along tokens; Q alone when the policy has no proprio."""
     return queries if proprio is None else torch.cat([queries, proprio], dim=1)
@@ -119,6 +127,7 @@ class BaseBlock(nn.Module):
         scores = [q @ keys[0].transpose(-2, -1), q @ keys[1].transpose(-2, -1),
                   (q @ keys[2].transpose(-2, -1)) * torch.tanh(self.gating_factor)]
         weights = torch.softmax(torch.cat(scores, dim=-1) / math.sqrt(q.shape[-1]), dim=-1)
+        record_attention(diagnostics, "attention", weights)
         out = merge_heads(weights @ torch.cat(values, dim=2))
         return self.ffn(self.o_proj(out) + x)
 
@@ -160,6 +169,7 @@ class ProBlock(nn.Module):
         scores = [q @ ks.transpose(-2, -1), q @ ka.transpose(-2, -1),
                   (q @ kt.transpose(-2, -1)) * torch.tanh(self.gating_factor)]
         weights = torch.softmax(torch.cat(scores, dim=-1) / math.sqrt(q.shape[-1]), dim=-1)
+        record_attention(diagnostics, "attention", weights)
         out = merge_heads(weights @ torch.cat([vs, va, vt], dim=2))
         return self.ffn(self.o_proj(out) + x)
 
@@ -233,9 +243,12 @@ class FocusBlock(ProBlock):
         if f["attention"] == "cascaded":
             h_self = torch.softmax(s_self, dim=-1) @ vs
             h_adapter = torch.softmax(s_adapter, dim=-1) @ va
-            h_visual = torch.softmax(s_visual, dim=-1) @ vt
+            w_visual = torch.softmax(s_visual, dim=-1)
+            record_attention(diagnostics, "visual_attention", w_visual)
+            h_visual = w_visual @ vt
         else:
             weights = torch.softmax(torch.cat([s_self, s_adapter, s_visual], dim=-1), dim=-1)
+            record_attention(diagnostics, "attention", weights)
             n_sa = s_self.shape[-1] + s_adapter.shape[-1]
             h_self_adapter = weights[..., :n_sa] @ torch.cat([vs, va], dim=2)
             h_visual = weights[..., n_sa:] @ vt
@@ -311,9 +324,10 @@ def build_head(kind, hidden=896, blocks=24, focus=None, heads=NUM_HEADS, action_
 @torch.no_grad()
 def head_forward(head, visual, queries, proprio=None, chunk=CHUNK, diagnostics=None):
     """The same inputs as the C++ ActionHead::forward; inputs are cast to the head's dtype.
-    `diagnostics`, when a dict, receives per-block lists (FocusVLA blocks only): "visual_logits"
+    `diagnostics`, when a dict, receives per-block lists: FocusVLA blocks "visual_logits"
     (B, H, T, Nv) before top-K, "kept_indices" (B, H, T, K) and "gates" (element (B, T, D), head
-    (B, T, heads), scalar tanh(g) (1,))."""
+    (B, T, heads), scalar tanh(g) (1,)); every block its softmax weights, "attention" (one softmax
+    over all sources: VLA-Adapter, Pro, FocusVLA mixed) or "visual_attention" (FocusVLA cascaded)."""
     weight = head.model.fc1.weight
     cast = lambda t: None if t is None else t.to(device=weight.device, dtype=weight.dtype)
     return head.model(cast(visual), cast(queries), cast(proprio), chunk, diagnostics)

@@ -115,13 +115,18 @@ class ReferencePolicy:
         return self.norm_stats[unnorm_key]
 
     @torch.no_grad()
-    def act(self, images, instruction, proprio, prompt_format, unnorm_key, lm_head=False, center_crop=False):
+    def act(self, images, instruction, proprio, prompt_format, unnorm_key, lm_head=False, center_crop=False,
+            zero=(), diagnostics=None):
         """images: list of (H, W, 3) uint8; proprio: list of floats or None. Returns a dict with
         actions (8, 7) float64, normalized, fused features, hidden states. lm_head: also compute
         the logits over every position, as the released model's forward does (its Qwen2 LM head is
         the tied embedding); the policy does not use them (for benchmarks only). center_crop: the
         LIBERO evaluation's prepare_images_for_vla (cfg.center_crop): Lanczos-3 resize to 224 when
-        the image is not 224x224 (without its JPEG round trip), then the 0.9 center crop."""
+        the image is not 224x224 (without its JPEG round trip), then the 0.9 center crop.
+        zero: ablations of `focusvla explain` (policy/explain.h), any of "visual_tokens" (the
+        projector output, before it enters the sequence), "head_visual" (the head's visual states
+        of every layer), "head_queries" (the head's action-query states). diagnostics: a dict the
+        head fills (reference_heads.head_forward)."""
         device = getattr(self, "device", torch.device("cpu"))
         if center_crop:
             images = [tf_center_crop(im if im.shape[:2] == (224, 224) else tf_resize_lanczos3(im, 224, 224))
@@ -136,6 +141,8 @@ class ReferencePolicy:
             if i < 2:
                 x = F.gelu(x)
         visual = x                                                                   # (1, Nv, D)
+        if "visual_tokens" in zero:
+            visual = torch.zeros_like(visual)
         prompt = PROMPTS[prompt_format].format(task=instruction.lower())
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         embed = self.llm.embed_tokens
@@ -150,6 +157,10 @@ class ReferencePolicy:
         q0 = nv + p
         vis_states = hidden[:, :, :nv].permute(1, 0, 2, 3)
         query_states = hidden[:, :, q0 - 1:q0 - 1 + self.action_queries.shape[0]].permute(1, 0, 2, 3)
+        if "head_visual" in zero:
+            vis_states = torch.zeros_like(vis_states)
+        if "head_queries" in zero:
+            query_states = torch.zeros_like(query_states)
         token = None
         stats = self.stats(unnorm_key)
         if self.proprio_projector is not None:
@@ -159,7 +170,8 @@ class ReferencePolicy:
             x = np.array(proprio, dtype=np.float64)
             n = np.clip(np.where(mask, 2 * (x - low) / (high - low + 1e-8) - 1, x), -1.0, 1.0)
             token = self.proprio_projector(torch.tensor(n, dtype=torch.float32).to(device, self.dtype)[None])[:, None]
-        normalized = reference_heads.head_forward(self.head, vis_states, query_states, token)[0]
+        normalized = reference_heads.head_forward(self.head, vis_states, query_states, token,
+                                                  diagnostics=diagnostics)[0]
         a = stats["action"]
         low, high = np.array(a["q01"]), np.array(a["q99"])
         mask = np.array(a.get("mask", np.ones_like(low, dtype=bool)))

@@ -266,6 +266,34 @@ def test_set_tap(cases, tensors):
     assert not seen
 
 
+def test_explain_equals_the_reference(tensors):
+    """Policy.explain: the kept-patch map, the gates and the reliance test of the LIBERO sample are
+    the Python reference's (explain_oracle.py), and the verdicts separate a checkpoint whose
+    visual branch is switched off from a normal one."""
+    explain_cases = {c["name"]: c for c in json.loads((DATA / "explain_cases.json").read_text())}
+    for name, level in (("explain_focus", "uses-vision"), ("focus_gate_off", "none")):
+        c = explain_cases[name]
+        policy = focusvla.Policy.load(str(DATA / c["checkpoint"]), unnorm_key=c["unnorm_key"], dtype="float32",
+                                      prompt_format=c["prompt_format"], center_crop=c["center_crop"])
+        images = [tensors[f"{c['images']}.image{i}"] for i in range(c["cameras"])]
+        e = policy.explain(images, c["instruction"], np.asarray(c["proprio"]))
+        assert e["head"] == "focusvla" and e["verdict"]["level"] == level, e["verdict"]
+        grids = np.array([cam["grid"] for cam in e["kept"]["cameras"]])
+        assert grids.shape == (2, 16, 16)
+        assert np.abs(grids - np.array(c["kept"]["grids"])).max() <= 1e-12
+        assert [g["mean"] for g in e["gates"]] == pytest.approx([b["gate"]["mean"] for b in c["blocks"]], abs=1e-9)
+        assert [a["name"] for a in e["ablations"]] == [a["name"] for a in c["ablations"]]
+        for got, want in zip(e["ablations"], c["ablations"]):
+            assert got["mean_distance"] == pytest.approx(want["mean_distance"], abs=1e-6), got["name"]
+        # The diagnostics left the policy as it was.
+        assert relative_error(policy.act(images, c["instruction"], c["proprio"]), np.array(c["actions"])) <= TOLERANCE
+    quick = policy.explain(images, c["instruction"], c["proprio"], reliance=False, per_block=True)
+    assert quick["ablations"] == [] and quick["verdict"]["level"] == "not-run"
+    assert len(quick["kept_per_block"]) == len(c["blocks"])
+    expect_error(lambda: policy.explain(images[:1], c["instruction"], c["proprio"]), "images", "takes 2")
+    expect_error(lambda: policy.explain(images, 3), kind=TypeError)
+
+
 def rss_bytes():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -302,3 +330,184 @@ def test_torch_version_check():
     from focusvla import _build_info
 
     assert focusvla._core.__torch_version__ == _build_info.TORCH_VERSION == torch.__version__
+
+
+# --- focusvla.ChunkExecutor -------------------------------------------------------------------
+
+
+def act_temporal_agg(chunks, k=0.01):
+    """ACT's evaluation loop with --temporal_agg (tonyzhaozh/act imitate_episodes.py), in numpy:
+    chunk t is written to all_time_actions[t, t:t+num_queries]; the action of step t averages the
+    populated rows of all_time_actions[:, t] (ACT: all(!= 0)), weights exp(-k * i), oldest first."""
+    steps, queries, dim = len(chunks), chunks[0].shape[0], chunks[0].shape[1]
+    all_time_actions = np.zeros([steps, steps + queries, dim])
+    out = []
+    for t in range(steps):
+        all_time_actions[[t], t:t + queries] = chunks[t]
+        actions_for_curr_step = all_time_actions[:, t]
+        actions_populated = np.all(actions_for_curr_step != 0, axis=1)
+        actions_for_curr_step = actions_for_curr_step[actions_populated]
+        exp_weights = np.exp(-k * np.arange(len(actions_for_curr_step)))
+        exp_weights = exp_weights / exp_weights.sum()
+        out.append((actions_for_curr_step * exp_weights[:, None]).sum(axis=0))
+    return out
+
+
+def lerobot_temporal_ensemble(chunks, coeff=0.01):
+    """LeRobot's ACTTemporalEnsembler.update (policies/act/modeling_act.py), the online form of the
+    same average, in numpy: a running weighted mean per future step with the count of its terms."""
+    weights = np.exp(-coeff * np.arange(len(chunks[0])))
+    cumsum = np.cumsum(weights)
+    average = count = None
+    out = []
+    for actions in chunks:
+        if average is None:
+            average, count = actions.copy(), np.ones((len(actions), 1), dtype=np.int64)
+        else:
+            average = (average * cumsum[count - 1] + actions[:-1] * weights[count]) / cumsum[count]
+            count = np.minimum(count + 1, len(weights))
+            average = np.concatenate([average, actions[-1:]])
+            count = np.concatenate([count, np.ones_like(count[-1:])])
+        out.append(average[0])
+        average, count = average[1:], count[1:]
+    return out
+
+
+def scripted(chunks):
+    """A policy callable that returns chunks[tick], the tick travelling in proprio[0]."""
+    return lambda images, instruction, proprio: chunks[int(proprio[0])]
+
+
+def test_executor_ensemble_matches_act_and_lerobot():
+    rng = np.random.default_rng(3)
+    chunks = [rng.uniform(-1, 1, size=(8, 7)) for _ in range(30)]
+    executor = focusvla.ChunkExecutor(scripted(chunks), mode="ensemble", clock=focusvla.SimulatedClock())
+    got = [executor.tick([], "stack the blocks", [t]) for t in range(30)]
+    for t, (ours, act, lerobot) in enumerate(zip(got, act_temporal_agg(chunks), lerobot_temporal_ensemble(chunks))):
+        assert ours.shape == (7,) and ours.dtype == np.float64
+        assert np.abs(ours - act).max() <= 1e-12, t
+        assert np.abs(ours - lerobot).max() <= 1e-12, t
+    assert executor.last_tick()["predictions"] == 8
+    assert executor.metrics()["inferences"] == 30
+
+
+def test_executor_keeps_predictions_act_drops():
+    """A prediction with an exact 0 (a gripper command) is silently dropped by ACT's all(!= 0) mask;
+    LeRobot's ensembler and the executor keep it."""
+    chunks = [np.array([[1.0, 1.0], [2.0, 2.0]]), np.array([[0.0, 4.0], [5.0, 5.0]])]
+    executor = focusvla.ChunkExecutor(scripted(chunks), mode="ensemble", clock=focusvla.SimulatedClock())
+    got = [executor.tick([], "stack the blocks", [t]) for t in range(2)]
+    np.testing.assert_allclose(got[1], lerobot_temporal_ensemble(chunks)[1], rtol=0, atol=1e-12)
+    assert np.abs(got[1] - act_temporal_agg(chunks)[1]).max() > 0.5  # ACT's loop: (2, 2) alone
+
+
+def test_executor_modes_with_a_policy(focus, cases, tensors):
+    """Each mode against Policy.act on the same observations (the tick in proprio[0] + offset)."""
+    images, instruction, proprio = observation(cases["focus_openvla"]["observations"][0], tensors)
+
+    def state(t):
+        return [proprio[0] + 0.01 * t] + list(proprio[1:])
+
+    expected = {t: focus.act(images, instruction, state(t)) for t in (0, 1, 3)}
+
+    with focusvla.ChunkExecutor(focus, mode="open-loop", clock=focusvla.SimulatedClock()) as executor:
+        for t in range(3):
+            np.testing.assert_allclose(executor.tick(images, instruction, state(t)), expected[0][t], rtol=0, atol=1e-6)
+        assert executor.last_tick()["source_tick"] == 0
+
+    # async, threshold 4: tick 3 hands its observation over; it lands at tick 4 with row 0 stale.
+    clock = focusvla.SimulatedClock()
+    with focusvla.ChunkExecutor(focus, mode="async", threshold=4, clock=clock) as executor:
+        for t in range(4):
+            clock.set(0.05 * t)
+            np.testing.assert_allclose(executor.tick(images, instruction, state(t)), expected[0][t], rtol=0, atol=1e-6)
+        assert executor.last_tick()["inference_started"]
+        assert executor.wait_for_inference(60.0)
+        clock.set(0.2)
+        np.testing.assert_allclose(executor.tick(images, instruction, state(4)), expected[3][1], rtol=0, atol=1e-6)
+        r = executor.last_tick()
+        assert r["chunk_landed"] and r["landed_from_tick"] == 3 and r["dropped_steps"] == 1 and r["merged_steps"] == 4
+        assert executor.options["mode"] == "async" and executor.options["aggregate"] == "replace"
+
+    with focusvla.ChunkExecutor(focus, mode="ensemble", ensemble_m=0.5, clock=focusvla.SimulatedClock()) as executor:
+        executor.tick(images, instruction, state(0))
+        w = np.exp(-0.5)
+        np.testing.assert_allclose(executor.tick(images, instruction, state(1)),
+                                   (expected[0][1] + w * expected[1][0]) / (1 + w), rtol=0, atol=1e-6)
+
+
+def test_executor_errors_surface():
+    chunks = [np.full((8, 7), float(t + 1)) for t in range(10)]
+
+    def failing(images, instruction, proprio):
+        if int(proprio[0]) == 3:
+            raise ValueError("scripted policy failed at tick 3")
+        return chunks[int(proprio[0])]
+
+    executor = focusvla.ChunkExecutor(failing, mode="async", threshold=4, clock=focusvla.SimulatedClock())
+    for t in range(4):
+        executor.tick([], "stack the blocks", [t])
+    assert executor.wait_for_inference(20.0)
+    expect_error(lambda: executor.tick([], "stack the blocks", [4]), "scripted policy failed at tick 3", kind=ValueError)
+    assert executor.metrics()["failed_inferences"] == 1
+    assert executor.tick([], "stack the blocks", [5])[0] == 1.0  # carries on with the first chunk
+    executor.close()
+    expect_error(lambda: executor.tick([], "stack the blocks", [6]), "tick() after close()")
+
+    inline = focusvla.ChunkExecutor(lambda i, t, p: np.zeros((8, 6)) if p[0] else np.zeros((8, 7)), mode="open-loop",
+                                    execute_steps=1)
+    inline.tick([], "x", [0])
+    expect_error(lambda: inline.tick([], "x", [1]), "8 x 6 chunk after 8 x 7 ones")
+    expect_error(lambda: focusvla.ChunkExecutor(lambda i, t, p: "no", mode="ensemble").tick([], "x", [0]),
+                 "policy: the callable must return a (chunk, action_dim) array")
+    expect_error(lambda: focusvla.ChunkExecutor(failing, mode="sometimes"), "unknown execution mode 'sometimes'")
+    expect_error(lambda: focusvla.ChunkExecutor(failing, hz=0), "ExecutorOptions.hz")
+    expect_error(lambda: focusvla.ChunkExecutor(failing, aggregate="max"), "unknown aggregate 'max'")
+    expect_error(lambda: focusvla.ChunkExecutor(42), "policy: expected a focusvla.Policy or a callable", kind=TypeError)
+
+
+def test_executor_close_and_del_with_a_python_policy_in_flight():
+    """The worker needs the GIL to finish a Python policy: close() and destruction release it."""
+    for how in ("close", "del"):
+        started, release = threading.Event(), threading.Event()
+
+        def policy(images, instruction, proprio):
+            if proprio[0] > 0:
+                started.set()
+                release.wait(20.0)
+            return np.ones((8, 7))
+
+        executor = focusvla.ChunkExecutor(policy, mode="async", threshold=6)
+        executor.tick([], "x", [0])
+        executor.tick([], "x", [1])  # 6 left: starts the background call
+        assert started.wait(20.0)
+        timer = threading.Timer(0.1, release.set)
+        timer.start()
+        if how == "close":
+            executor.close()
+            assert not executor.inference_in_flight
+            assert executor.metrics()["inferences"] == 1
+        else:
+            del executor
+            gc.collect()
+        timer.join()
+
+
+def test_executor_metrics_with_a_simulated_clock():
+    clock = focusvla.SimulatedClock()
+
+    def policy(images, instruction, proprio):
+        clock.advance(0.01 * (int(proprio[0]) + 1))  # 10, 20, ..., 100 ms
+        return np.ones((8, 7))
+
+    executor = focusvla.ChunkExecutor(policy, mode="open-loop", execute_steps=1, hz=5, clock=clock)
+    m = executor.metrics()
+    assert m["ticks"] == 0 and np.isnan(m["inference_p50_ms"])
+    for t in range(10):
+        clock.set(0.2 * t)
+        executor.tick([], "x", [t])
+    m = executor.metrics()
+    assert (m["ticks"], m["inferences"], m["deadline_misses"]) == (10, 10, 0)
+    assert abs(m["inference_p50_ms"] - 50) < 1e-9 and abs(m["inference_p99_ms"] - 100) < 1e-9
+    assert abs(m["staleness_mean_ms"] - 55) < 1e-9 and m["jitter_max_ms"] < 1e-9
+    assert set(m) >= {"held_ticks", "dropped_steps", "merged_steps", "jitter_p50_ms", "staleness_max_ticks"}

@@ -86,7 +86,13 @@ struct ActionHeadConfig {
 //   "blocks.{i}.visual_logits"  (B, heads, T, Nv) FocusVLA: the visual logits before top-K (the
 //                               ones that enter the softmax: scalar gate and 1/sqrt(hd) applied)
 //   "blocks.{i}.kept"           (B, heads, T, K) int64 FocusVLA with top_k > 0: the kept indices
-//   "blocks.{i}.gate"           FocusVLA with a gate: as HeadDiagnostics::gates
+//   "blocks.{i}.gate"           FocusVLA with a gate: as HeadDiagnostics::gates; VLA-Adapter and
+//                               Pro: tanh(g) (1,), the scalar visual gate
+//   "blocks.{i}.attention"      (B, heads, T, T + len(C) + Nv) the softmax weights of a block with
+//                               one softmax over all sources (VLA-Adapter, Pro, FocusVLA "mixed"),
+//                               columns [self | adapter: Q then p | visual]
+//   "blocks.{i}.visual_attention" (B, heads, T, Nv) FocusVLA "cascaded": the visual branch's own
+//                               softmax weights (zero where top-K dropped a patch)
 //   "blocks.{i}"                (B, T, D) block i's output (the module mlp_resnet_blocks.{i})
 //   "output"                    (B, T, A) the normalized actions
 

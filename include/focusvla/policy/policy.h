@@ -176,8 +176,19 @@ class Policy {
   // "llm.layers.3.attn_norm", "llm.norm", "head.blocks.7", "head.blocks.7.kept", ... so that a
   // whole act can be diffed against PyTorch forward hooks layer by layer. Tensors are valid
   // during the callback only. While a tap is set, calls run eagerly (no CUDA graph replay).
-  // An empty Tap removes it.
+  // An empty Tap removes it. Policy-level names: "conditioning.visual" (B, layers + 1, Nv, D) and
+  // "conditioning.queries" (B, layers + 1, Nq, D), the head's inputs (SPEC 8).
   void set_tap(Tap tap);
+
+  // Diagnostics (policy/explain.h is built on it): one observation with `tap` and
+  // `intervention` for this call only. Other calls never see them (they are installed and
+  // removed under the call lock; the Policy-wide tap of set_tap still runs too), and the call
+  // runs eagerly. Intervention points (core/tap.h), each replacing what flows on:
+  //   "vision.output"         (B, Nv, D) the projector output, before it enters the sequence
+  //   "conditioning.visual"   (B, layers + 1, Nv, D) the head's visual states of every layer
+  //   "conditioning.queries"  (B, layers + 1, Nq, D) the head's action-query states
+  // Throws Error as act() does, or when a replacement has the wrong shape.
+  ActionChunk act_traced(const Observation& observation, const Tap& tap, const Intervention& intervention = {}) const;
 
   struct Impl;
 
