@@ -23,7 +23,6 @@ Environment: FOCUSVLA_CLI (focusvla, for `act`), FOCUSVLA_TEST_DATA, FOCUSVLA_OP
 """
 import concurrent.futures
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -40,13 +39,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import (IMAGE_KEYS, TASKS, UNNORM, die_with_parent, relative_error,  # noqa: E402
+                          smooth_image)
+from serve_common import act_cli as _act_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = os.environ.get("FOCUSVLA_CLI", str(ROOT / "build" / "focusvla"))
 DATA = Path(os.environ.get("FOCUSVLA_TEST_DATA", Path(CLI).parent / "test_data")) / "policy"
 FOCUS = DATA / "focus_f32"  # FocusVLA head, 2 cameras, proprio 8, fp32
-UNNORM = "libero_spatial_no_noops"
 OPENPI_PYTHON = os.environ.get("FOCUSVLA_OPENPI_PYTHON", str(ROOT / ".venv-openpi" / "bin" / "python"))
 RAY_CLI = os.environ.get("FOCUSVLA_RAY_CLI", str(Path(sys.executable).parent / "focusvla-ray"))
 CLIENTS_SCRIPT = Path(__file__).resolve().parent / "ray_serve_clients.py"
@@ -60,38 +62,12 @@ K = 16
 CLIENTS, REQUESTS = 16, 25
 READY_TIMEOUT_S = 240  # Ray + 3 replicas importing torch on a busy 2-core machine: ~15-40 s
 RECOVERY_LIMIT_S = 90
-IMAGE_KEYS = ["observation/image", "observation/wrist_image"]
-TASKS = [
-    "pick up the black bowl between the plate and the ramekin and place it on the plate",
-    "pick up the black bowl next to the ramekin and place it on the plate",
-    "pick up the black bowl from table center and place it on the plate",
-    "pick up the black bowl on the cookie box and place it on the plate",
-    "pick up the black bowl in the top drawer of the wooden cabinet and place it on the plate",
-    "pick up the black bowl on the ramekin and place it on the plate",
-    "pick up the black bowl next to the cookie box and place it on the plate",
-    "pick up the black bowl on the stove and place it on the plate",
-    "pick up the black bowl next to the plate and place it on the plate",
-    "pick up the black bowl on the wooden cabinet and place it on the plate",
-    "pick up the alphabet soup and place it in the basket",
-    "pick up the cream cheese and place it in the basket",
-    "pick up the salad dressing and place it in the basket",
-    "pick up the bbq sauce and place it in the basket",
-    "pick up the ketchup and place it in the basket",
-    "pick up the tomato sauce and place it in the basket",
-]
 NUMBERS = {}
 # The test's Ray instance authenticates with a token of its own (nothing read from or written to
 # ~/.ray): the focusvla-ray subprocess and this process's driver both get it.
 os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
 for _name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
     os.environ.pop(_name, None)
-
-
-def _die_with_parent():
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port():
@@ -104,30 +80,8 @@ def free_port():
 # Observations and the `focusvla act` oracle (as test_serve.py)
 
 
-def smooth_image(rng, h, w, level):
-    blocks = rng.integers(-8, 9, (8, 8, 3)) + int(level)
-    big = np.kron(blocks, np.ones((-(-h // 8), -(-w // 8), 1), dtype=np.int64))[:h, :w]
-    return np.clip(big, 0, 255).astype(np.uint8)
-
-
 def act_cli(workdir, images, prompt, state):
-    workdir.mkdir(parents=True, exist_ok=True)
-    args = [CLI, "act", "--checkpoint", str(FOCUS), "--instruction", prompt, "--unnorm-key", UNNORM,
-            "--device", "cpu", "--json", "--threads", "1"]
-    for i, image in enumerate(images):
-        path = workdir / f"image{i}.png"
-        Image.fromarray(image).save(path)
-        args += ["--image", str(path)]
-    args += ["--proprio", ",".join(repr(float(v)) for v in np.asarray(state).ravel())]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"focusvla act failed ({out.returncode}): {out.stderr}"
-    actions = np.asarray(json.loads(out.stdout)["actions"], dtype=np.float64)
-    assert actions.shape == (8, 7)
-    return actions
-
-
-def relative_error(got, want):
-    return float(np.abs(np.asarray(got, dtype=np.float64) - want).max() / np.abs(want).max())
+    return _act_cli(CLI, workdir, FOCUS, images, prompt, state, extra=("--threads", "1"))
 
 
 def make_observations(work):
@@ -205,7 +159,7 @@ class Cluster:
             self.proc = subprocess.Popen(
                 [RAY_CLI, "serve", str(self.config_path), "--num-cpus", "2", "--no-dashboard",
                  "--object-store-mb", "128"], stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                cwd=work, preexec_fn=_die_with_parent)
+                cwd=work, preexec_fn=die_with_parent)
         self.started = time.monotonic()
         self.gcs = None
         self.seen_pids = set()
@@ -327,7 +281,7 @@ def run_clients(cluster, npz, extra, timeout_s, on_line=None, clients=CLIENTS, p
     args = [OPENPI_PYTHON, str(CLIENTS_SCRIPT), "--port", str(cluster.port), "--path", path, "--observations",
             str(npz), "--clients", str(clients), *map(str, extra)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)
     stderr = []
     threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True).start()
     timer = threading.Timer(timeout_s, proc.kill)

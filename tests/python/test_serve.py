@@ -17,7 +17,6 @@
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import itertools
 import json
 import math
@@ -27,6 +26,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -38,13 +38,16 @@ import websockets.exceptions
 import websockets.sync.client
 from openpi_client import image_tools, msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
-from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_common import (IMAGE_KEYS, TASKS, UNNORM, die_with_parent, relative_error,  # noqa: E402
+                          smooth_image)
+from serve_common import act_cli as _act_cli  # noqa: E402
 
 CLI = os.environ.get("FOCUSVLA_CLI", str(Path(__file__).resolve().parents[2] / "build" / "focusvla"))
 DATA = Path(os.environ.get("FOCUSVLA_TEST_DATA", Path(CLI).parent / "test_data")) / "policy"
 FOCUS = DATA / "focus_f32"  # FocusVLA head, 2 cameras, proprio 8, fp32
 PRO_1CAM = DATA / "pro_f32_1cam"  # VLA-Adapter-Pro head, 1 camera, no proprio projector
-UNNORM = "libero_spatial_no_noops"
 HOST = "127.0.0.1"
 
 # Batched replies vs `focusvla act` (batch of one), max |got - want| / max |want|. Batched fp32 GEMMs
@@ -59,43 +62,15 @@ DISTINCT_FACTOR = 20
 K = 16  # distinct observations
 LISTEN_TIMEOUT_S = 60
 WATCHDOG_S = 420  # a server older than this is killed: anything blocked on it then fails, never hangs
-IMAGE_KEYS = ["observation/image", "observation/wrist_image"]
 
 # openpi-client 0.1.2 calls websockets.sync.client.connect() without a context manager, which
 # websockets 15+ deprecates (it still works); so do the raw connections here.
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
-# Tasks of LIBERO-Spatial and LIBERO-Object, as the LIBERO example sends them (task.language).
-TASKS = [
-    "pick up the black bowl between the plate and the ramekin and place it on the plate",
-    "pick up the black bowl next to the ramekin and place it on the plate",
-    "pick up the black bowl from table center and place it on the plate",
-    "pick up the black bowl on the cookie box and place it on the plate",
-    "pick up the black bowl in the top drawer of the wooden cabinet and place it on the plate",
-    "pick up the black bowl on the ramekin and place it on the plate",
-    "pick up the black bowl next to the cookie box and place it on the plate",
-    "pick up the black bowl on the stove and place it on the plate",
-    "pick up the black bowl next to the plate and place it on the plate",
-    "pick up the black bowl on the wooden cabinet and place it on the plate",
-    "pick up the alphabet soup and place it in the basket",
-    "pick up the cream cheese and place it in the basket",
-    "pick up the salad dressing and place it in the basket",
-    "pick up the bbq sauce and place it in the basket",
-    "pick up the ketchup and place it in the basket",
-    "pick up the tomato sauce and place it in the basket",
-]
 
 
 # ----------------------------------------------------------------------------------------------
 # Server processes
-
-
-def _die_with_parent():
-    # The server must not outlive this test process, even if it is killed (PR_SET_PDEATHSIG).
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class Server:
@@ -108,7 +83,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if k != "FOCUSVLA_API_KEY"}  # --api-key's fallback
         with open(self.stdout_path, "wb") as out, open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         self.watchdog = threading.Timer(WATCHDOG_S, self.kill)
         self.watchdog.daemon = True
         self.watchdog.start()
@@ -290,35 +265,8 @@ def libero_observation(rng, task):
     }
 
 
-def smooth_image(rng, h, w, level):
-    """Random 8 x 8 colour blocks around a brightness level (uint8 H x W x 3). The tiny test policies
-    barely react to pixel noise but do to overall brightness, so distinct levels give distinct actions."""
-    blocks = rng.integers(-8, 9, (8, 8, 3)) + int(level)
-    big = np.kron(blocks, np.ones((-(-h // 8), -(-w // 8), 1), dtype=np.int64))[:h, :w]
-    return np.clip(big, 0, 255).astype(np.uint8)
-
-
 def act_cli(workdir, checkpoint, images, prompt, state):
-    """`focusvla act --json` on PNG files of the same uint8 arrays (lossless) -> float64 (8, 7)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    args = [CLI, "act", "--checkpoint", str(checkpoint), "--instruction", prompt, "--unnorm-key", UNNORM,
-            "--device", "cpu", "--json"]
-    for i, image in enumerate(images):
-        path = workdir / f"image{i}.png"
-        Image.fromarray(image).save(path)
-        args += ["--image", str(path)]
-    if state is not None:
-        # repr of the float64 value of each element (float32 ones included) round-trips exactly.
-        args += ["--proprio", ",".join(repr(float(v)) for v in np.asarray(state).ravel())]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, f"focusvla act failed ({out.returncode}): {out.stderr}"
-    actions = np.asarray(json.loads(out.stdout)["actions"], dtype=np.float64)
-    assert actions.shape == (8, 7)
-    return actions
-
-
-def relative_error(got, want):
-    return float(np.abs(np.asarray(got, dtype=np.float64) - want).max() / np.abs(want).max())
+    return _act_cli(CLI, workdir, checkpoint, images, prompt, state)
 
 
 @pytest.fixture(scope="module")
