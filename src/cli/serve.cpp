@@ -42,7 +42,7 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   serve->add_option("--state-key", a.state_key, "request key of the robot state")->capture_default_str();
   serve->add_option("--prompt-key", a.prompt_key, "request key of the instruction")->capture_default_str();
-  add_int_option(*serve, "--io-threads", a.io_threads, 1, 256, "threads for the sockets (default 2)");
+  add_int_option(*serve, "--io-threads", a.io_threads, 1, 256, "threads for the sockets (default 1: decoding and encoding are light; the policy has its own thread)");
   serve->add_option("--idle-timeout-s", a.idle_timeout_s,
                     "close a connection that neither sends nor answers pings (nor reads its reply) for this long")
       ->check(CLI::Range(0.1, 1e6))

@@ -214,8 +214,8 @@ std::string endpoint_text(const tcp::socket& socket) {
 class WsSession : public Connection, public std::enable_shared_from_this<WsSession> {
  public:
   WsSession(tcp::socket&& socket, std::shared_ptr<Shared> shared)
-      : peer_(endpoint_text(socket)), ws_(std::move(socket)), shared_(std::move(shared)),
-        write_timer_(ws_.get_executor()) {}
+      : peer_(endpoint_text(socket)), executor_(socket.get_executor()), ws_(std::move(socket)),
+        shared_(std::move(shared)), write_timer_(executor_) {}
 
   ~WsSession() override {
     if (!registered_) return;
@@ -243,7 +243,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   }
 
   void drain() override {
-    net::post(ws_.get_executor(), [self = shared_from_this()] {
+    net::post(executor_, [self = shared_from_this()] {
       self->draining_ = true;
       if (!self->in_flight_) self->close(websocket::close_code::going_away, "server shutting down");
     });
@@ -319,7 +319,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     const double decode_ms = ms_since(received_);
     try {
       shared_->batcher->submit(std::move(observation), [self = shared_from_this(), decode_ms](BatchResult result) {
-        net::post(self->ws_.get_executor(), [self, decode_ms, result = std::move(result)]() mutable {
+        // From the batcher thread: only the strand (a copy made at construction) is touched here.
+        net::post(self->executor_, [self, decode_ms, result = std::move(result)]() mutable {
           self->on_result(std::move(result), decode_ms);
         });
       });
@@ -451,6 +452,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
   }
 
   std::string peer_;
+  net::any_io_executor executor_;  // the connection's strand
   websocket::stream<beast::tcp_stream> ws_;
   std::shared_ptr<Shared> shared_;
   net::steady_timer write_timer_;

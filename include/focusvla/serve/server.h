@@ -34,7 +34,7 @@ struct ServerOptions {
   double max_wait_ms = 2;          // how long a request waits for others to batch with
   size_t max_frame_bytes = size_t{8} << 20;
   int64_t max_image_side = 4096;
-  int io_threads = 2;
+  int io_threads = 1;  // socket work is light (decode, encode); the policy runs on the batcher thread
   double idle_timeout_s = 300;     // no data (and no answered ping) for this long: connection closed
   double stats_interval_s = 60;    // a stats line at info level; 0: none
   double drain_timeout_s = 30;     // on stop: in-flight requests get this long to finish
