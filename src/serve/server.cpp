@@ -415,7 +415,9 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
         return self->finished(ec);
       }
       if (done.then) done.then(*self);
-      self->write_next();
+      // `then` may have queued and started the next frame itself (answered() taking a held
+      // request that fails at once): never start a second write over it.
+      if (!self->writing_) self->write_next();
     });
   }
 

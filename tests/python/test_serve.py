@@ -806,6 +806,27 @@ def test_pings_answered_while_a_request_is_in_flight(serve, observations):
     close_quietly(idle)
 
 
+def test_pipelined_requests_answered_in_order(serve, observations):
+    """Requests sent without waiting: the second is held while the first is in flight and answered
+    after it, a bad one with its error text, in order; the connection carries on."""
+    obs, expected = observations
+    server = serve()
+    ws, _ = raw_connect(server)
+    for _ in range(3):
+        ws.send(msgpack_numpy.packb(obs[5]))
+        ws.send(b"\xc1 not msgpack")
+        ws.send("a text frame")
+        ws.send(msgpack_numpy.packb(obs[6]))
+        first = ws.recv(timeout=30)
+        assert isinstance(first, bytes) and np.array_equal(msgpack_numpy.unpackb(first)["actions"], expected[5])
+        assert "invalid msgpack" in ws.recv(timeout=30)
+        assert "text frame" in ws.recv(timeout=30)
+        last = ws.recv(timeout=30)
+        assert isinstance(last, bytes) and np.array_equal(msgpack_numpy.unpackb(last)["actions"], expected[6])
+    close_quietly(ws)
+    assert server.alive(), server.log_tail()
+
+
 def test_signal_without_connections_exits_at_once(serve):
     for sig in (signal.SIGTERM, signal.SIGINT):
         server = serve()
