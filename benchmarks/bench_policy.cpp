@@ -6,7 +6,9 @@
 // DIR is a checkpoint in the release layout (scripts/make_checkpoint.py --size full writes one
 // with random weights; speed does not depend on the values). Settings, from the environment:
 //   FOCUSVLA_BENCH_DEVICES  cpu,cuda   (default: cuda when there is a GPU, else cpu)
-//   FOCUSVLA_BENCH_DTYPES   bf16,fp32  (default: both)
+//   FOCUSVLA_BENCH_DTYPES   bf16,fp32  (default: both); a dtype with a quantization after a dash,
+//                           e.g. bf16-int8, fp32-int8, bf16-fp8: PolicyOptions::quantize, the
+//                           other layers in that dtype
 //   FOCUSVLA_BENCH_BATCHES  1,4,8      (default)
 //   FOCUSVLA_BENCH_CAMERAS  1,2        (default)
 //   FOCUSVLA_BENCH_ITERS    timed calls per case (default: 100 on a GPU, 3 on the CPU)
@@ -107,7 +109,10 @@ Policy& policy_for(const Case& c, bool graphs) {
     loaded.policy.reset();
     PolicyOptions o;
     o.device = c.device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
-    o.dtype = c.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    const auto dash = c.dtype.find('-');
+    const std::string base = c.dtype.substr(0, dash);
+    o.dtype = base == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+    if (dash != std::string::npos) o.quantize = focusvla::nn::parse_quantize(c.dtype.substr(dash + 1));
     o.num_images = c.cameras;
     // The same work as bench_policy_reference.py's reference call: `In: ... Out:` prompt, no crop.
     o.prompt_format = "openvla";

@@ -3,7 +3,7 @@
 run; prints the ratio table (markdown) that the README shows.
 
 Usage: bench_policy_reference.py BENCH_BINARY --checkpoint DIR [--device cpu|cuda]
-           [--dtypes bf16,fp32] [--batches 1,4,8] [--cameras 1,2] [--iters N] [--threads N]
+           [--dtypes bf16,fp32,bf16-int8] [--batches 1,4,8] [--cameras 1,2] [--iters N] [--threads N]
            [--json OUT.json]
 
 BENCH_BINARY is focusvla_bench_policy. DIR is written first when missing
@@ -16,7 +16,10 @@ over every position as the released model's forward computes it (tied embedding,
 logits; the policy does not use them), and the transcribed action head; eager, no_grad, in the
 same dtype on the same device. A batch of B is B calls, as VLA-Adapter's predict_action takes
 one observation. Each side's p50 / p99 come from --iters timed calls after warm-up; focusvla's
-are Google Benchmark's counters (CUDA graphs on a GPU).
+are Google Benchmark's counters (CUDA graphs on a GPU). A dtype with a quantization (bf16-int8,
+fp32-int8, bf16-fp8) is focusvla with PolicyOptions::quantize, the rest in that dtype, against the
+reference in that dtype (the reference has no quantized mode). Each focusvla dtype runs in its own
+process, so each peak RSS is that dtype's own.
 """
 
 import argparse
@@ -41,6 +44,22 @@ from reference_policy import ReferencePolicy  # noqa: E402
 TASKS = ["put both the alphabet soup and the tomato sauce in the basket", "open the top drawer and put the bowl inside",
          "pick up the ketchup and place it in the basket", "turn on the stove"]
 UNNORM = "libero_spatial_no_noops"
+
+
+def cpu_name():
+    """The CPU model and the instruction sets that decide the bf16 / int8 paths."""
+    model, flags = platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model == platform.machine():
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8"]
+    return f"{model}; {' '.join(f for f in wanted if f in flags) or 'no AVX2'}"
 
 
 def observations(batch, cameras, proprio_dim):
@@ -103,35 +122,41 @@ def main():
         make_checkpoint.write_directory(args.checkpoint, size="full", dtype="bf16", shards=2, head="focus", seed=7)
 
     rows = []
+    references = {}  # base dtype -> {(batch, cameras): (p50, p99)}
     for dtype in args.dtypes.split(","):
-        torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-        ref = ReferencePolicy(args.checkpoint, "full", torch_dtype).to(args.device)
-        reference = {(b, c): reference_times(ref, args.device, b, c, iters, warmup) for c in cameras for b in batches}
-        del ref
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        base = dtype.split("-")[0]
+        if base not in references:
+            torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[base]
+            ref = ReferencePolicy(args.checkpoint, "full", torch_dtype).to(args.device)
+            references[base] = {(b, c): reference_times(ref, args.device, b, c, iters, warmup)
+                                for c in cameras for b in batches}
+            del ref
+            gc.collect()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        reference = references[base]
         mine = ours(args.binary, args.checkpoint, args.device, dtype, batches, cameras, iters, args.threads)
         for c in cameras:
             for b in batches:
                 act = mine[f"act/{args.device}/{dtype}/b{b}/cam{c}"]
                 stages = mine.get(f"stages/{args.device}/{dtype}/b{b}/cam{c}", {})
                 rp50, rp99 = reference[(b, c)]
-                rows.append(dict(device=args.device, dtype=dtype, batch=b, cameras=c, p50_ms=act["p50_ms"],
+                rows.append(dict(device=args.device, dtype=dtype, reference_dtype=base, batch=b, cameras=c, p50_ms=act["p50_ms"],
                                  p99_ms=act["p99_ms"], actions_per_s=act["actions_per_s"], execution=act.get("label", ""),
                                  gpu_peak_gb=act.get("gpu_peak_gb"), gpu_weights_gb=act.get("gpu_weights_gb"),
                                  rss_peak_gb=act.get("rss_peak_gb"), load_s=act.get("load_s"),
                                  stages={k: stages.get(k + "_ms") for k in ("preprocess", "vision", "projector", "llm", "head")},
                                  reference_p50_ms=rp50, reference_p99_ms=rp99, speedup=rp50 / act["p50_ms"]))
 
-    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else (platform.processor() or platform.machine())
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else cpu_name()
     print(f"\nPolicy::act vs the Python reference, {args.device} ({device_name}, {os.cpu_count()} CPUs), "
           f"full-size FocusVLA, 224x224 uint8 images on the host to actions on the host, p50 of {iters} calls\n")
-    print("| dtype | batch | cameras | focusvla p50 ms | p99 ms | actions/s | reference p50 ms | p99 ms | speedup |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| focusvla | batch | cameras | focusvla p50 ms | p99 ms | actions/s | reference | p50 ms | p99 ms | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['dtype']} | {r['batch']} | {r['cameras']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-              f"{r['actions_per_s']:.0f} | {r['reference_p50_ms']:.2f} | {r['reference_p99_ms']:.2f} | {r['speedup']:.2f}x |")
+              f"{r['actions_per_s']:.0f} | {r['reference_dtype']} | {r['reference_p50_ms']:.2f} | "
+              f"{r['reference_p99_ms']:.2f} | {r['speedup']:.2f}x |")
     print("\nfocusvla stages (eager, p50 ms): preprocess / vision / projector / llm / head")
     for r in rows:
         s = r["stages"]

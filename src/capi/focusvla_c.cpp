@@ -81,6 +81,7 @@ focusvla::PolicyOptions to_options(const focusvla_policy_options& o) {
   focusvla::check(o.threads >= 0, "options.threads", "negative");
   options.num_images = o.num_images;
   options.threads = o.threads;
+  options.quantize = focusvla::nn::parse_quantize(text_or(o.quantize, "none"), "options.quantize");
   return options;
 }
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,6 +18,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/policy/explain.h"
+#include "focusvla/policy/quantize_audit.h"
 
 namespace focusvla::cli {
 namespace {
@@ -275,6 +277,26 @@ void print_blocks(const Explanation& e) {
   }
 }
 
+void print_audit(const QuantizeAudit& q) {
+  std::printf("\nquantize     %s vs %s: kept patches Jaccard mean %.4f (min %.4f); actions move %s mean, %s max "
+              "of the action range\n",
+              q.quantized_quantize.c_str(), q.reference_quantize.c_str(), q.kept_jaccard_mean, q.kept_jaccard_min,
+              pct(q.action_mean_distance).c_str(), pct(q.action_max_distance).c_str());
+  std::printf("  %5s %12s %12s %12s %12s\n", "block", "kept J mean", "kept J min", "gate |d| mean", "gate |d| max");
+  for (const auto& b : q.blocks) {
+    std::printf("  %5lld", (long long)b.block);
+    if (b.has_kept)
+      std::printf(" %12.4f %12.4f", b.kept_jaccard_mean, b.kept_jaccard_min);
+    else
+      std::printf(" %12s %12s", "-", "-");
+    if (b.has_gate)
+      std::printf(" %12.3g %12.3g", b.gate_mean_abs_change, b.gate_max_abs_change);
+    else
+      std::printf(" %12s %12s", "-", "-");
+    std::printf("\n");
+  }
+}
+
 void print_reliance(const Explanation& e) {
   if (e.ablations.empty()) return;
   std::printf("\nreliance     |a_ablated - a| / (q99 - q01), the share of the dataset's action range\n");
@@ -308,6 +330,12 @@ CLI::App* add_explain_command(CLI::App& app, ExplainArgs& a) {
   explain->add_flag("--no-reliance", a.no_reliance, "skip the reliance test (one act instead of six)");
   add_int_option(*explain, "--gray", a.gray, 0, 255, "the gray level of the gray-camera ablation (default 128)");
   explain->add_flag("--json", a.json, "print explain.json instead of the table");
+  explain
+      ->add_option("--compare-quantize", a.compare_quantize,
+                   "also load the checkpoint quantized (int8 or fp8) and report, per head block, the overlap of the "
+                   "kept top-K patch sets (Jaccard) and the change of the gates, and the action difference "
+                   "(explain.json: quantize_audit; see include/focusvla/policy/quantize_audit.h)")
+      ->check(CLI::IsMember({"int8", "w8a8", "fp8", "float8", "e4m3"}));
   return explain;
 }
 
@@ -336,6 +364,13 @@ void run_explain(ExplainArgs a) {
   j["instruction"] = obs.instruction;
   j["images"] = a.obs.images;
   j["settings"] = settings_json(policy.settings());
+  std::optional<QuantizeAudit> audit;
+  if (!a.compare_quantize.empty()) {
+    PolicyOptions quantized = options;
+    quantized.quantize = nn::parse_quantize(a.compare_quantize, "--compare-quantize");
+    audit = audit_quantization(policy, Policy::load(a.policy.checkpoint, quantized), obs);
+    j["quantize_audit"] = audit_json(*audit);
+  }
   j["files"] = write_pictures(a.out, e, obs.images);
   j["files"].push_back({{"file", "explain.json"}});
   std::ofstream file(a.out + "/explain.json");
@@ -358,6 +393,7 @@ void run_explain(ExplainArgs a) {
   print_maps(e, a.obs.images);
   print_blocks(e);
   print_reliance(e);
+  if (audit) print_audit(*audit);
   std::printf("\nverdict      %s\n", e.verdict.line.c_str());
   std::string written;
   for (const auto& f : j["files"]) written += (written.empty() ? "" : ", ") + f["file"].get<std::string>();

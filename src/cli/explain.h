@@ -19,6 +19,7 @@ struct ExplainArgs {
   std::string out;
   bool per_block = false, no_reliance = false, json = false;
   int gray = 128;
+  std::string compare_quantize;  // "" or a --quantize value: the focus audit (policy/quantize_audit.h)
 };
 
 CLI::App* add_explain_command(CLI::App& app, ExplainArgs& a);

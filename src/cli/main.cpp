@@ -244,6 +244,8 @@ void run_act(ActArgs a) {
               settings.prompt_format.c_str(), settings.prompt_format_source.c_str(), settings.center_crop ? "on" : "off",
               focusvla::dtype_name(settings.dtype).c_str(), settings.dtype_source.c_str(), settings.device.str().c_str(),
               settings.matmul.c_str());
+  if (settings.quantize != "none")
+    std::printf("quantize     %s: %s\n", settings.quantize.c_str(), settings.quantize_detail.c_str());
   std::printf("instruction  %s\n", a.obs.instruction.c_str());
   std::printf("prompt       %s\n", quoted(prompt.text).c_str());
   std::printf("token ids    %s (%zu)\n\n", nlohmann::json(prompt.ids).dump().c_str(), prompt.ids.size());

@@ -17,7 +17,7 @@ namespace focusvla::cli {
 // The policy options as parsed.
 struct PolicyArgs {
   std::string checkpoint, unnorm_key, device;
-  std::string prompt_format = "auto", dtype = "auto";
+  std::string prompt_format = "auto", dtype = "auto", quantize = "none";
   bool center_crop = false, no_center_crop = false;
   int64_t num_images = 0;
   int threads = 0;
@@ -47,7 +47,7 @@ void add_int_option(CLI::App& command, const std::string& flag, Int& target, int
 }
 
 // --checkpoint, --unnorm-key, --prompt-format, --dtype, --device, --center-crop /
-// --no-center-crop, --threads. `default_device`: "cpu", or "auto" (CUDA when there is one).
+// --no-center-crop, --threads, --quantize. `default_device`: "cpu", or "auto" (CUDA when there is one).
 inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::string& default_device) {
   a.device = default_device;
   command.add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
@@ -65,6 +65,11 @@ inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::stri
   command.add_flag("--no-center-crop", a.no_center_crop, "no center crop (policies trained without crop augmentation)")
       ->excludes(crop);
   add_int_option(command, "--threads", a.threads, 1, 1024, "CPU threads");
+  command
+      .add_option("--quantize", a.quantize,
+                  "quantized linear layers, made at load (none: the default; int8: W8A8 on a CPU, weight-only on "
+                  "CUDA; fp8: CUDA compute capability 8.9+); see docs/QUANTIZATION.md")
+      ->check(CLI::IsMember({"none", "off", "int8", "w8a8", "fp8", "float8", "e4m3"}));
 }
 
 // "cpu", "cuda", "cuda:N" (a device LibTorch knows and this machine has), or "auto".
@@ -105,6 +110,7 @@ inline PolicyOptions policy_options(const PolicyArgs& a) {
   options.unnorm_key = a.unnorm_key;
   options.threads = a.threads;
   options.num_images = a.num_images;
+  options.quantize = nn::parse_quantize(a.quantize, "--quantize");
   return options;
 }
 

@@ -72,6 +72,13 @@ void FusedLinearImpl::share_with_parts() {
     const auto mine = p->derived_tensors();
     for (size_t i = 0; i < whole.size(); ++i)
       *mine[i] = whole[i]->defined() ? whole[i]->narrow(0, row, rows) : torch::Tensor();
+    if (linear_->released_ && !p->released_) {
+      // Quantized: the parts' weights become row blocks of the block's placeholder, and the
+      // float rows they viewed are freed with the last view.
+      torch::NoGradGuard no_grad;
+      p->weight.set_data(linear_->weight.narrow(0, row, rows));
+      p->released_ = true;
+    }
     p->note_derived_from_current();
     row += rows;
   }
@@ -107,6 +114,9 @@ void FusedLinearImpl::fuse() {
 }
 
 void FusedLinearImpl::set_matmul_mode(MatmulMode mode) {
+  // Checked before anything changes: a released block keeps working as it is.
+  for (const auto& p : parts_) p->check_not_released(std::string("set matmul mode ") + matmul_mode_name(mode));
+  if (!linear_.is_empty()) linear_->check_not_released(std::string("set matmul mode ") + matmul_mode_name(mode));
   fuse_weights();
   derive(mode);
 }

@@ -1,5 +1,8 @@
 #include "focusvla/nn/linear.h"
 
+#include "focusvla/core/error.h"
+#include "focusvla/nn/quantize.h"
+
 namespace focusvla::nn {
 
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool bias, const torch::TensorOptions& options)
@@ -20,14 +23,40 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) const {
       if (weight_fp32_.defined() && x.scalar_type() == torch::kBFloat16 && x.is_cpu() && derived_from_current())
         return linear_bf16_as_fp32(x, weight_fp32_, bias_fp32_);
       break;
-      // A quantized mode (int8 / fp8 weights) goes here: its GEMM on the derived tensors.
+    case MatmulMode::kInt8:
+      if (weight_q_.defined() && derived_from_current()) return int8_linear(x, {weight_q_, weight_scale_}, bias_fp32_);
+      break;
+    case MatmulMode::kInt8WeightOnly:
+      if (weight_q_.defined() && derived_from_current())
+        return int8_weight_only_linear(x, {weight_q_, weight_scale_}, bias);
+      break;
+    case MatmulMode::kFp8:
+      if (weight_q_.defined() && derived_from_current()) return fp8_linear(x, {weight_q_, weight_scale_}, bias);
+      break;
   }
   return torch::linear(x, weight, bias);
 }
 
 void LinearImpl::set_matmul_mode(MatmulMode mode) {
+  check_not_released(std::string("set matmul mode ") + matmul_mode_name(mode));
+  if (mode == MatmulMode::kInt8)
+    check(weight.is_cpu(), "nn::Linear", "int8 (W8A8) runs on the CPU; the weight is on " + weight.device().str());
+  std::string why;
+  if (mode == MatmulMode::kFp8) check(fp8_supported(weight.device(), &why), "nn::Linear", why);
   mode_ = mode;
   derive();
+}
+
+void LinearImpl::check_not_released(const std::string& action) const {
+  check(!released_, "nn::Linear",
+        std::string("cannot ") + action + ": the layer is quantized (" + matmul_mode_name(mode_) +
+            ") and its float weight was released; load the checkpoint again");
+}
+
+void LinearImpl::release_weight() {
+  torch::NoGradGuard no_grad;
+  weight.set_data(torch::zeros({1}, weight.options()).expand(weight.sizes()));
+  released_ = true;
 }
 
 MatmulMode LinearImpl::active_matmul_mode() const {
@@ -37,6 +66,11 @@ MatmulMode LinearImpl::active_matmul_mode() const {
     case MatmulMode::kFp32Copies:
       if (weight_fp32_.defined() && derived_from_current()) return MatmulMode::kFp32Copies;
       break;
+    case MatmulMode::kInt8:
+    case MatmulMode::kInt8WeightOnly:
+    case MatmulMode::kFp8:
+      if (weight_q_.defined() && derived_from_current()) return mode_;
+      break;
   }
   return MatmulMode::kNative;
 }
@@ -44,8 +78,7 @@ MatmulMode LinearImpl::active_matmul_mode() const {
 void LinearImpl::derive() {
   torch::NoGradGuard no_grad;
   // Dropped first, so that the old and the new copies are never held together.
-  weight_fp32_ = torch::Tensor();
-  bias_fp32_ = torch::Tensor();
+  for (auto* t : derived_tensors()) *t = torch::Tensor();
   derived_weight_ = derived_bias_ = nullptr;
   switch (mode_) {
     case MatmulMode::kNative:
@@ -55,7 +88,27 @@ void LinearImpl::derive() {
       weight_fp32_ = weight.to(torch::kFloat32);
       if (bias.defined()) bias_fp32_ = bias.to(torch::kFloat32);
       break;
+    case MatmulMode::kInt8: {
+      QuantizedWeight q = quantize_rows_int8(weight, cpu_int8_weight_max());
+      weight_q_ = std::move(q.values);
+      weight_scale_ = std::move(q.scales);
+      if (bias.defined()) bias_fp32_ = bias.to(torch::kFloat32);
+      break;
+    }
+    case MatmulMode::kInt8WeightOnly: {
+      QuantizedWeight q = quantize_rows_int8(weight, 127);
+      weight_q_ = std::move(q.values);
+      weight_scale_ = std::move(q.scales);
+      break;
+    }
+    case MatmulMode::kFp8: {
+      QuantizedWeight q = quantize_rows_fp8(weight);
+      weight_q_ = std::move(q.values);
+      weight_scale_ = std::move(q.scales);
+      break;
+    }
   }
+  if (is_quantized(mode_)) release_weight();
   note_derived_from_current();
 }
 
@@ -69,16 +122,19 @@ void LinearImpl::note_derived_from_current() {
 }
 
 void LinearImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  check_not_released("move to " + device.str() + " / " + c10::toString(dtype));
   torch::nn::Module::to(device, dtype, non_blocking);
   derive();
 }
 
 void LinearImpl::to(torch::Dtype dtype, bool non_blocking) {
+  check_not_released(std::string("convert to ") + c10::toString(dtype));
   torch::nn::Module::to(dtype, non_blocking);
   derive();
 }
 
 void LinearImpl::to(torch::Device device, bool non_blocking) {
+  check_not_released("move to " + device.str());
   torch::nn::Module::to(device, non_blocking);
   derive();
 }

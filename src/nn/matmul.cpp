@@ -30,6 +30,21 @@ bool cpu_has_native_bf16() {
   return native;
 }
 
+const char* matmul_mode_name(MatmulMode mode) {
+  switch (mode) {
+    case MatmulMode::kNative: return "native";
+    case MatmulMode::kFp32Copies: return "fp32-copies";
+    case MatmulMode::kInt8: return "int8";
+    case MatmulMode::kInt8WeightOnly: return "int8-weight-only";
+    case MatmulMode::kFp8: return "fp8";
+  }
+  return "native";
+}
+
+bool is_quantized(MatmulMode mode) {
+  return mode == MatmulMode::kInt8 || mode == MatmulMode::kInt8WeightOnly || mode == MatmulMode::kFp8;
+}
+
 MatmulMode matmul_mode_for(CpuBf16Matmul mode) {
   switch (mode) {
     case CpuBf16Matmul::kNative: return MatmulMode::kNative;
@@ -53,16 +68,38 @@ int64_t set_matmul_mode(torch::nn::Module& root, MatmulMode mode) {
   std::unordered_set<const LinearImpl*> parts;
   for (auto* module : tree) {
     if (auto* fused = dynamic_cast<FusedLinearImpl*>(module)) {
-      fused->set_matmul_mode(mode);
+      if (!fused->linear()->weight_released()) fused->set_matmul_mode(mode);
       for (const auto& part : fused->parts()) parts.insert(part.get());
     }
   }
   int64_t count = 0;
   for (auto* module : tree) {
     if (auto* linear = dynamic_cast<LinearImpl*>(module)) {
-      if (parts.count(linear) == 0) linear->set_matmul_mode(mode);
+      if (parts.count(linear) == 0 && !linear->weight_released()) linear->set_matmul_mode(mode);
       count += linear->active_matmul_mode() == mode ? 1 : 0;
     }
+  }
+  return count;
+}
+
+int64_t set_matmul_mode(torch::nn::Module& root, MatmulMode mode,
+                        const std::function<bool(const std::string& path, const LinearImpl& layer)>& select) {
+  const auto named = root.named_modules(/*name_prefix=*/"", /*include_self=*/false);
+  std::unordered_set<const LinearImpl*> parts;
+  int64_t count = 0;
+  for (const auto& item : named) {
+    if (auto* fused = dynamic_cast<FusedLinearImpl*>(item.value().get())) {
+      for (const auto& part : fused->parts()) parts.insert(part.get());
+      if (!select(item.key(), *fused->linear())) continue;
+      fused->set_matmul_mode(mode);
+      for (const auto& part : fused->parts()) count += part->active_matmul_mode() == mode ? 1 : 0;
+    }
+  }
+  for (const auto& item : named) {
+    auto* linear = dynamic_cast<LinearImpl*>(item.value().get());
+    if (linear == nullptr || parts.count(linear) != 0 || !select(item.key(), *linear)) continue;
+    linear->set_matmul_mode(mode);
+    count += linear->active_matmul_mode() == mode ? 1 : 0;
   }
   return count;
 }

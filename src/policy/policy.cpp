@@ -61,6 +61,60 @@ std::pair<torch::ScalarType, std::string> resolve_dtype(const std::optional<torc
   return {torch::kFloat32, checkpoint + ", float32 on a CPU without native " + dtype_name(stored)};
 }
 
+// The quantized layers' mode on `device` (PolicyOptions::quantize): int8 -> W8A8 on the CPU,
+// weight-only int8 on CUDA; fp8 -> CUDA 8.9+, weight-only int8 on older GPUs (warned), an Error on
+// a CPU. Checked before any I/O.
+nn::MatmulMode resolve_quantize(nn::Quantize quantize, const torch::Device& device) {
+  switch (quantize) {
+    case nn::Quantize::kNone:
+      return nn::MatmulMode::kNative;
+    case nn::Quantize::kInt8:
+      return device.is_cuda() ? nn::MatmulMode::kInt8WeightOnly : nn::MatmulMode::kInt8;
+    case nn::Quantize::kFp8: {
+      std::string why;
+      if (nn::fp8_supported(device, &why)) return nn::MatmulMode::kFp8;
+      check(device.is_cuda(), "PolicyOptions::quantize fp8", why + "; on a CPU use int8");
+      log_warn("quantize fp8: " + why + "; running int8 weight-only instead");
+      return nn::MatmulMode::kInt8WeightOnly;
+    }
+  }
+  return nn::MatmulMode::kNative;
+}
+
+// The quantization plan (docs/QUANTIZATION.md): every linear layer of the vision encoders, the
+// projector and the decoder. (The patch embeddings are convolutions and the head is not asked.)
+// fp8 GEMMs need both dimensions to be multiples of 16: other layers keep the compute dtype.
+bool quantize_layer(nn::MatmulMode mode, const std::string& /*path*/, const nn::LinearImpl& layer) {
+  if (mode == nn::MatmulMode::kFp8) return layer.weight.size(0) % 16 == 0 && layer.weight.size(1) % 16 == 0;
+  return true;
+}
+
+// Quantizes `component`'s planned layers; returns how many.
+int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode) {
+  if (!nn::is_quantized(mode)) return 0;
+  return nn::set_matmul_mode(component, mode, [mode](const std::string& path, const nn::LinearImpl& layer) {
+    return quantize_layer(mode, path, layer);
+  });
+}
+
+// What the quantized layers are, for settings().quantize_detail.
+std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,
+                            torch::ScalarType dtype) {
+  std::string what;
+  switch (mode) {
+    case nn::MatmulMode::kInt8:
+      what = nn::cpu_has_int8_dot()
+                 ? "W8A8, 8-bit weights (CPU int8 dot products)"
+                 : "W8A8, 7-bit weights (no int8 dot products on this CPU: its u8 x s8 instruction saturates 8-bit ones)";
+      break;
+    case nn::MatmulMode::kInt8WeightOnly: what = "int8 weight-only"; break;
+    case nn::MatmulMode::kFp8: what = "fp8 e4m3 weights and activations, row-wise scales"; break;
+    default: return "";
+  }
+  return what + "; linear layers: vision " + std::to_string(vision) + ", projector " + std::to_string(projector) +
+         ", llm " + std::to_string(llm) + "; head, norms, embeddings, patch embeddings in " + dtype_name(dtype);
+}
+
 }  // namespace
 
 struct Policy::Impl {
@@ -323,6 +377,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   check(!options.dtype || *options.dtype == torch::kFloat32 || *options.dtype == torch::kBFloat16 ||
             *options.dtype == torch::kFloat16,
         "PolicyOptions::dtype", "must be float32, bfloat16 or float16");
+  const nn::MatmulMode quantized_mode = resolve_quantize(options.quantize, options.device);
 
   const io::Checkpoint ckpt = io::Checkpoint::open(directory);
   lap("checkpoint files");
@@ -372,6 +427,11 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
             std::to_string(impl->vision->num_encoders()) + " vision encoders of " +
             std::to_string(impl->vision->config.image_size()) + "px");
   lap("vision");
+  // Quantized right after loading, so that the vision tower's float weights are released before
+  // the decoder's load.
+  const int64_t quantized_vision = quantize_component(*impl->vision->vision_backbone, quantized_mode);
+  const int64_t quantized_projector = quantize_component(*impl->vision->projector, quantized_mode);
+  if (nn::is_quantized(quantized_mode)) lap("quantize vision");
   impl->llm = llm::Qwen2ModelImpl::load(ckpt.model, ckpt.config.text_config, tensor_options);
   impl->max_positions = ckpt.config.text_config.max_position_embeddings;
   const torch::Tensor& queries = ckpt.model.at("action_queries.weight");
@@ -383,6 +443,8 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   // captured CUDA graph.
   (void)impl->llm->rope_tables(impl->max_positions, options.device, impl->dtype);
   lap("llm");
+  const int64_t quantized_llm = quantize_component(*impl->llm->layers, quantized_mode);
+  if (nn::is_quantized(quantized_mode)) lap("quantize llm");
   impl->head = policy::load_head(ckpt.action_head, ckpt.config, tensor_options);
   check(impl->head->action_dim() == static_cast<int64_t>(impl->action_normalizer->dim()), directory,
         "the action head predicts " + std::to_string(impl->head->action_dim()) + " dims but '" +
@@ -427,9 +489,16 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.proprio_dim = impl->proprio_projector ? impl->proprio_projector->proprio_dim() : 0;
   settings.chunk = impl->head->chunk();
   settings.action_dim = impl->head->action_dim();
+  settings.quantize = nn::is_quantized(quantized_mode) ? nn::matmul_mode_name(quantized_mode) : "none";
+  settings.quantized_layers = quantized_vision + quantized_projector + quantized_llm;
+  settings.quantize_detail = quantize_detail(quantized_mode, quantized_vision, quantized_projector, quantized_llm, impl->dtype);
+  if (quantized_mode == nn::MatmulMode::kInt8 && !nn::cpu_has_int8_dot())
+    log_warn("quantize int8 on a CPU without int8 dot products (AVX512-VNNI / AVX-VNNI / AMX): weights are 7-bit "
+             "(8-bit ones saturate its u8 x s8 instruction) and int8 GEMMs gain less over float ones here; see "
+             "docs/QUANTIZATION.md for the measured speed");
   log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s), " +
            settings.prompt_format + " prompt, center crop " + (settings.center_crop ? "on" : "off") + ", " +
-           dtype_name(impl->dtype) + ", matmul " + settings.matmul + ") in " +
+           dtype_name(impl->dtype) + ", matmul " + settings.matmul + ", quantize " + settings.quantize + ") in " +
            std::to_string(std::lround(ms_since(load_start))) + " ms: " + phases);
   return Policy(impl);
 }
@@ -474,7 +543,10 @@ nlohmann::json settings_json(const PolicySettings& s) {
           {"unnorm_key", s.unnorm_key},
           {"normalization", s.normalization},
           {"cameras", s.cameras},
-          {"proprio_dim", s.proprio_dim}};
+          {"proprio_dim", s.proprio_dim},
+          {"quantize", s.quantize},
+          {"quantized_layers", s.quantized_layers},
+          {"quantize_detail", s.quantize_detail}};
 }
 
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }

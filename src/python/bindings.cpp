@@ -195,6 +195,9 @@ nb::dict settings_dict(const focusvla::PolicySettings& s) {
   d["proprio_dim"] = s.proprio_dim;
   d["chunk"] = s.chunk;
   d["action_dim"] = s.action_dim;
+  d["quantize"] = s.quantize;
+  d["quantized_layers"] = s.quantized_layers;
+  d["quantize_detail"] = s.quantize_detail;
   return d;
 }
 
@@ -448,7 +451,8 @@ NB_MODULE(_core, m) {
           "load",
           [](const std::string& path, nb::handle device, nb::handle dtype, std::optional<std::string> unnorm_key,
              const std::string& prompt_format, bool center_crop, int threads, bool cuda_graphs, int64_t num_images,
-             const std::string& normalization, bool diagnostics, const std::string& cpu_bf16_matmul) {
+             const std::string& normalization, bool diagnostics, const std::string& cpu_bf16_matmul,
+             const std::string& quantize) {
             focusvla::PolicyOptions o;
             o.device = parse_device(device);
             o.dtype = parse_dtype(dtype);
@@ -461,13 +465,14 @@ NB_MODULE(_core, m) {
             o.normalization = normalization;
             o.diagnostics = diagnostics;
             o.cpu_bf16_matmul = parse_matmul(cpu_bf16_matmul);
+            o.quantize = focusvla::nn::parse_quantize(quantize, "quantize");
             nb::gil_scoped_release release;
             return Policy::load(path, o);
           },
           "path"_a, "device"_a = "cpu", "dtype"_a = nb::none(), "unnorm_key"_a = nb::none(),
           "prompt_format"_a = "auto", "center_crop"_a = true, "threads"_a = 0, "cuda_graphs"_a = true,
           "num_images"_a = 0, "normalization"_a = "bounds_q99", "diagnostics"_a = false,
-          "cpu_bf16_matmul"_a = "auto")
+          "cpu_bf16_matmul"_a = "auto", "quantize"_a = "none")
       .def(
           "act",
           [](const Policy& self, nb::handle images, nb::handle instruction, nb::handle proprio, bool return_info) {

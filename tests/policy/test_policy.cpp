@@ -17,6 +17,7 @@
 #include "focusvla/io/json_file.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/policy/policy.h"
+#include "policy/policy_cases.h"
 #include "tensor_util.h"
 #include "test_util.h"
 
@@ -26,46 +27,6 @@ namespace {
 namespace fs = std::filesystem;
 using testing::data_path;
 using testing::expect_error;
-
-const io::StateDict& tensors() {
-  static const io::StateDict state = io::StateDict::from_safetensors(data_path("policy", "tensors.safetensors"));
-  return state;
-}
-
-nlohmann::json find_case(const std::string& name) {
-  for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
-    if (c["name"] == name) return c;
-  ADD_FAILURE() << "no case " << name;
-  return {};
-}
-
-// Every setting the case was computed with, explicit (no defaults).
-PolicyOptions options_for(const nlohmann::json& c) {
-  PolicyOptions o;
-  o.dtype = c["dtype"] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
-  // LibTorch's own bf16 kernels, as the reference runs (the default kAuto is tested apart).
-  o.cpu_bf16_matmul = nn::CpuBf16Matmul::kNative;
-  o.unnorm_key = c["unnorm_key"];
-  o.prompt_format = c["prompt_format"];
-  o.center_crop = c.value("center_crop", false);
-  return o;
-}
-
-Observation observation(const nlohmann::json& o) {
-  Observation obs;
-  for (int c = 0; c < o["cameras"].get<int>(); ++c)
-    obs.images.push_back(tensors().at(o["key"].get<std::string>() + ".image" + std::to_string(c)));
-  obs.instruction = o["instruction"];
-  obs.proprio = o["proprio"].get<std::vector<double>>();
-  return obs;
-}
-
-// max |a - b| / max |b| over the chunk.
-double relative_error(const ActionChunk::Matrix& got, const torch::Tensor& expected) {
-  const torch::Tensor e = expected.to(torch::kFloat64).contiguous();
-  const torch::Tensor g = torch::from_blob(const_cast<double*>(got.data()), {got.rows(), got.cols()}, torch::kFloat64);
-  return testing::relative_error(g, e);
-}
 
 void expect_case(const std::string& name, double tolerance, const std::optional<PolicyOptions>& options = {}) {
   const auto c = find_case(name);
@@ -223,13 +184,6 @@ std::pair<double, double> bf16_distances(const ActionChunk& ours, const std::str
   const torch::Tensor fp32 = tensors().at(fp32_case + ".0.actions");
   const torch::Tensor ref_bf16 = tensors().at(bf16_case + ".0.actions");
   return {relative_error(ours.actions, fp32), testing::relative_error(ref_bf16, fp32)};
-}
-
-// Whether gen_policy.py wrote `name` (the full-size cases need --full).
-bool has_case(const std::string& name) {
-  for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
-    if (c["name"] == name) return true;
-  return false;
 }
 
 TEST(PolicyConformance, Bf16AutoMatmulWithinBf16OfFp32) {

@@ -37,6 +37,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2Model
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gen_quantize  # noqa: E402
+
 SEED = 20240612
 PREFIX = "language_model.model."
 
@@ -171,6 +174,7 @@ def main():
     for name, fields, rows, lengths, batch_lengths, weight_dtype in SHAPES:
         gen = torch.Generator().manual_seed(SEED + sum(map(ord, name)))
         generate(out_dir, name, fields, rows, lengths, batch_lengths, weight_dtype, gen)
+    gen_quantize.generate(out_dir)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 // all): the parameters are registered as uninitialised tensors of the right shape, dtype and
 // device, named as in the checkpoints ("weight", "bias"). What a mode derives from them (fp32
 // copies) is unregistered state: the checkpoint names and the state dict do not change with the
-// mode.
+// mode. A quantized mode (kInt8, kInt8WeightOnly, kFp8) releases the float weight once its
+// quantized copy exists: the parameter keeps its shape, dtype and device over 2 bytes of memory.
 
 #include <torch/torch.h>
 
@@ -43,13 +44,20 @@ class LinearImpl : public torch::nn::Module {
   // Sets the mode and makes what it needs from the current weights, now (never per call); a
   // later in-place change of the weights (a load) needs another call. Module::to() keeps the mode
   // and makes its tensors again for the new dtype / device. set_matmul_mode / set_cpu_bf16_matmul
-  // (nn/matmul.h) set it over a whole module tree.
+  // (nn/matmul.h) set it over a whole module tree. Quantized modes: kInt8 needs CPU weights, kFp8
+  // a CUDA device of compute capability 8.9+ (nn::fp8_supported); after one, the weight is
+  // released and a further call (or Module::to()) throws Error.
   void set_matmul_mode(MatmulMode mode);
   // The mode as set (default kNative).
   MatmulMode matmul_mode() const { return mode_; }
   // The mode forward() runs now: the mode as set where it applies (kFp32Copies: bf16 weights on
   // the CPU, copies of the current weights), else kNative.
   MatmulMode active_matmul_mode() const;
+  // Whether the float weight was released after quantizing (see above).
+  bool weight_released() const { return released_; }
+  // The quantized weight (values and per-row scales) of a quantized mode; undefined tensors else.
+  torch::Tensor quantized_values() const { return weight_q_; }
+  torch::Tensor quantized_scales() const { return weight_scale_; }
 
   // Module::to() moves the parameters, then derives the mode's tensors again.
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
@@ -63,26 +71,35 @@ class LinearImpl : public torch::nn::Module {
   friend class FusedLinearImpl;  // shares its fused block's derived tensors with the parts
 
   // (Re)makes the mode's tensors from the current weight and bias (drops them where the mode
-  // does not apply).
+  // does not apply); a quantized mode then releases the weight.
   void derive();
+  // Throws Error when the weight was released (nothing can be derived from it again).
+  void check_not_released(const std::string& action) const;
+  // Replaces the float weight by a placeholder of its shape, dtype and device (2 bytes).
+  void release_weight();
   // Whether the derived tensors were made from the weight and bias as they are now (same
   // storage): a weight replaced with set_data() after derive() runs as kNative, never wrong.
   bool derived_from_current() const;
   void note_derived_from_current();
   // The mode's tensors, each with one row per output feature, in a fixed order (undefined where
   // the mode has none): FusedLinear gives each part its rows of the fused block's.
-  std::array<torch::Tensor*, 2> derived_tensors() { return {&weight_fp32_, &bias_fp32_}; }
-  std::array<const torch::Tensor*, 2> derived_tensors() const { return {&weight_fp32_, &bias_fp32_}; }
+  std::array<torch::Tensor*, 4> derived_tensors() { return {&weight_fp32_, &bias_fp32_, &weight_q_, &weight_scale_}; }
+  std::array<const torch::Tensor*, 4> derived_tensors() const {
+    return {&weight_fp32_, &bias_fp32_, &weight_q_, &weight_scale_};
+  }
 
   MatmulMode mode_ = MatmulMode::kNative;
-  // kFp32Copies: fp32 copies of weight and bias (bf16 CPU weights only; else undefined).
+  // kFp32Copies: fp32 copies of weight and bias (bf16 CPU weights only; else undefined). kInt8:
+  // bias_fp32_ is the epilogue's bias.
   torch::Tensor weight_fp32_;
   torch::Tensor bias_fp32_;
+  // Quantized modes: the weight's values (int8 or e4m3, (N, K)) and per-row float32 scales (N).
+  torch::Tensor weight_q_;
+  torch::Tensor weight_scale_;
+  bool released_ = false;
   // The storage the derived tensors were made from (see derived_from_current).
   const void* derived_weight_ = nullptr;
   const void* derived_bias_ = nullptr;
-  // Later modes keep their tensors here too (e.g. kInt8: int8 weight and per-row scales), listed
-  // in derived_tensors().
 };
 TORCH_MODULE(Linear);
 

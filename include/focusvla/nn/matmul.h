@@ -10,18 +10,35 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
+#include <string>
 
 namespace focusvla::nn {
 
 // How one nn::Linear stores its weight and multiplies. New ways of storing weights (int8 / fp8
 // weights with per-row scales and a quantized GEMM) are further modes here, made in
 // LinearImpl::derive() and used in LinearImpl::forward() (src/nn/linear.cpp).
+//
+// The quantized modes (nn/quantize.h has their arithmetic) replace the weight: once quantized,
+// the layer's float weight is released (the parameter keeps its shape, dtype and device, over no
+// memory), so a quantized layer cannot change mode, dtype or device again (an Error: load the
+// checkpoint again instead).
 enum class MatmulMode {
   kNative,      // torch::linear on the weight in its own dtype (LibTorch's kernels)
   kFp32Copies,  // bf16 weights on the CPU: fp32 copies of weight and bias kept next to them; bf16
                 // inputs upcast, one fp32 matmul, rounded to bf16 once (linear_bf16_as_fp32).
                 // Other dtypes and devices: as kNative (nothing is copied).
+  kInt8,        // CPU W8A8: int8 weights with per-row scales, int8 activations with per-token
+                // scales, at::_int_mm, one rescale + bias epilogue (nn::int8_linear)
+  kInt8WeightOnly,  // int8 weights with per-row scales, activations in the compute dtype
+                    // (nn::int8_weight_only_linear): CUDA without fp8
+  kFp8,         // CUDA sm_89+: e4m3 weights and per-token activations, at::_scaled_mm row-wise
 };
+
+// "native", "fp32-copies", "int8", "int8-weight-only", "fp8".
+const char* matmul_mode_name(MatmulMode mode);
+// Whether `mode` quantizes (and releases) the weight.
+bool is_quantized(MatmulMode mode);
 
 // How bf16 linear layers run on the CPU. Without native bf16 dot products (AVX512-BF16, AMX,
 // Arm BF16), LibTorch's bf16 matmul is emulated and ~3x slower than fp32; the same products
@@ -54,9 +71,18 @@ bool bf16_matmul_in_fp32(CpuBf16Matmul mode, torch::ScalarType dtype, const torc
 // tensors are made now from the current weights: call it after loading (a later in-place load
 // does not update them; Module::to() re-makes them for the new dtype / device). Each Linear
 // keeps its mode across Module::to(): fp32 copies exist exactly while its weight is bf16 on the
-// CPU. Returns how many of the tree's Linears now multiply in `mode` (for kFp32Copies: those
-// with bf16 CPU weights).
+// CPU. Quantized layers (weight released) keep their mode. Returns how many of the tree's
+// Linears now multiply in `mode` (for kFp32Copies: those with bf16 CPU weights).
 int64_t set_matmul_mode(torch::nn::Module& root, MatmulMode mode);
+
+// set_matmul_mode on the layers `select` picks: select(path, layer) with each nn::Linear's and
+// nn::FusedLinear's module path under `root` ("blocks.3.mlp.fc1", "layers.0.self_attn.qkv_proj");
+// the parts of a fused block go with their block (they are not asked on their own). Returns how
+// many Linears (a fused block's parts counted) now multiply in `mode`. The quantized plan of a
+// policy (policy.cpp) is one call per component.
+class LinearImpl;
+int64_t set_matmul_mode(torch::nn::Module& root, MatmulMode mode,
+                        const std::function<bool(const std::string& path, const LinearImpl& layer)>& select);
 
 // set_matmul_mode(root, matmul_mode_for(mode)): bf16 linear layers on the CPU as fp32 copies
 // (kFloat32, or kAuto on a CPU without native bf16) or LibTorch's kernels. Weights of other

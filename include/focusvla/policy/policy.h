@@ -28,6 +28,7 @@
 
 #include "focusvla/core/tap.h"
 #include "focusvla/nn/matmul.h"
+#include "focusvla/nn/quantize.h"
 
 namespace focusvla {
 
@@ -73,6 +74,13 @@ struct PolicyOptions {
   nn::CpuBf16Matmul cpu_bf16_matmul = nn::CpuBf16Matmul::kAuto;
   // Input shapes whose buffers (and CUDA graphs) are kept; the least recently used goes first.
   int max_cached_shapes = 8;
+  // Quantized linear layers, made at load from the checkpoint's weights (nothing is written; the
+  // float weights of quantized layers are released). kInt8 on a CPU: W8A8 (int8 weights and
+  // per-token int8 activations); on CUDA: int8 weight-only. kFp8: CUDA with compute capability
+  // 8.9+ (Ada, Hopper), int8 weight-only on older GPUs (a warning), an Error on a CPU. Which
+  // layers: the vision encoders', the projector's and the decoder's linear layers; the head,
+  // norms, embeddings and the patch embedding keep the compute dtype (docs/QUANTIZATION.md).
+  nn::Quantize quantize = nn::Quantize::kNone;
 };
 
 // What a loaded Policy runs with: every option after resolution, and why (Policy::settings()).
@@ -92,6 +100,13 @@ struct PolicySettings {
   int64_t cameras = 0;
   int64_t proprio_dim = 0;           // 0 without a proprio projector
   int64_t chunk = 0, action_dim = 0;
+  // Quantization: "none", or the mode the quantized layers run ("int8" = CPU W8A8,
+  // "int8-weight-only", "fp8"), how many linear layers run it, and what it means here (e.g.
+  // "W8A8 with 8-bit weights (int8 dot products: AMX / VNNI); vision 192, projector 3, llm 120
+  // layers; head, norms, embeddings, patch embeddings in bfloat16").
+  std::string quantize = "none";
+  int64_t quantized_layers = 0;
+  std::string quantize_detail;
 };
 
 // The spelling of a dtype in settings, logs and --dtype: "float32", "bfloat16", "float16".
@@ -99,7 +114,8 @@ std::string dtype_name(torch::ScalarType dtype);
 
 // The settings as JSON, as `focusvla act --json` and the server's metadata give them:
 // {"head", "prompt_format", "prompt_format_source", "center_crop", "dtype", "dtype_source",
-//  "device", "matmul", "unnorm_key", "normalization", "cameras", "proprio_dim"}.
+//  "device", "matmul", "unnorm_key", "normalization", "cameras", "proprio_dim", "quantize",
+//  "quantized_layers", "quantize_detail"}.
 nlohmann::json settings_json(const PolicySettings& settings);
 
 // The prompt an instruction becomes, and its token ids (no BOS / EOS).

@@ -1,0 +1,87 @@
+#pragma once
+// Quantized linear layers: the arithmetic of the int8 and fp8 MatmulModes (nn/matmul.h) that
+// nn::Linear runs (nn/linear.h owns when; this header is how). docs/QUANTIZATION.md has the plan
+// (which layers, why) and the measured errors.
+//
+//   int8 W8A8 (CPU)  weights: int8, symmetric, one scale per output row (absmax / qmax);
+//                    activations: int8, symmetric, one scale per token (absmax / 127), made per call;
+//                    at::_int_mm (oneDNN: AMX / AVX512-VNNI / AVX-VNNI int8 dot products, int32
+//                    accumulation), then one epilogue: y = acc * x_scale * w_scale + bias.
+//                    qmax is 127 where the CPU has int8 dot products (VNNI / AMX) and 63 elsewhere:
+//                    AVX2's and AVX512's u8 x s8 instruction (vpmaddubsw) adds pairs of products
+//                    in int16 and saturates with 8-bit weights (measured: 20% wrong sums), exact
+//                    with 7-bit ones (oneDNN's documented workaround).
+//   int8 weight-only weights as above (qmax 127), activations in the compute dtype:
+//                    y = (x W_q^T) * w_scale + bias (CUDA without fp8, where _int_mm is not used).
+//   fp8 (CUDA sm_89+) weights: float8 e4m3, one scale per row (absmax / 448); activations e4m3, one
+//                    scale per token, made per call; at::_scaled_mm with row-wise scales, bf16 out.
+//
+// Every function takes and returns tensors; nothing here keeps state. A row (token) that is all
+// zeros gets scale 0 (its output is the bias); a row holding NaN or Inf gets a NaN scale, so the
+// NaN reaches the output as it would through a float matmul.
+
+#include <torch/torch.h>
+
+#include <string>
+
+namespace focusvla::nn {
+
+// What PolicyOptions::quantize asks for: which linear layers become int8 / fp8 is the policy's
+// plan (docs/QUANTIZATION.md); how is this header.
+enum class Quantize {
+  kNone,  // weights in the compute dtype (the default)
+  kInt8,  // CPU: W8A8 (dynamic per-token activations); CUDA: int8 weight-only
+  kFp8,   // CUDA sm_89 / sm_90: e4m3 weights and activations, row-wise scales
+};
+
+// "none", "int8", "fp8" (and the aliases "off", "w8a8", "float8", "e4m3"); anything else is an
+// Error naming `what` and the accepted values.
+Quantize parse_quantize(const std::string& text, const std::string& what = "quantize");
+std::string quantize_name(Quantize quantize);
+
+// True when this CPU has int8 dot-product instructions that do not saturate: AVX512-VNNI,
+// AVX-VNNI or AMX-INT8 (x86), or Arm's dotprod/i8mm (read once from /proc/cpuinfo). Without them
+// the int8 weights are 7-bit (see above) and int8 is slower relative to float.
+bool cpu_has_int8_dot();
+// The largest int8 weight magnitude on this CPU: 127 with int8 dot products, else 63.
+int cpu_int8_weight_max();
+
+// A weight, quantized per output row.
+struct QuantizedWeight {
+  torch::Tensor values;  // (N, K) int8 or float8_e4m3fn
+  torch::Tensor scales;  // (N) float32: row n = values[n] * scales[n]
+};
+
+// Symmetric per-row int8: scale = absmax / qmax, values = round(w / scale) in [-qmax, qmax]
+// (round half to even, as torch.round). On w's device.
+QuantizedWeight quantize_rows_int8(const torch::Tensor& weight, int qmax);
+// Per-row e4m3: scale = absmax / 448, values = (w / scale) as e4m3 (round to nearest even).
+QuantizedWeight quantize_rows_fp8(const torch::Tensor& weight);
+
+// x (M, K) float32 / bfloat16 / float16, contiguous, on the CPU -> int8 values (M, K) and float32
+// scales (M): scale = absmax / 127, values = round(x * (127 / absmax)).
+QuantizedWeight quantize_tokens_int8(const torch::Tensor& x);
+
+// W8A8 on the CPU: x (..., K) float -> (..., N) in x's dtype. weight: int8 (N, K) with scales
+// (N); bias (N) float32 or undefined. The int32 products through at::_int_mm, then one pass:
+// y = float(acc) * x_scale * w_scale + bias (in that order, float32, no fused multiply-add),
+// rounded once to x's dtype.
+torch::Tensor int8_linear(const torch::Tensor& x, const QuantizedWeight& weight, const torch::Tensor& bias_fp32);
+
+// Weight-only int8 (any device): y = (x W_q^T) * w_scale + bias in x's dtype; the int8 values are
+// exact in bf16 / fp16 / fp32.
+torch::Tensor int8_weight_only_linear(const torch::Tensor& x, const QuantizedWeight& weight,
+                                      const torch::Tensor& bias);
+
+// fp8 on CUDA: per-token e4m3 activations, at::_scaled_mm with scales (M, 1) and (1, N), bf16
+// output, bias added in x's dtype; the result in x's dtype. Throws Error off CUDA.
+torch::Tensor fp8_linear(const torch::Tensor& x, const QuantizedWeight& weight, const torch::Tensor& bias);
+// Per-token e4m3 activations as fp8_linear makes them (any device; CUDA in fp8_linear):
+// values (M, K) e4m3, scales (M, 1) float32.
+QuantizedWeight quantize_tokens_fp8(const torch::Tensor& x);
+
+// Whether `device` runs fp8_linear: CUDA with compute capability 8.9 or later. `why` gets the
+// reason when not.
+bool fp8_supported(const torch::Device& device, std::string* why = nullptr);
+
+}  // namespace focusvla::nn

@@ -1,0 +1,70 @@
+#pragma once
+// The policy test group's oracle cases (tests/python/gen_policy.py): cases.json and
+// tensors.safetensors, the options each case was computed with, its observations, and the
+// relative error of a chunk against the reference's actions.
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "focusvla/io/json_file.h"
+#include "focusvla/io/state_dict.h"
+#include "focusvla/policy/policy.h"
+#include "tensor_util.h"
+#include "test_util.h"
+
+namespace focusvla {
+namespace {
+
+using testing::data_path;
+
+inline const io::StateDict& tensors() {
+  static const io::StateDict state = io::StateDict::from_safetensors(data_path("policy", "tensors.safetensors"));
+  return state;
+}
+
+inline nlohmann::json find_case(const std::string& name) {
+  for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
+    if (c["name"] == name) return c;
+  ADD_FAILURE() << "no case " << name;
+  return {};
+}
+
+// Every setting the case was computed with, explicit (no defaults).
+inline PolicyOptions options_for(const nlohmann::json& c) {
+  PolicyOptions o;
+  o.dtype = c["dtype"] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+  // LibTorch's own bf16 kernels, as the reference runs (the default kAuto is tested apart).
+  o.cpu_bf16_matmul = nn::CpuBf16Matmul::kNative;
+  o.unnorm_key = c["unnorm_key"];
+  o.prompt_format = c["prompt_format"];
+  o.center_crop = c.value("center_crop", false);
+  return o;
+}
+
+inline Observation observation(const nlohmann::json& o) {
+  Observation obs;
+  for (int c = 0; c < o["cameras"].get<int>(); ++c)
+    obs.images.push_back(tensors().at(o["key"].get<std::string>() + ".image" + std::to_string(c)));
+  obs.instruction = o["instruction"];
+  obs.proprio = o["proprio"].get<std::vector<double>>();
+  return obs;
+}
+
+// max |a - b| / max |b| over the chunk.
+inline double relative_error(const ActionChunk::Matrix& got, const torch::Tensor& expected) {
+  const torch::Tensor e = expected.to(torch::kFloat64).contiguous();
+  const torch::Tensor g = torch::from_blob(const_cast<double*>(got.data()), {got.rows(), got.cols()}, torch::kFloat64);
+  return testing::relative_error(g, e);
+}
+
+// Whether gen_policy.py wrote `name` (the full-size cases need --full).
+inline bool has_case(const std::string& name) {
+  for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
+    if (c["name"] == name) return true;
+  return false;
+}
+
+}  // namespace
+}  // namespace focusvla
