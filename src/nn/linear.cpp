@@ -24,7 +24,8 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) const {
         return linear_bf16_as_fp32(x, weight_fp32_, bias_fp32_);
       break;
     case MatmulMode::kInt8:
-      if (weight_q_.defined() && derived_from_current()) return int8_linear(x, {weight_q_, weight_scale_}, bias_fp32_);
+      if ((packed_.defined() || weight_q_.defined()) && derived_from_current())
+        return int8_linear(x, {weight_q_, weight_scale_, packed_}, bias_fp32_);
       break;
     case MatmulMode::kInt8WeightOnly:
       if (weight_q_.defined() && derived_from_current())
@@ -34,6 +35,10 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) const {
       if (weight_q_.defined() && derived_from_current()) return fp8_linear(x, {weight_q_, weight_scale_}, bias);
       break;
   }
+  // A released weight is a placeholder: never multiply it. (A part of a quantized fused block
+  // runs through its block; FusedLinear does not call a part while the block is fused.)
+  check(!(released_ && derived_from_current()), "nn::Linear",
+        std::string("quantized (") + matmul_mode_name(mode_) + ") without its quantized weight");
   return torch::linear(x, weight, bias);
 }
 
@@ -69,7 +74,7 @@ MatmulMode LinearImpl::active_matmul_mode() const {
     case MatmulMode::kInt8:
     case MatmulMode::kInt8WeightOnly:
     case MatmulMode::kFp8:
-      if (weight_q_.defined() && derived_from_current()) return mode_;
+      if ((weight_q_.defined() || packed_.defined() || weight_scale_.defined()) && derived_from_current()) return mode_;
       break;
   }
   return MatmulMode::kNative;
@@ -79,6 +84,7 @@ void LinearImpl::derive() {
   torch::NoGradGuard no_grad;
   // Dropped first, so that the old and the new copies are never held together.
   for (auto* t : derived_tensors()) *t = torch::Tensor();
+  packed_ = torch::Tensor();
   derived_weight_ = derived_bias_ = nullptr;
   switch (mode_) {
     case MatmulMode::kNative:
@@ -89,8 +95,10 @@ void LinearImpl::derive() {
       if (bias.defined()) bias_fp32_ = bias.to(torch::kFloat32);
       break;
     case MatmulMode::kInt8: {
-      QuantizedWeight q = quantize_rows_int8(weight, cpu_int8_weight_max());
-      weight_q_ = std::move(q.values);
+      // Packed for oneDNN where LibTorch has the op (then the plain int8 values are not kept).
+      QuantizedWeight q = pack_int8(quantize_rows_int8(weight, cpu_int8_weight_max()));
+      packed_ = std::move(q.packed);
+      if (!packed_.defined()) weight_q_ = std::move(q.values);
       weight_scale_ = std::move(q.scales);
       if (bias.defined()) bias_fp32_ = bias.to(torch::kFloat32);
       break;

@@ -4,11 +4,16 @@
 #include "focusvla/nn/quantize.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
 #include <sstream>
 
 #include "focusvla/core/error.h"
@@ -22,52 +27,153 @@ namespace {
 
 constexpr float kFp8Max = 448.0f;  // the largest finite float8 e4m3fn
 
-// Rows of x (M, K) -> int8 values and a float32 scale per row (see quantize_tokens_int8).
-template <typename T>
-void quantize_rows_cpu(const T* x, int64_t rows, int64_t k, int8_t* values, float* scales) {
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const T* row = x + m * k;
-      float amax = 0.0f, probe = 0.0f;  // probe: NaN when the row holds NaN or Inf
-      for (int64_t i = 0; i < k; ++i) {
-        const float v = static_cast<float>(row[i]);
-        const float a = std::fabs(v);
-        amax = a > amax ? a : amax;
-        probe += v * 0.0f;
-      }
-      float scale = amax / 127.0f;
-      float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-      if (!(probe == 0.0f)) {
-        scale = std::numeric_limits<float>::quiet_NaN();
-        inverse = 0.0f;
-      }
-      scales[m] = scale;
-      int8_t* out = values + m * k;
-      for (int64_t i = 0; i < k; ++i) {
-        const float q = std::nearbyint(static_cast<float>(row[i]) * inverse);
-        out[i] = static_cast<int8_t>(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : (q == q ? q : 0.0f)));
-      }
-    }
-  });
+// The CPU loops, written so that the compiler vectorizes them (no libm calls, no branches),
+// and compiled for AVX512 and AVX2 besides the baseline (GCC function multiversioning: the
+// loader picks the clone this CPU runs). Each float operation rounds as PyTorch's does.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FOCUSVLA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define FOCUSVLA_CPU_CLONES
+#endif
+
+// Round to nearest, ties to even, for |v| < 2^22 (the values here are within +-127): adding and
+// subtracting 1.5 * 2^23 leaves the integer part in the mantissa (the FPU's default rounding).
+inline float round_half_even(float v) {
+  constexpr float kMagic = 12582912.0f;
+  return (v + kMagic) - kMagic;
 }
 
-// out (M, N) = float(acc) * x_scale[m] * w_scale[n] (+ bias[n]), rounded once to T.
-template <typename T>
-void epilogue_cpu(const int32_t* acc, int64_t rows, int64_t n, const float* x_scales, const float* w_scales,
-                  const float* bias, T* out) {
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const float xs = x_scales[m];
-      const int32_t* a = acc + m * n;
-      T* y = out + m * n;
-      if (bias != nullptr) {
-        for (int64_t j = 0; j < n; ++j) y[j] = static_cast<T>(static_cast<float>(a[j]) * xs * w_scales[j] + bias[j]);
-      } else {
-        for (int64_t j = 0; j < n; ++j) y[j] = static_cast<T>(static_cast<float>(a[j]) * xs * w_scales[j]);
-      }
-    }
-  });
+inline float bf16_to_float(uint16_t bits) {
+  uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
 }
+
+// float -> bf16 bits, round to nearest even, NaN kept (as c10::BFloat16), without branches.
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
+}
+
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// One row of x -> int8 values; returns its scale (see quantize_tokens_int8). `load` reads
+// element i as float. The absmax is an integer max over the bit patterns without the sign (they
+// order like the magnitudes, Inf and NaN above every finite value): a reduction the compiler
+// vectorizes, where a float max would need -ffast-math.
+template <typename Out, typename Load>
+inline float quantize_row(const Load& load, int64_t k, int32_t offset, Out* out) {
+  uint32_t amax_bits = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const uint32_t a = float_bits(load(i)) & 0x7FFFFFFFu;
+    amax_bits = a > amax_bits ? a : amax_bits;
+  }
+  if (amax_bits >= 0x7F800000u) {  // a NaN or Inf in the row
+    for (int64_t i = 0; i < k; ++i) out[i] = static_cast<Out>(offset);
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  float amax;
+  std::memcpy(&amax, &amax_bits, sizeof amax);
+  const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    int32_t q = static_cast<int32_t>(round_half_even(load(i) * inverse));
+    q = q > 127 ? 127 : q;
+    q = q < -127 ? -127 : q;
+    out[i] = static_cast<Out>(q + offset);
+  }
+  return amax / 127.0f;
+}
+
+// Rows [begin, end) of x (M, K) -> values (int8, or uint8 with offset 128) and scales.
+FOCUSVLA_CPU_CLONES
+void quantize_rows_f32(const float* x, int64_t k, int32_t offset, void* values, float* scales, int64_t begin,
+                       int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float* row = x + m * k;
+    const auto load = [row](int64_t i) { return row[i]; };
+    scales[m] = offset == 0 ? quantize_row(load, k, 0, static_cast<int8_t*>(values) + m * k)
+                            : quantize_row(load, k, offset, static_cast<uint8_t*>(values) + m * k);
+  }
+}
+
+FOCUSVLA_CPU_CLONES
+void quantize_rows_bf16(const uint16_t* x, int64_t k, int32_t offset, void* values, float* scales, int64_t begin,
+                        int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const uint16_t* row = x + m * k;
+    const auto load = [row](int64_t i) { return bf16_to_float(row[i]); };
+    scales[m] = offset == 0 ? quantize_row(load, k, 0, static_cast<int8_t*>(values) + m * k)
+                            : quantize_row(load, k, offset, static_cast<uint8_t*>(values) + m * k);
+  }
+}
+
+// In place, y (M, N) = float(y) * x_scale[m] + bias[n], rounded once (after the packed GEMM).
+FOCUSVLA_CPU_CLONES
+void rescale_f32(float* y, int64_t n, const float* x_scales, const float* bias, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float xs = x_scales[m];
+    float* row = y + m * n;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < n; ++j) row[j] = row[j] * xs + bias[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) row[j] = row[j] * xs;
+    }
+  }
+}
+
+FOCUSVLA_CPU_CLONES
+void rescale_bf16(uint16_t* y, int64_t n, const float* x_scales, const float* bias, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float xs = x_scales[m];
+    uint16_t* row = y + m * n;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < n; ++j) row[j] = float_to_bf16(bf16_to_float(row[j]) * xs + bias[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) row[j] = float_to_bf16(bf16_to_float(row[j]) * xs);
+    }
+  }
+}
+
+// out row m = float(acc) * x_scale[m] * w_scale[n] (+ bias[n]), rounded once to the output type.
+FOCUSVLA_CPU_CLONES
+void epilogue_f32(const int32_t* acc, int64_t n, const float* x_scales, const float* w_scales, const float* bias,
+                  float* out, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float xs = x_scales[m];
+    const int32_t* a = acc + m * n;
+    float* y = out + m * n;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < n; ++j) y[j] = static_cast<float>(a[j]) * xs * w_scales[j] + bias[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) y[j] = static_cast<float>(a[j]) * xs * w_scales[j];
+    }
+  }
+}
+
+FOCUSVLA_CPU_CLONES
+void epilogue_bf16(const int32_t* acc, int64_t n, const float* x_scales, const float* w_scales, const float* bias,
+                   uint16_t* out, int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float xs = x_scales[m];
+    const int32_t* a = acc + m * n;
+    uint16_t* y = out + m * n;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < n; ++j) y[j] = float_to_bf16(static_cast<float>(a[j]) * xs * w_scales[j] + bias[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) y[j] = float_to_bf16(static_cast<float>(a[j]) * xs * w_scales[j]);
+    }
+  }
+}
+
+// Rows in parallel: at least ~16k elements per task.
+int64_t grain(int64_t row_elements) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elements)); }
 
 void check_float_input(const torch::Tensor& x, const std::string& what) {
   check(x.defined() && x.dim() >= 1, what, "expected a tensor with at least one dimension");
@@ -78,6 +184,14 @@ void check_float_input(const torch::Tensor& x, const std::string& what) {
 
 void check_weight(const torch::Tensor& x, const QuantizedWeight& w, torch::ScalarType values_dtype,
                   const std::string& what) {
+  if (w.packed.defined() && !w.values.defined()) {  // packed only: the packed tensor has the shape
+    check(w.packed.dim() == 2, what, "packed weight must be 2-D");
+    check(w.scales.defined() && w.scales.scalar_type() == torch::kFloat32, what, "weight scales must be float32");
+    const int64_t k = w.packed.size(0) == w.scales.numel() ? w.packed.size(1) : w.packed.size(0);
+    check(x.size(-1) == k, what,
+          "input has " + std::to_string(x.size(-1)) + " features, the weight takes " + std::to_string(k));
+    return;
+  }
   check(w.values.defined() && w.values.dim() == 2 && w.values.scalar_type() == values_dtype, what,
         std::string("weight values must be (N, K) ") + c10::toString(values_dtype));
   check(w.scales.defined() && w.scales.numel() == w.values.size(0) && w.scales.scalar_type() == torch::kFloat32, what,
@@ -157,55 +271,137 @@ QuantizedWeight quantize_rows_fp8(const torch::Tensor& weight) {
   return q;
 }
 
-QuantizedWeight quantize_tokens_int8(const torch::Tensor& x) {
+QuantizedWeight quantize_tokens_int8(const torch::Tensor& x, int offset) {
   check_float_input(x, "quantize_tokens_int8");
   check(x.dim() == 2 && x.is_cpu() && x.is_contiguous(), "quantize_tokens_int8", "expected a contiguous (M, K) CPU tensor");
+  check(offset == 0 || offset == 128, "quantize_tokens_int8", "offset must be 0 (int8) or 128 (uint8)");
   const int64_t m = x.size(0), k = x.size(1);
   QuantizedWeight q;
-  q.values = torch::empty({m, k}, torch::kInt8);
+  q.values = torch::empty({m, k}, offset == 0 ? torch::kInt8 : torch::kUInt8);
   q.scales = torch::empty({m}, torch::kFloat32);
-  int8_t* values = q.values.data_ptr<int8_t>();
+  void* values = q.values.data_ptr();
   float* scales = q.scales.data_ptr<float>();
-  switch (x.scalar_type()) {
-    case torch::kFloat32: quantize_rows_cpu(x.const_data_ptr<float>(), m, k, values, scales); break;
-    case torch::kBFloat16: quantize_rows_cpu(x.const_data_ptr<c10::BFloat16>(), m, k, values, scales); break;
-    default: quantize_rows_cpu(x.const_data_ptr<c10::Half>(), m, k, values, scales); break;
-  }
+  const torch::Tensor xs = x.scalar_type() == torch::kFloat16 ? x.to(torch::kFloat32) : x;
+  const bool bf16 = xs.scalar_type() == torch::kBFloat16;
+  const void* data = xs.const_data_ptr();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    if (bf16)
+      quantize_rows_bf16(static_cast<const uint16_t*>(data), k, offset, values, scales, begin, end);
+    else
+      quantize_rows_f32(static_cast<const float*>(data), k, offset, values, scales, begin, end);
+  });
   return q;
 }
+
+namespace {
+
+// LibTorch's oneDNN int8 linear ops (PyTorch's x86 int8 path), called boxed: no C++ signature of
+// ours to drift from theirs. Null when this LibTorch has none.
+const c10::OperatorHandle* onednn_op(const char* name) {
+  const auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
+  if (!handle || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) return nullptr;
+  static std::mutex mutex;
+  static std::vector<std::unique_ptr<c10::OperatorHandle>> kept;
+  std::lock_guard<std::mutex> lock(mutex);
+  kept.push_back(std::make_unique<c10::OperatorHandle>(*handle));
+  return kept.back().get();
+}
+
+const c10::OperatorHandle* qlinear_prepack_op() {
+  static const c10::OperatorHandle* op = onednn_op("onednn::qlinear_prepack");
+  return op;
+}
+
+const c10::OperatorHandle* qlinear_op() {
+  static const c10::OperatorHandle* op = onednn_op("onednn::qlinear_pointwise");
+  return op;
+}
+
+}  // namespace
+
+bool int8_packed_gemm_available() { return qlinear_prepack_op() != nullptr && qlinear_op() != nullptr; }
+
+QuantizedWeight pack_int8(QuantizedWeight weight, int64_t tokens) {
+  check(weight.values.defined() && weight.values.dim() == 2 && weight.values.scalar_type() == torch::kInt8 &&
+            weight.values.is_cpu(),
+        "pack_int8", "expected an (N, K) int8 CPU weight");
+  if (!int8_packed_gemm_available()) return weight;
+  torch::jit::Stack stack{weight.values.contiguous(), std::vector<int64_t>{tokens, weight.values.size(1)}};
+  qlinear_prepack_op()->callBoxed(&stack);
+  weight.packed = stack.at(0).toTensor();
+  return weight;
+}
+
+namespace {
+
+// t = qlinear(u8 values (zero point 128, scale 1), packed weight, w_scale) in `dtype`.
+torch::Tensor packed_gemm(const torch::Tensor& xu8, const QuantizedWeight& w, torch::ScalarType dtype) {
+  const int64_t n = w.scales.size(0);
+  torch::jit::Stack stack{xu8,
+                          1.0,
+                          int64_t{128},
+                          w.packed,
+                          w.scales,
+                          torch::zeros({n}, torch::kInt32),
+                          c10::IValue(),
+                          1.0,
+                          int64_t{0},
+                          c10::IValue(dtype),
+                          std::string("none"),
+                          c10::List<std::optional<c10::Scalar>>(),
+                          std::string("")};
+  qlinear_op()->callBoxed(&stack);
+  return stack.at(0).toTensor();
+}
+
+}  // namespace
 
 torch::Tensor int8_linear(const torch::Tensor& x, const QuantizedWeight& weight, const torch::Tensor& bias_fp32) {
   check_float_input(x, "int8_linear");
   check_weight(x, weight, torch::kInt8, "int8_linear");
-  check(x.is_cpu() && weight.values.is_cpu(), "int8_linear", "runs on the CPU (CUDA: int8 weight-only or fp8)");
-  const int64_t k = x.size(-1), n = weight.values.size(0);
+  check(x.is_cpu() && weight.scales.is_cpu(), "int8_linear", "runs on the CPU (CUDA: int8 weight-only or fp8)");
+  const int64_t k = x.size(-1), n = weight.scales.numel();
   check(!bias_fp32.defined() || (bias_fp32.numel() == n && bias_fp32.scalar_type() == torch::kFloat32), "int8_linear",
         "bias must be float32 with one value per output row");
   const torch::Tensor x2 = x.reshape({-1, k}).contiguous();
   const int64_t m = x2.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = n;
-  torch::Tensor out = torch::empty({m, n}, x.options());
-  if (m == 0) return out.view(out_shape);
+  if (m == 0) return torch::empty(out_shape, x.options());
+  const float* bias = bias_fp32.defined() ? bias_fp32.const_data_ptr<float>() : nullptr;
+  if (weight.packed.defined()) {
+    // oneDNN: t = acc * w_scale in the output dtype (fp16: float32, converted at the end).
+    const QuantizedWeight xq = quantize_tokens_int8(x2, /*offset=*/128);
+    const auto dtype = x.scalar_type() == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat32;
+    torch::Tensor t = packed_gemm(xq.values, weight, dtype);
+    check(t.sizes() == torch::IntArrayRef({m, n}) && t.is_contiguous() && t.scalar_type() == dtype, "int8_linear",
+          "unexpected output of onednn::qlinear_pointwise");
+    const float* x_scales = xq.scales.const_data_ptr<float>();
+    at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+      if (dtype == torch::kBFloat16)
+        rescale_bf16(static_cast<uint16_t*>(t.data_ptr()), n, x_scales, bias, begin, end);
+      else
+        rescale_f32(t.data_ptr<float>(), n, x_scales, bias, begin, end);
+    });
+    return (x.scalar_type() == torch::kFloat16 ? t.to(torch::kFloat16) : t).view(out_shape);
+  }
   const QuantizedWeight xq = quantize_tokens_int8(x2);
   // (M, K) x (K, N): the weight's transpose is a column-major view, as oneDNN reads it.
   const torch::Tensor acc = at::_int_mm(xq.values, weight.values.t());
   const torch::Tensor ws = weight.scales.contiguous();
-  const float* bias = bias_fp32.defined() ? bias_fp32.const_data_ptr<float>() : nullptr;
-  switch (x.scalar_type()) {
-    case torch::kFloat32:
-      epilogue_cpu(acc.const_data_ptr<int32_t>(), m, n, xq.scales.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-                   bias, out.data_ptr<float>());
-      break;
-    case torch::kBFloat16:
-      epilogue_cpu(acc.const_data_ptr<int32_t>(), m, n, xq.scales.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-                   bias, out.data_ptr<c10::BFloat16>());
-      break;
-    default:
-      epilogue_cpu(acc.const_data_ptr<int32_t>(), m, n, xq.scales.const_data_ptr<float>(), ws.const_data_ptr<float>(),
-                   bias, out.data_ptr<c10::Half>());
-      break;
-  }
+  torch::Tensor out = torch::empty({m, n}, x.options());
+  // fp16 inputs: a float32 epilogue, then one conversion.
+  torch::Tensor y = x.scalar_type() == torch::kFloat16 ? torch::empty({m, n}, x.options().dtype(torch::kFloat32)) : out;
+  const int32_t* a = acc.const_data_ptr<int32_t>();
+  const float* x_scales = xq.scales.const_data_ptr<float>();
+  const float* w_scales = ws.const_data_ptr<float>();
+  at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+    if (y.scalar_type() == torch::kBFloat16)
+      epilogue_bf16(a, n, x_scales, w_scales, bias, static_cast<uint16_t*>(y.data_ptr()), begin, end);
+    else
+      epilogue_f32(a, n, x_scales, w_scales, bias, y.data_ptr<float>(), begin, end);
+  });
+  if (x.scalar_type() == torch::kFloat16) out.copy_(y);
   return out.view(out_shape);
 }
 

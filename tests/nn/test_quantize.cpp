@@ -88,7 +88,22 @@ TEST(Quantize, Int8LinearEqualsPyTorchW8A8) {
     const std::string p = std::string(c) + ".w" + std::to_string(qmax);
     const QuantizedWeight w{get(p + ".values"), get(p + ".scales")};
     const torch::Tensor got = int8_linear(get(std::string(c) + ".x"), w, fp32_or_none(bias_of(c)));
-    expect_same(got, get(p + ".int8"), p + " int8_linear");
+    expect_same(got, get(p + ".int8"), p + " int8_linear (at::_int_mm)");
+  }
+}
+
+// The packed GEMM (oneDNN's int8 matmul through onednn::qlinear_pointwise): its epilogue rounds
+// acc * w_scale to the output dtype, then ours applies the token scale and bias.
+TEST(Quantize, PackedInt8LinearEqualsPyTorchW8A8) {
+  ASSERT_TRUE(int8_packed_gemm_available()) << "this LibTorch has no onednn::qlinear_pointwise";
+  const int qmax = cpu_int8_weight_max();
+  for (const char* c : kCases) {
+    const std::string p = std::string(c) + ".w" + std::to_string(qmax);
+    QuantizedWeight w = pack_int8({get(p + ".values"), get(p + ".scales")});
+    ASSERT_TRUE(w.packed.defined());
+    w.values = torch::Tensor();  // the layer keeps only the packed weight
+    const torch::Tensor got = int8_linear(get(std::string(c) + ".x"), w, fp32_or_none(bias_of(c)));
+    expect_same(got, get(p + ".int8_packed"), p + " int8_linear (packed)");
   }
 }
 
@@ -105,7 +120,8 @@ TEST(Quantize, Int8LinearModeEqualsPyTorchAndReleasesTheWeight) {
     EXPECT_EQ(linear->weight.scalar_type(), dtype) << c << ": and its dtype";
     EXPECT_LE(linear->weight.storage().nbytes(), 4u) << c << ": over no memory";
     const std::string p = std::string(c) + ".w" + std::to_string(qmax);
-    expect_same(linear->forward(get(std::string(c) + ".x")), get(p + ".int8"), p + " Linear kInt8");
+    expect_same(linear->forward(get(std::string(c) + ".x")), get(p + (int8_packed_gemm_available() ? ".int8_packed" : ".int8")),
+                p + " Linear kInt8");
   }
 }
 
@@ -121,18 +137,22 @@ TEST(Quantize, Int8ErrorWithinTheQuantizationBound) {
     const torch::Tensor x = x0.to(torch::kFloat64).reshape({-1, x0.size(-1)});
     const torch::Tensor w = get(std::string(c) + ".weight").to(torch::kFloat64);
     const std::string p = std::string(c) + ".w" + std::to_string(qmax);
-    const torch::Tensor got = get(p + ".int8").to(torch::kFloat64).reshape({x.size(0), -1});
+    for (const char* path : {".int8", ".int8_packed"}) {
+    const torch::Tensor got = get(p + path).to(torch::kFloat64).reshape({x.size(0), -1});
     const torch::Tensor exact = get(std::string(c) + ".float").to(torch::kFloat64).reshape({x.size(0), -1});
     const torch::Tensor ax = x.abs().amax(1, true), aw = w.abs().amax(1).unsqueeze(0);
     const double k = static_cast<double>(x.size(1));
     const torch::Tensor bound = ax / 254 * w.abs().sum(1).unsqueeze(0) + aw / (2.0 * qmax) * x.abs().sum(1, true) +
                                 k * ax * aw / (254.0 * 2 * qmax);
-    const double rounding = x0.scalar_type() == torch::kBFloat16 ? 1.0 / 256 : 1e-6;
+    // The output's rounding: bf16 2^-8 of the value (twice on the packed path), float32 ~1e-6.
+    const double rounding = x0.scalar_type() == torch::kBFloat16 ? 2.0 / 256 : 1e-6;
     const torch::Tensor excess = (got - exact).abs() - bound - rounding * (exact.abs() + bound);
     EXPECT_LE(excess.max().item<double>(), 0.0) << c;
     std::cout << "[ int8 error ] " << c << ": max |int8 - float64| / max |float64| = "
               << ((got - exact).abs().max() / exact.abs().max()).item<double>()
-              << ", largest share of the bound used " << ((got - exact).abs() / bound).max().item<double>() << "\n";
+              << ", largest share of the bound used " << ((got - exact).abs() / bound).max().item<double>() << " ("
+              << path << ")\n";
+    }
   }
 }
 

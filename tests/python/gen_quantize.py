@@ -9,6 +9,8 @@ W8A8 int8, weight-only int8 and fp8 quantization, computed with PyTorch's own op
       <case>.w{127,63}.int8               int8_linear(x, that weight, bias): exact integer products
                                           (int64 matmul), then float(acc) * x_scale * w_scale + bias
                                           in float32, rounded once to x's dtype
+      <case>.w{127,63}.int8_packed        the same through the packed GEMM (oneDNN's epilogue t = acc *
+                                          w_scale in the output dtype, then t * x_scale + bias)
       <case>.weight_only                  int8_weight_only_linear (weight quantized with qmax 127)
       <case>.float                        the float layer, F.linear in float64 (the error baseline)
 
@@ -70,6 +72,21 @@ def int8_linear(x, values, scales, bias):
     return y.to(x.dtype).reshape(*x.shape[:-1], values.shape[0])
 
 
+def int8_linear_packed(x, values, scales, bias):
+    """The packed path: oneDNN's epilogue t = acc * w_scale rounded to the output dtype (bf16 for
+    bf16 inputs, else float32), then t * x_scale + bias rounded once more."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    xq, xs = quantize_tokens_int8(x2)
+    acc = (xq.long() @ values.long().t()).to(torch.int32)
+    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+    t = (acc.float() * scales[None, :]).to(dtype)
+    y = t.float() * xs[:, None]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(dtype).to(x.dtype).reshape(*x.shape[:-1], values.shape[0])
+
+
 def weight_only(x, values, scales, bias):
     y = F.linear(x, values.to(x.dtype)) * scales.to(x.dtype)
     if bias is not None:
@@ -103,6 +120,7 @@ def generate(out_dir):
             out[f"{name}.w{qmax}.values"] = values
             out[f"{name}.w{qmax}.scales"] = scales
             out[f"{name}.w{qmax}.int8"] = int8_linear(x, values, scales, None if bias is None else bias.float())
+            out[f"{name}.w{qmax}.int8_packed"] = int8_linear_packed(x, values, scales, None if bias is None else bias.float())
         values, scales = quantize_rows_int8(weight, 127)
         out[f"{name}.weight_only"] = weight_only(x, values, scales, bias)
         tv, ts = quantize_tokens_int8(x.reshape(-1, k))

@@ -55,7 +55,8 @@ class LinearImpl : public torch::nn::Module {
   MatmulMode active_matmul_mode() const;
   // Whether the float weight was released after quantizing (see above).
   bool weight_released() const { return released_; }
-  // The quantized weight (values and per-row scales) of a quantized mode; undefined tensors else.
+  // The quantized weight (values and per-row scales) of a quantized mode; undefined tensors else
+  // (kInt8 keeps its values only packed where LibTorch has oneDNN's int8 GEMM).
   torch::Tensor quantized_values() const { return weight_q_; }
   torch::Tensor quantized_scales() const { return weight_scale_; }
 
@@ -96,6 +97,9 @@ class LinearImpl : public torch::nn::Module {
   // Quantized modes: the weight's values (int8 or e4m3, (N, K)) and per-row float32 scales (N).
   torch::Tensor weight_q_;
   torch::Tensor weight_scale_;
+  // kInt8 on the CPU: the int8 weight packed for oneDNN (opaque; the whole block's, not shared by
+  // rows: a fused block's parts run through their block).
+  torch::Tensor packed_;
   bool released_ = false;
   // The storage the derived tensors were made from (see derived_from_current).
   const void* derived_weight_ = nullptr;

@@ -5,8 +5,13 @@
 //
 //   int8 W8A8 (CPU)  weights: int8, symmetric, one scale per output row (absmax / qmax);
 //                    activations: int8, symmetric, one scale per token (absmax / 127), made per call;
-//                    at::_int_mm (oneDNN: AMX / AVX512-VNNI / AVX-VNNI int8 dot products, int32
-//                    accumulation), then one epilogue: y = acc * x_scale * w_scale + bias.
+//                    oneDNN's int8 matmul (AMX / AVX512-VNNI / AVX-VNNI dot products, int32
+//                    accumulation) on weights packed once at load, through LibTorch's
+//                    onednn::qlinear_pointwise (the op PyTorch's own x86 int8 path runs): the
+//                    activations go in as u8 = q + 128 with zero point 128 and scale 1, the
+//                    weight scales in its epilogue (t = acc * w_scale, in x's dtype); then one
+//                    pass here: y = t * x_scale + bias. Without that op: at::_int_mm and
+//                    y = acc * x_scale * w_scale + bias (same integer products).
 //                    qmax is 127 where the CPU has int8 dot products (VNNI / AMX) and 63 elsewhere:
 //                    AVX2's and AVX512's u8 x s8 instruction (vpmaddubsw) adds pairs of products
 //                    in int16 and saturates with 8-bit weights (measured: 20% wrong sums), exact
@@ -48,8 +53,9 @@ int cpu_int8_weight_max();
 
 // A weight, quantized per output row.
 struct QuantizedWeight {
-  torch::Tensor values;  // (N, K) int8 or float8_e4m3fn
+  torch::Tensor values;  // (N, K) int8 or float8_e4m3fn (may be dropped once `packed` exists)
   torch::Tensor scales;  // (N) float32: row n = values[n] * scales[n]
+  torch::Tensor packed;  // int8 on the CPU: the values packed for oneDNN (opaque), or undefined
 };
 
 // Symmetric per-row int8: scale = absmax / qmax, values = round(w / scale) in [-qmax, qmax]
@@ -59,13 +65,21 @@ QuantizedWeight quantize_rows_int8(const torch::Tensor& weight, int qmax);
 QuantizedWeight quantize_rows_fp8(const torch::Tensor& weight);
 
 // x (M, K) float32 / bfloat16 / float16, contiguous, on the CPU -> int8 values (M, K) and float32
-// scales (M): scale = absmax / 127, values = round(x * (127 / absmax)).
-QuantizedWeight quantize_tokens_int8(const torch::Tensor& x);
+// scales (M): scale = absmax / 127, values = round(x * (127 / absmax)). `offset` 128 gives the
+// values as uint8 q + 128 (what the packed GEMM reads); the tensor is then uint8.
+QuantizedWeight quantize_tokens_int8(const torch::Tensor& x, int offset = 0);
+
+// Packs an int8 weight (CPU) for oneDNN's GEMM (onednn::qlinear_prepack; `tokens` is a hint of
+// the row count it will multiply). Returns `weight` with `packed` set, or unchanged when this
+// LibTorch has no such op. Whether it does: int8_packed_gemm_available().
+QuantizedWeight pack_int8(QuantizedWeight weight, int64_t tokens = 512);
+bool int8_packed_gemm_available();
 
 // W8A8 on the CPU: x (..., K) float -> (..., N) in x's dtype. weight: int8 (N, K) with scales
-// (N); bias (N) float32 or undefined. The int32 products through at::_int_mm, then one pass:
-// y = float(acc) * x_scale * w_scale + bias (in that order, float32, no fused multiply-add),
-// rounded once to x's dtype.
+// (N), packed or not; bias (N) float32 or undefined. Packed (see above): t = x's dtype(float(acc)
+// * w_scale) from oneDNN, then y = x's dtype(float(t) * x_scale + bias). Not packed: at::_int_mm,
+// then y = float(acc) * x_scale * w_scale + bias, rounded once. Float32 operations in that order,
+// no fused multiply-add.
 torch::Tensor int8_linear(const torch::Tensor& x, const QuantizedWeight& weight, const torch::Tensor& bias_fp32);
 
 // Weight-only int8 (any device): y = (x W_q^T) * w_scale + bias in x's dtype; the int8 values are
