@@ -69,7 +69,7 @@ inline uint32_t float_bits(float f) {
 // order like the magnitudes, Inf and NaN above every finite value): a reduction the compiler
 // vectorizes, where a float max would need -ffast-math.
 template <typename Out, typename Load>
-inline float quantize_row(const Load& load, int64_t k, int32_t offset, Out* out) {
+inline float quantize_row(const Load& load, int64_t k, int32_t offset, Out* out, int32_t qmax = 127) {
   uint32_t amax_bits = 0;
   for (int64_t i = 0; i < k; ++i) {
     const uint32_t a = float_bits(load(i)) & 0x7FFFFFFFu;
@@ -81,14 +81,15 @@ inline float quantize_row(const Load& load, int64_t k, int32_t offset, Out* out)
   }
   float amax;
   std::memcpy(&amax, &amax_bits, sizeof amax);
-  const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+  const float limit = static_cast<float>(qmax);
+  const float inverse = amax > 0.0f ? limit / amax : 0.0f;
   for (int64_t i = 0; i < k; ++i) {
     int32_t q = static_cast<int32_t>(round_half_even(load(i) * inverse));
-    q = q > 127 ? 127 : q;
-    q = q < -127 ? -127 : q;
+    q = q > qmax ? qmax : q;
+    q = q < -qmax ? -qmax : q;
     out[i] = static_cast<Out>(q + offset);
   }
-  return amax / 127.0f;
+  return amax / limit;
 }
 
 // Rows [begin, end) of x (M, K) -> values (int8, or uint8 with offset 128) and scales.
@@ -111,6 +112,26 @@ void quantize_rows_bf16(const uint16_t* x, int64_t k, int32_t offset, void* valu
     const auto load = [row](int64_t i) { return bf16_to_float(row[i]); };
     scales[m] = offset == 0 ? quantize_row(load, k, 0, static_cast<int8_t*>(values) + m * k)
                             : quantize_row(load, k, offset, static_cast<uint8_t*>(values) + m * k);
+  }
+}
+
+// Weight rows [begin, end) -> int8 values in [-qmax, qmax] and scales. A row holding NaN or Inf
+// gets scale NaN and values 0 (every output of that row NaN).
+FOCUSVLA_CPU_CLONES
+void quantize_weight_rows_f32(const float* w, int64_t k, int32_t qmax, int8_t* values, float* scales, int64_t begin,
+                              int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float* row = w + m * k;
+    scales[m] = quantize_row([row](int64_t i) { return row[i]; }, k, 0, values + m * k, qmax);
+  }
+}
+
+FOCUSVLA_CPU_CLONES
+void quantize_weight_rows_bf16(const uint16_t* w, int64_t k, int32_t qmax, int8_t* values, float* scales,
+                               int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const uint16_t* row = w + m * k;
+    scales[m] = quantize_row([row](int64_t i) { return bf16_to_float(row[i]); }, k, 0, values + m * k, qmax);
   }
 }
 
@@ -249,13 +270,30 @@ int cpu_int8_weight_max() { return cpu_has_int8_dot() ? 127 : 63; }
 QuantizedWeight quantize_rows_int8(const torch::Tensor& weight, int qmax) {
   check(weight.defined() && weight.dim() == 2, "quantize_rows_int8", "expected an (N, K) weight");
   check(qmax > 0 && qmax <= 127, "quantize_rows_int8", "qmax must be in 1 .. 127");
+  check(weight.is_floating_point(), "quantize_rows_int8", "expected a float weight");
   torch::NoGradGuard no_grad;
-  const torch::Tensor w = weight.to(torch::kFloat32);
-  const torch::Tensor amax = w.abs().amax(1);
+  // One pass over the weight on the host (a load-time step): bf16 read as is, others as float32.
+  const torch::Tensor w = (weight.scalar_type() == torch::kBFloat16 ? weight : weight.to(torch::kFloat32))
+                              .to(torch::kCPU)
+                              .contiguous();
+  const int64_t n = w.size(0), k = w.size(1);
   QuantizedWeight q;
-  q.scales = amax / static_cast<float>(qmax);
-  const torch::Tensor inverse = torch::where(amax > 0, static_cast<float>(qmax) / amax, torch::zeros_like(amax));
-  q.values = torch::round(w * inverse.unsqueeze(1)).clamp(-qmax, qmax).nan_to_num(0).to(torch::kInt8);
+  q.values = torch::empty({n, k}, torch::kInt8);
+  q.scales = torch::empty({n}, torch::kFloat32);
+  int8_t* values = q.values.data_ptr<int8_t>();
+  float* scales = q.scales.data_ptr<float>();
+  const bool bf16 = w.scalar_type() == torch::kBFloat16;
+  const void* data = w.const_data_ptr();
+  at::parallel_for(0, n, grain(k), [&](int64_t begin, int64_t end) {
+    if (bf16)
+      quantize_weight_rows_bf16(static_cast<const uint16_t*>(data), k, qmax, values, scales, begin, end);
+    else
+      quantize_weight_rows_f32(static_cast<const float*>(data), k, qmax, values, scales, begin, end);
+  });
+  if (!weight.is_cpu()) {
+    q.values = q.values.to(weight.device());
+    q.scales = q.scales.to(weight.device());
+  }
   return q;
 }
 

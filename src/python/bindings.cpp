@@ -27,6 +27,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/policy/explain.h"
+#include "focusvla/policy/quantize_audit.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/runtime/chunk_executor.h"
 
@@ -532,6 +533,25 @@ NB_MODULE(_core, m) {
           },
           "images"_a, "instruction"_a, "proprio"_a = nb::none(), "reliance"_a = true, "per_block"_a = false,
           "gray"_a = 128)
+      .def(
+          "compare_quantize",
+          [](const Policy& self, const Policy& quantized, nb::handle images, nb::handle instruction, nb::handle proprio) {
+            std::vector<InputArray> keep;
+            Observation obs;
+            obs.images = image_list(images, keep);
+            obs.instruction = instruction_string(instruction);
+            obs.proprio = proprio_vector(proprio);
+            nlohmann::json j;
+            {
+              nb::gil_scoped_release release;
+              j = focusvla::audit_json(focusvla::audit_quantization(self, quantized, obs));
+            }
+            return py_json(j);
+          },
+          "quantized"_a, "images"_a, "instruction"_a, "proprio"_a = nb::none(),
+          "The focus audit (policy/quantize_audit.h): this policy against `quantized` (the same checkpoint loaded "
+          "with quantize=...) on one observation: per head block the Jaccard overlap of the kept top-K patch sets "
+          "and the gate change, and the action difference in units of the action range.")
       .def_prop_ro("num_images", &Policy::num_images)
       .def_prop_ro("chunk_size", &Policy::chunk_size)
       .def_prop_ro("action_dim", &Policy::action_dim)
