@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <map>
 
 #include "focusvla/io/checkpoint.h"
@@ -69,7 +70,7 @@ TEST(PolicyQuantize, FullSizeInt8WithinTwiceBf16OfFp32) {
   EXPECT_LE(d.int8, 2 * d.reference);
 }
 
-// Every linear layer of the vision encoders, the projector and the decoder; nothing of the head.
+// Every linear layer of the vision encoders and the decoder; nothing of the projector or the head.
 TEST(PolicyQuantize, SettingsSayWhatIsQuantized) {
   const auto c = find_case("focus_openvla");
   PolicyOptions o = options_for(c);
@@ -82,13 +83,27 @@ TEST(PolicyQuantize, SettingsSayWhatIsQuantized) {
   const PolicySettings& s = policy.settings();
   EXPECT_EQ(s.quantize, "int8");
   // Count the layers the plan names from the checkpoint's own keys: every 2-D weight of the
-  // encoders' blocks, the projector and the decoder's layers.
-  int64_t expected = 0;
+  // encoders' blocks (but each encoder's last block, which the policy does not read: it takes the
+  // second-to-last layer's output, SPEC 3) and the decoder's layers; not the projector.
   const io::Checkpoint ckpt = io::Checkpoint::open(data_path("policy", c["checkpoint"]));
+  const auto ends_with = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  std::map<std::string, int64_t> last_block;  // encoder prefix -> its largest block index
   for (const auto& name : ckpt.model.keys()) {
-    const bool planned = (name.find(".blocks.") != std::string::npos && name.rfind("vision_backbone.", 0) == 0) ||
-                         name.rfind("projector.", 0) == 0 || name.rfind("language_model.model.layers.", 0) == 0;
-    if (planned && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && ckpt.model.at(name).dim() == 2)
+    const auto at = name.find(".blocks.");
+    if (name.rfind("vision_backbone.", 0) != 0 || at == std::string::npos) continue;
+    const int64_t index = std::stoll(name.substr(at + 8));
+    auto& last = last_block[name.substr(0, at)];
+    last = std::max(last, index);
+  }
+  int64_t expected = 0;
+  for (const auto& name : ckpt.model.keys()) {
+    if (!ends_with(name, ".weight") || ckpt.model.at(name).dim() != 2) continue;
+    const auto at = name.find(".blocks.");
+    if (name.rfind("vision_backbone.", 0) == 0 && at != std::string::npos)
+      expected += std::stoll(name.substr(at + 8)) < last_block[name.substr(0, at)] ? 1 : 0;
+    else if (name.rfind("language_model.model.layers.", 0) == 0)
       ++expected;
   }
   EXPECT_EQ(s.quantized_layers, expected);
@@ -126,37 +141,45 @@ TEST(PolicyQuantize, Fp8OnACpuIsANamedErrorBeforeLoading) {
                {"PolicyOptions::quantize fp8", "CUDA", "8.9", "on a CPU use int8"});
 }
 
-// The error int8 adds, layer by layer, on the real activations of one full-size act: the taps of
-// the int8 policy against those of the bf16 policy (relative max error per layer, printed); the
-// output of the last layer of each stack within the measured bound.
+// The error int8 adds, layer by layer, on the real activations of one full-size act, beside the
+// error bf16 itself has there: the taps of the int8 (bf16 compute) and bf16 policies against
+// those of the fp32 policy, max |a - b| / max |b| per named intermediate (printed; the table in
+// docs/QUANTIZATION.md). Asserted: at the vision output and the decoder's last norm, int8 within
+// 3x bf16's own distance (measured 1.1x and 1.2x on random weights).
 TEST(PolicyQuantize, FullSizeLayerByLayerError) {
   if (!has_case("full_focus_bf16")) GTEST_FAIL() << "gen_policy.py was run without --full";
   const auto c = find_case("full_focus_bf16");
-  PolicyOptions o = options_for(c);
-  o.cpu_bf16_matmul = nn::CpuBf16Matmul::kAuto;
   const Observation obs = observation(c["observations"][0]);
-  std::map<std::string, torch::Tensor> plain;
-  {
-    const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
-    policy.act_traced(obs, [&](const std::string& name, const torch::Tensor& v) { plain[name] = v.to(torch::kFloat32).clone(); });
-  }
-  o.quantize = nn::Quantize::kInt8;
-  std::map<std::string, double> error;
-  {
+  const auto run = [&](torch::ScalarType dtype, nn::Quantize quantize) {
+    PolicyOptions o = options_for(c);
+    o.dtype = dtype;
+    o.cpu_bf16_matmul = nn::CpuBf16Matmul::kAuto;
+    o.quantize = quantize;
+    std::map<std::string, torch::Tensor> taps;
     const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
     policy.act_traced(obs, [&](const std::string& name, const torch::Tensor& v) {
-      const auto it = plain.find(name);
-      if (it == plain.end() || it->second.sizes() != v.sizes() || !v.is_floating_point()) return;
-      error[name] = testing::relative_error(v.to(torch::kFloat32), it->second);
+      if (v.is_floating_point() && (name.rfind("vision.", 0) == 0 || name.rfind("llm.layers.", 0) == 0 || name == "llm.norm"))
+        taps[name] = v.to(torch::kFloat32).clone();
     });
+    return taps;
+  };
+  const auto fp32 = run(torch::kFloat32, nn::Quantize::kNone);
+  const auto bf16 = run(torch::kBFloat16, nn::Quantize::kNone);
+  const auto int8 = run(torch::kBFloat16, nn::Quantize::kInt8);
+  std::map<std::string, std::pair<double, double>> error;  // name -> (bf16, int8) vs fp32
+  for (const auto& [name, exact] : fp32) {
+    if (!bf16.count(name) || !int8.count(name) || bf16.at(name).sizes() != exact.sizes()) continue;
+    error[name] = {testing::relative_error(bf16.at(name), exact), testing::relative_error(int8.at(name), exact)};
   }
   ASSERT_FALSE(error.empty());
+  std::printf("  [ layer error ] %-40s %10s %10s\n", "tap (vs fp32)", "bf16", "int8");
   for (const auto& [name, e] : error)
-    if (name.find("blocks.") != std::string::npos || name.find("layers.") != std::string::npos ||
-        name.rfind("vision.", 0) == 0)
-      std::printf("  [ layer error ] %-44s %.2e\n", name.c_str(), e);
-  EXPECT_LE(error.at("vision.output"), 0.1);
-  EXPECT_LE(error.at("llm.norm"), 0.1);
+    if (name.find("_") == std::string::npos || name.find("fused_featurizer") != std::string::npos)
+      std::printf("  [ layer error ] %-40s %10.2e %10.2e\n", name.c_str(), e.first, e.second);
+  for (const char* name : {"vision.output", "llm.norm"}) {
+    ASSERT_TRUE(error.count(name)) << name;
+    EXPECT_LE(error.at(name).second, 3 * error.at(name).first) << name;
+  }
 }
 
 }  // namespace

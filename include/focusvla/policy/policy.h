@@ -78,8 +78,8 @@ struct PolicyOptions {
   // float weights of quantized layers are released). kInt8 on a CPU: W8A8 (int8 weights and
   // per-token int8 activations); on CUDA: int8 weight-only. kFp8: CUDA with compute capability
   // 8.9+ (Ada, Hopper), int8 weight-only on older GPUs (a warning), an Error on a CPU. Which
-  // layers: the vision encoders', the projector's and the decoder's linear layers; the head,
-  // norms, embeddings and the patch embedding keep the compute dtype (docs/QUANTIZATION.md).
+  // layers: the vision encoders' and the decoder's linear layers; the projector, the head, norms,
+  // embeddings and the patch embeddings keep the compute dtype (docs/QUANTIZATION.md: measured).
   nn::Quantize quantize = nn::Quantize::kNone;
 };
 
@@ -102,8 +102,8 @@ struct PolicySettings {
   int64_t chunk = 0, action_dim = 0;
   // Quantization: "none", or the mode the quantized layers run ("int8" = CPU W8A8,
   // "int8-weight-only", "fp8"), how many linear layers run it, and what it means here (e.g.
-  // "W8A8 with 8-bit weights (int8 dot products: AMX / VNNI); vision 192, projector 3, llm 120
-  // layers; head, norms, embeddings, patch embeddings in bfloat16").
+  // "W8A8, 8-bit weights (CPU int8 dot products); linear layers: vision encoders 196, projector 0,
+  // llm 168; projector, head, norms, embeddings, patch embeddings in bfloat16").
   std::string quantize = "none";
   int64_t quantized_layers = 0;
   std::string quantize_detail;
