@@ -57,6 +57,8 @@ typedef struct focusvla_policy_options {
   int32_t center_crop;       /* 1 (default): the LIBERO 0.9 center crop; 0: none */
   int32_t num_images;        /* cameras; 0 (default): config.json's num_images_in_input */
   int32_t threads;           /* CPU intra-op threads; 0 (default): LibTorch's setting */
+  int32_t no_jpeg_roundtrip; /* 0 (default): images that are not the model's size go through TF's
+                              * JPEG round trip before the LIBERO resize, as the reference; 1: not */
 } focusvla_policy_options;
 
 /* One camera image: 8-bit RGB, interleaved (3 bytes per pixel), `row_stride` bytes from one row
