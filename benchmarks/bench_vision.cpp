@@ -1,6 +1,6 @@
 // Speed of the vision encoders (SPEC 4, 12): one 224x224 image through DINOv2-L/14-reg4 (blocks
 // 0..22) and SigLIP-SO400M/14 (blocks 0..25) at full size, fp32 and bf16, plus the whole tower
-// (both encoders and the projector) and the image preprocessing.
+// (both encoders and the projector), the image preprocessing and the LIBERO resize's JPEG round trip.
 //
 //   focusvla_bench_vision [--benchmark_filter=...] [google benchmark flags]
 //
@@ -17,6 +17,7 @@
 #include <string>
 
 #include "focusvla/nn/matmul.h"
+#include "focusvla/vision/jpeg.h"
 #include "focusvla/vision/preprocess.h"
 #include "focusvla/vision/vision_tower.h"
 #include "focusvla/vision/vit.h"
@@ -116,9 +117,34 @@ void BM_Tower(benchmark::State& state, torch::ScalarType dtype, bool bf16_in_fp3
   set_counters(state, encoders + projector, cpu_start);
 }
 
+// A 256x256 frame as LIBERO renders them: smooth (sums of low-frequency waves), or random noise
+// (the worst case for the JPEG coder: nothing compresses).
+torch::Tensor frame_256(bool smooth) {
+  torch::manual_seed(2);
+  if (!smooth) return torch::randint(0, 256, {256, 256, 3}, torch::kUInt8);
+  const auto y = torch::arange(256, torch::kFloat32).view({256, 1, 1}), x = torch::arange(256, torch::kFloat32).view({1, 256, 1});
+  const auto c = torch::arange(3, torch::kFloat32).view({1, 1, 3});
+  const auto waves = (y * 0.031 + x * 0.017 + c).sin() + (y * 0.011 - x * 0.043 + 2 * c).sin();
+  return (128 + 60 * waves).clamp(0, 255).to(torch::kUInt8).contiguous();
+}
+
+// The LIBERO resize's JPEG round trip alone (vision/jpeg.h: TF's encode_jpeg + decode_image), per
+// 256x256 camera frame.
+void BM_JpegRoundTrip(benchmark::State& state, bool smooth) {
+  const auto image = frame_256(smooth);
+  const double cpu_start = process_cpu_seconds();
+  for (auto _ : state) {
+    const auto out = focusvla::vision::jpeg_roundtrip(image);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  state.counters["process_cpu_ms"] = (process_cpu_seconds() - cpu_start) * 1e3 / static_cast<double>(state.iterations());
+  state.counters["images/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 // One camera image (480x640, a common sensor size) to the 6 x 224 x 224 pixels, as the reference
-// processor does it (Pillow bicubic, normalization), and the LIBERO steps on a 256x256 render.
-void BM_Preprocess(benchmark::State& state, bool libero) {
+// processor does it (Pillow bicubic, normalization), and the LIBERO steps on a 256x256 render
+// (with the JPEG round trip, the default, or without).
+void BM_Preprocess(benchmark::State& state, bool libero, bool jpeg = true) {
   focusvla::io::PreprocessorConfig config;
   config.backbones.resize(2);
   config.backbones[0].mean = {0.484375, 0.455078125, 0.40625};
@@ -127,10 +153,10 @@ void BM_Preprocess(benchmark::State& state, bool libero) {
   config.backbones[1].std = {0.5, 0.5, 0.5};
   focusvla::vision::PreprocessOptions options;
   options.libero_resize = options.center_crop = libero;
+  options.jpeg_roundtrip = jpeg;
   const ImagePreprocessor preprocess(config, options);
   torch::manual_seed(2);
-  const auto image = libero ? torch::randint(0, 256, {256, 256, 3}, torch::kUInt8)
-                            : torch::randint(0, 256, {480, 640, 3}, torch::kUInt8);
+  const auto image = libero ? frame_256(/*smooth=*/true) : torch::randint(0, 256, {480, 640, 3}, torch::kUInt8);
   const double cpu_start = process_cpu_seconds();
   for (auto _ : state) {
     const auto out = preprocess(image);
@@ -161,6 +187,9 @@ BENCHMARK_CAPTURE(BM_Tower, bf16_f32mm, torch::kBFloat16, true)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
 BENCHMARK_CAPTURE(BM_Preprocess, pil_480x640, false)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Preprocess, libero_256, true)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Preprocess, libero_256_no_jpeg, true, false)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_JpegRoundTrip, smooth_256, true)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_JpegRoundTrip, random_256, false)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

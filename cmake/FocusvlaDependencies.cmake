@@ -36,6 +36,10 @@ endif()
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+# libjpeg (libjpeg-turbo, as TensorFlow bundles it; Debian: libjpeg62-turbo-dev) for the LIBERO
+# resize's JPEG round trip (vision/jpeg.h).
+find_package(JPEG REQUIRED)
+message(STATUS "focusvla: libjpeg ${JPEG_VERSION} from ${JPEG_LIBRARIES}")
 
 # OpenCV is optional: it adds cv::Mat inputs. Machines without its CMake package (the GPU
 # machines get bare core/imgproc libraries) build without it.

@@ -59,6 +59,8 @@ typedef struct focusvla_policy_options {
   int32_t threads;           /* CPU intra-op threads; 0 (default): LibTorch's setting */
   const char* quantize;      /* NULL / "none" (default), "int8" (CPU: W8A8; CUDA: weight-only),
                                 "fp8" (CUDA compute capability 8.9+); see docs/QUANTIZATION.md */
+  int32_t no_jpeg_roundtrip; /* 0 (default): images that are not the model's size go through TF's
+                              * JPEG round trip before the LIBERO resize, as the reference; 1: not */
 } focusvla_policy_options;
 
 /* One camera image: 8-bit RGB, interleaved (3 bytes per pixel), `row_stride` bytes from one row

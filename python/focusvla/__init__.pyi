@@ -53,6 +53,7 @@ class Policy:
         normalization: Literal["bounds_q99", "bounds"] = "bounds_q99",
         diagnostics: bool = False,
         cpu_bf16_matmul: Literal["auto", "native", "float32"] = "auto",
+        jpeg_roundtrip: bool = True,
     ) -> "Policy":
         """Loads a checkpoint directory in the VLA-Adapter release layout.
 
@@ -62,7 +63,10 @@ class Policy:
         checkpoint holds several). threads: CPU intra-op threads (0: LibTorch's setting). num_images:
         cameras per observation (0: config.json's). diagnostics: return_info also gives the kept
         indices and gates of each FocusVLA block. cpu_bf16_matmul: how bf16 linear layers run on a CPU
-        without native bf16 ("auto": as fp32 copies there).
+        without native bf16 ("auto": as fp32 copies there). jpeg_roundtrip: with the center crop,
+        cameras that are not the model's size (LIBERO's 256x256) are JPEG encoded and decoded as
+        TensorFlow does before the Lanczos-3 resize, as the reference; False for policies whose
+        training frames were never JPEG-compressed.
 
         Raises focusvla.Error naming the file and problem (missing parts, mis-shaped weights, unknown
         unnorm_key with the list of known ones, ...)."""
@@ -129,7 +133,7 @@ class Policy:
     @property
     def settings(self) -> Dict[str, Any]:
         """What the options resolved to, and why: head, prompt_format, prompt_format_source,
-        center_crop, dtype, dtype_source, device, matmul, unnorm_key, normalization, cameras,
+        center_crop, jpeg_roundtrip, dtype, dtype_source, device, matmul, unnorm_key, normalization, cameras,
         proprio_dim, chunk, action_dim."""
     @property
     def last_execution(self) -> str:

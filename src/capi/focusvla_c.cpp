@@ -77,6 +77,7 @@ focusvla::PolicyOptions to_options(const focusvla_policy_options& o) {
   options.unnorm_key = text_or(o.unnorm_key, "");
   options.prompt_format = text_or(o.prompt_format, "auto");
   options.center_crop = o.center_crop != 0;
+  options.jpeg_roundtrip = o.no_jpeg_roundtrip == 0;
   focusvla::check(o.num_images >= 0, "options.num_images", "negative");
   focusvla::check(o.threads >= 0, "options.threads", "negative");
   options.num_images = o.num_images;

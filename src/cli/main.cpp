@@ -240,8 +240,9 @@ void run_act(ActArgs a) {
                 a.policy.checkpoint.c_str());
   std::printf("policy       %s (%s head, %lld camera(s), unnorm_key %s)\n", a.policy.checkpoint.c_str(), policy.head_kind().c_str(),
               (long long)settings.cameras, settings.unnorm_key.c_str());
-  std::printf("settings     prompt %s (%s), center crop %s, dtype %s (%s), device %s, matmul %s\n",
+  std::printf("settings     prompt %s (%s), center crop %s, JPEG round trip %s, dtype %s (%s), device %s, matmul %s\n",
               settings.prompt_format.c_str(), settings.prompt_format_source.c_str(), settings.center_crop ? "on" : "off",
+              settings.jpeg_roundtrip ? "on" : "off",
               focusvla::dtype_name(settings.dtype).c_str(), settings.dtype_source.c_str(), settings.device.str().c_str(),
               settings.matmul.c_str());
   if (settings.quantize != "none")

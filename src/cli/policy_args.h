@@ -19,6 +19,7 @@ struct PolicyArgs {
   std::string checkpoint, unnorm_key, device;
   std::string prompt_format = "auto", dtype = "auto", quantize = "none";
   bool center_crop = false, no_center_crop = false;
+  bool no_jpeg_roundtrip = false;
   int64_t num_images = 0;
   int threads = 0;
 };
@@ -47,7 +48,8 @@ void add_int_option(CLI::App& command, const std::string& flag, Int& target, int
 }
 
 // --checkpoint, --unnorm-key, --prompt-format, --dtype, --device, --center-crop /
-// --no-center-crop, --threads, --quantize. `default_device`: "cpu", or "auto" (CUDA when there is one).
+// --no-center-crop, --no-jpeg-roundtrip, --threads, --quantize. `default_device`: "cpu", or "auto"
+// (CUDA when there is one).
 inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::string& default_device) {
   a.device = default_device;
   command.add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
@@ -64,6 +66,9 @@ inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::stri
   auto* crop = command.add_flag("--center-crop", a.center_crop, "the 0.9 center crop (the default)");
   command.add_flag("--no-center-crop", a.no_center_crop, "no center crop (policies trained without crop augmentation)")
       ->excludes(crop);
+  command.add_flag("--no-jpeg-roundtrip", a.no_jpeg_roundtrip,
+                   "no JPEG encode / decode before the LIBERO resize of non-224 cameras (policies trained on frames "
+                   "that were never JPEG-compressed)");
   add_int_option(command, "--threads", a.threads, 1, 1024, "CPU threads");
   command
       .add_option("--quantize", a.quantize,
@@ -107,6 +112,7 @@ inline PolicyOptions policy_options(const PolicyArgs& a) {
   options.dtype = parse_dtype(a.dtype);
   options.prompt_format = a.prompt_format;
   options.center_crop = !a.no_center_crop;
+  options.jpeg_roundtrip = !a.no_jpeg_roundtrip;
   options.unnorm_key = a.unnorm_key;
   options.threads = a.threads;
   options.num_images = a.num_images;

@@ -417,6 +417,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   vision::PreprocessOptions pre;
   pre.center_crop = options.center_crop;
   pre.libero_resize = options.center_crop;
+  pre.jpeg_roundtrip = options.jpeg_roundtrip;
   pre.device = options.device;
   impl->preprocessor = std::make_unique<vision::ImagePreprocessor>(*ckpt.preprocessor, pre);
   impl->vision = vision::VisionTower::load(ckpt.model, ckpt.config, tensor_options);
@@ -480,6 +481,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.head = impl->head->name();
   settings.prompt_format = to_string(impl->prompt_format);
   settings.center_crop = options.center_crop;
+  settings.jpeg_roundtrip = options.center_crop && options.jpeg_roundtrip;
   settings.dtype = impl->dtype;
   settings.device = options.device;
   settings.matmul = options.device.is_cuda()              ? "cuda"
@@ -501,7 +503,8 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
              "(8-bit ones saturate its u8 x s8 instruction) and int8 GEMMs gain less over float ones here; see "
              "docs/QUANTIZATION.md for the measured speed");
   log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s), " +
-           settings.prompt_format + " prompt, center crop " + (settings.center_crop ? "on" : "off") + ", " +
+           settings.prompt_format + " prompt, center crop " + (settings.center_crop ? "on" : "off") +
+           ", JPEG round trip " + (settings.jpeg_roundtrip ? "on" : "off") + ", " +
            dtype_name(impl->dtype) + ", matmul " + settings.matmul + ", quantize " + settings.quantize + ") in " +
            std::to_string(std::lround(ms_since(load_start))) + " ms: " + phases);
   return Policy(impl);
@@ -540,6 +543,7 @@ nlohmann::json settings_json(const PolicySettings& s) {
           {"prompt_format", s.prompt_format},
           {"prompt_format_source", s.prompt_format_source},
           {"center_crop", s.center_crop},
+          {"jpeg_roundtrip", s.jpeg_roundtrip},
           {"dtype", dtype_name(s.dtype)},
           {"dtype_source", s.dtype_source},
           {"device", s.device.str()},

@@ -186,6 +186,7 @@ nb::dict settings_dict(const focusvla::PolicySettings& s) {
   d["prompt_format"] = s.prompt_format;
   d["prompt_format_source"] = s.prompt_format_source;
   d["center_crop"] = s.center_crop;
+  d["jpeg_roundtrip"] = s.jpeg_roundtrip;
   d["dtype"] = focusvla::dtype_name(s.dtype);
   d["dtype_source"] = s.dtype_source;
   d["device"] = s.device.str();
@@ -453,13 +454,15 @@ NB_MODULE(_core, m) {
           [](const std::string& path, nb::handle device, nb::handle dtype, std::optional<std::string> unnorm_key,
              const std::string& prompt_format, bool center_crop, int threads, bool cuda_graphs, int64_t num_images,
              const std::string& normalization, bool diagnostics, const std::string& cpu_bf16_matmul,
-             const std::string& quantize) {
+             const std::string& quantize,
+             bool jpeg_roundtrip) {
             focusvla::PolicyOptions o;
             o.device = parse_device(device);
             o.dtype = parse_dtype(dtype);
             o.unnorm_key = unnorm_key.value_or("");
             o.prompt_format = prompt_format;
             o.center_crop = center_crop;
+            o.jpeg_roundtrip = jpeg_roundtrip;
             o.threads = threads;
             o.cuda_graphs = cuda_graphs;
             o.num_images = num_images;
@@ -473,7 +476,7 @@ NB_MODULE(_core, m) {
           "path"_a, "device"_a = "cpu", "dtype"_a = nb::none(), "unnorm_key"_a = nb::none(),
           "prompt_format"_a = "auto", "center_crop"_a = true, "threads"_a = 0, "cuda_graphs"_a = true,
           "num_images"_a = 0, "normalization"_a = "bounds_q99", "diagnostics"_a = false,
-          "cpu_bf16_matmul"_a = "auto", "quantize"_a = "none")
+          "cpu_bf16_matmul"_a = "auto", "quantize"_a = "none", "jpeg_roundtrip"_a = true)
       .def(
           "act",
           [](const Policy& self, nb::handle images, nb::handle instruction, nb::handle proprio, bool return_info) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "focusvla/core/error.h"
+#include "focusvla/vision/jpeg.h"
 #include "resample_host.h"
 
 namespace focusvla::vision {
@@ -173,7 +174,13 @@ torch::Tensor ImagePreprocessor::normalize(const torch::Tensor& staged, torch::S
 
 torch::Tensor ImagePreprocessor::libero_steps(const torch::Tensor& batch) const {
   torch::Tensor x = batch;
-  if (options_.libero_resize && (x.size(1) != size_ || x.size(2) != size_)) x = tf_resize_host(x, size_, size_);
+  // The reference's prepare_images_for_vla resizes only images that are not already the model's
+  // size, and its resize_image_for_policy JPEG-compresses them first (as the RLDS builder did with
+  // the training frames).
+  if (options_.libero_resize && (x.size(1) != size_ || x.size(2) != size_)) {
+    if (options_.jpeg_roundtrip) x = jpeg_roundtrip(x);
+    x = tf_resize_host(x, size_, size_);
+  }
   if (options_.center_crop) x = tf_crop_host(x, options_.crop_scale, size_, size_);
   return x;
 }

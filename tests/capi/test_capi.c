@@ -109,7 +109,8 @@ int main(int argc, char** argv) {
                "/nonexistent/checkpoint");
   CHECK(policy == NULL, "a failed load left a handle");
   focusvla_policy_options_init(&options);
-  CHECK(options.center_crop == 1 && options.device == NULL && options.num_images == 0, "options defaults");
+  CHECK(options.center_crop == 1 && options.device == NULL && options.num_images == 0 && options.no_jpeg_roundtrip == 0,
+        "options defaults");
   options.unnorm_key = "no_such_dataset";
   expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "no_such_dataset");
   options.unnorm_key = unnorm_key;

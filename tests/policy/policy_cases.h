@@ -40,6 +40,7 @@ inline PolicyOptions options_for(const nlohmann::json& c) {
   o.unnorm_key = c["unnorm_key"];
   o.prompt_format = c["prompt_format"];
   o.center_crop = c.value("center_crop", false);
+  o.jpeg_roundtrip = c.value("jpeg_roundtrip", true);
   return o;
 }
 
@@ -59,7 +60,8 @@ inline double relative_error(const ActionChunk::Matrix& got, const torch::Tensor
   return testing::relative_error(g, e);
 }
 
-// Whether gen_policy.py wrote `name` (the full-size cases need --full).
+// Whether gen_policy.py wrote `name` (the full-size cases need --full; the 256x256 LIBERO cases,
+// tensorflow).
 inline bool has_case(const std::string& name) {
   for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
     if (c["name"] == name) return true;

@@ -23,6 +23,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "scripts"))
 import make_checkpoint  # noqa: E402
 from reference_policy import ReferencePolicy  # noqa: E402
 import explain_oracle  # noqa: E402
+import gen_vision  # noqa: E402
+from gen_vision import smooth_image as smooth_frame  # noqa: E402
 
 ASSETS = os.environ.get("FOCUSVLA_ASSETS", os.path.join(HERE, "..", "..", "assets"))
 UNNORM = "libero_spatial_no_noops"
@@ -33,6 +35,19 @@ def libero():
     obs = json.load(open(os.path.join(sample, "observation.json")))
     images = [np.asarray(Image.open(os.path.join(sample, obs["images"][k])).convert("RGB")) for k in ("agentview", "wrist")]
     return images, obs["task_description"], obs["state"]
+
+
+def upscale(img, size):
+    """A LIBERO-like size-by-size frame from the 224x224 sample (Pillow bicubic)."""
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+
+
+def tensorflow_available():
+    try:
+        gen_vision.tensorflow()
+        return True
+    except ImportError:
+        return False
 
 
 def reference_taps(ref, observation):
@@ -76,12 +91,15 @@ def main():
 
     tensors, cases = {}, []
 
-    def add_case(name, ckpt, ref, observations, prompt_format, dtype_name, proprio, center_crop=False, defaults=False):
+    def add_case(name, ckpt, ref, observations, prompt_format, dtype_name, proprio, center_crop=False, defaults=False,
+                 jpeg_roundtrip=True):
         """defaults: the case is the reference's LIBERO evaluation (qwen-chat, center crop) that
-        focusvla must reproduce with its default options."""
+        focusvla must reproduce with its default options. jpeg_roundtrip=False: the LIBERO resize
+        of non-224 cameras without its JPEG round trip (focusvla's option)."""
         expected = []
         for j, (imgs, instruction, st) in enumerate(observations):
-            r = ref.act(imgs, instruction, st if proprio else None, prompt_format, UNNORM, center_crop=center_crop)
+            r = ref.act(imgs, instruction, st if proprio else None, prompt_format, UNNORM, center_crop=center_crop,
+                        jpeg_roundtrip=jpeg_roundtrip)
             key = f"{name}.{j}"
             tensors[key + ".actions"] = torch.tensor(r["actions"], dtype=torch.float64)
             tensors[key + ".fused"] = r["fused"].float().contiguous()
@@ -90,7 +108,8 @@ def main():
             expected.append({"key": key, "instruction": instruction, "proprio": list(map(float, st)) if proprio else [],
                              "cameras": len(imgs)})
         cases.append({"name": name, "checkpoint": ckpt, "prompt_format": prompt_format, "dtype": dtype_name,
-                      "center_crop": center_crop, "defaults": defaults, "unnorm_key": UNNORM,
+                      "center_crop": center_crop, "jpeg_roundtrip": jpeg_roundtrip, "defaults": defaults,
+                      "unnorm_key": UNNORM,
                       "observations": expected})
 
     # FocusVLA head, 2 cameras, proprio; fp32 weights.
@@ -111,6 +130,21 @@ def main():
                   ([rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(2)], tasks[1], states[1])]
     add_case("focus_libero_eval", "focus_f32", ref, libero_obs, "qwen-chat", "float32", True, center_crop=True,
              defaults=True)
+    # LIBERO renders 256x256 (the sample above was saved at 224): such frames go through the
+    # reference's resize_image_for_policy, TensorFlow's JPEG encode / decode and Lanczos-3 resize,
+    # before the crop. TensorFlow itself computes them (tensorflow-cpu in .venv); a Python without
+    # it (a device machine's) leaves these cases out and the tests that need them skip.
+    if tensorflow_available():
+        frames_256 = [([upscale(im, 256) for im in images], task, state),
+                      ([smooth_frame(256, 256, rng), rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)],
+                       tasks[2], states[2]),
+                      ([upscale(images[0], 256), images[1]], tasks[3], states[3])]  # one 256, one 224 camera
+        add_case("focus_libero_eval_256", "focus_f32", ref, frames_256, "qwen-chat", "float32", True,
+                 center_crop=True, defaults=True)
+        add_case("focus_libero_256_no_jpeg", "focus_f32", ref, frames_256, "qwen-chat", "float32", True,
+                 center_crop=True, jpeg_roundtrip=False)
+    else:
+        print("gen_policy: tensorflow is not importable: no 256x256 LIBERO cases (focus_libero_eval_256)")
     make_checkpoint.write_directory(os.path.join(out, "pro_f32"), size="tiny", dtype="f32", head="pro", seed=6)
     ref = ReferencePolicy(os.path.join(out, "pro_f32"), "tiny", torch.float32)
     add_case("pro_libero_eval", "pro_f32", ref, libero_obs, "qwen-chat", "float32", True, center_crop=True,

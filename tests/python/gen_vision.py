@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Oracle for the vision module: timm encoders, the Prismatic projector, Pillow / torchvision
-preprocessing and NumPy transcriptions of TensorFlow's LIBERO image steps.
+preprocessing, NumPy transcriptions of TensorFlow's LIBERO image steps and TensorFlow itself
+(tensorflow-cpu) for the reference's resize_image_for_policy (JPEG round trip + Lanczos-3).
 
 Usage: python gen_vision.py OUT_DIR          (reads $FOCUSVLA_ASSETS, default <repo>/assets)
 
@@ -25,6 +26,8 @@ The reference forward is Prismatic's: featurizer(x) = get_intermediate_layers(x,
 for each camera, concatenated on channels then on tokens, then the projector (fc1, GELU, fc2,
 GELU, fc3). Everything is seeded.
 """
+import ctypes
+import ctypes.util
 import json
 import math
 import os
@@ -184,6 +187,17 @@ def write_model_dir(out_dir, size, gen, pixels):
 F32 = np.float32
 
 
+_LIBM = ctypes.CDLL(ctypes.util.find_library("m"))
+_LIBM.sinf.restype, _LIBM.sinf.argtypes = ctypes.c_float, [ctypes.c_float]
+
+
+def sinf(x):
+    """C's sinf, as TF's std::sin(float) computes it. (NumPy's float32 np.sin is its own SIMD
+    approximation: 1 ulp off in places, which moved 4 of 150528 pixels of a smooth 256x256 frame
+    by one level after rounding, compared with TensorFlow.)"""
+    return F32(_LIBM.sinf(F32(x)))
+
+
 def tf_lanczos3(x):
     """sampling_kernels.h LanczosKernelFunc(3), float32."""
     k_pi = F32(3.14159265359)
@@ -193,7 +207,7 @@ def tf_lanczos3(x):
         return F32(0)
     if x <= F32(1e-3):
         return F32(1)
-    return radius * np.sin(k_pi * x) * np.sin(k_pi * x / radius) / (k_pi * k_pi * x * x)
+    return radius * sinf(k_pi * x) * sinf(k_pi * x / radius) / (k_pi * k_pi * x * x)
 
 
 def tf_spans(in_size, out_size):
@@ -279,6 +293,57 @@ def tf_center_crop(img_u8, crop_scale=0.9, size=(224, 224)):
     return np.clip(crop * F32(255.5), F32(0), F32(255)).astype(np.uint8)
 
 
+def tensorflow():
+    """TensorFlow (tensorflow-cpu in .venv), imported on first use: only the LIBERO resize needs it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    return tf
+
+
+def tf_encode_jpeg(img_u8):
+    """tf.image.encode_jpeg(img) with its defaults, as resize_image_for_policy calls it: the bytes."""
+    return tensorflow().image.encode_jpeg(img_u8).numpy()
+
+
+def tf_decode_image(data):
+    """tf.io.decode_image(data, expand_animations=False, dtype=tf.uint8), as resize_image_for_policy."""
+    tf = tensorflow()
+    return tf.io.decode_image(data, expand_animations=False, dtype=tf.uint8).numpy()
+
+
+def resize_image_for_policy(img_u8, size=224, jpeg=True):
+    """VLA-Adapter's experiments/robot/openvla_utils.resize_image_for_policy, run by TensorFlow:
+    encode_jpeg -> decode_image -> resize lanczos3 antialias -> round, clip, cast to uint8.
+    jpeg=False: the same without the JPEG round trip (focusvla's jpeg_roundtrip off)."""
+    tf = tensorflow()
+    img = tf.convert_to_tensor(img_u8)
+    if jpeg:
+        img = tf.io.decode_image(tf.image.encode_jpeg(img), expand_animations=False, dtype=tf.uint8)
+    img = tf.image.resize(img, (size, size), method="lanczos3", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8).numpy()
+
+
+def prepare_image_for_vla(img_u8, jpeg=True):
+    """prepare_images_for_vla with cfg.center_crop for one camera: resize_image_for_policy when the
+    image is not 224x224 (only then: 224x224 images skip the JPEG round trip too), then OpenVLA's
+    center crop."""
+    if img_u8.shape != (224, 224, 3):
+        img_u8 = resize_image_for_policy(img_u8, 224, jpeg)
+    return tf_center_crop(img_u8)
+
+
+def smooth_image(h, w, rng):
+    """A smooth synthetic camera frame (sums of random low-frequency waves per channel), as
+    rendered scenes are smoother than noise; JPEG keeps more of it."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros((h, w, 3))
+    for c in range(3):
+        for _ in range(4):
+            fy, fx, phase = rng.uniform(0, 4 * np.pi / h), rng.uniform(0, 4 * np.pi / w), rng.uniform(0, 2 * np.pi)
+            out[..., c] += np.sin(fy * y + fx * x + phase)
+    return np.clip(128 + 30 * out, 0, 255).astype(np.uint8)
+
+
 def prismatic_processor(images_u8, config):
     """PrismaticImageProcessor.apply_transform for each image (resize-naive): TVF.resize (PIL
     bicubic), TVF.center_crop, TVF.to_tensor, TVF.normalize with tvf_normalize_params, per backbone;
@@ -313,9 +378,15 @@ def write_preprocess(out_dir, rng):
                Pillow to other sizes, random images of random sizes)
     resize:    input -> Pillow bilinear / bicubic / lanczos to other output sizes
     crop:      input -> tf_center_crop (0.9, 224x224)
-    lanczos:   input -> tf_resize_lanczos3 to 224x224
-    pipeline:  the Prismatic processor on the LIBERO images, plain and with the LIBERO steps"""
-    tensors, cases = {}, {"bicubic": [], "resize": [], "crop": [], "lanczos": [], "pipeline": []}
+    lanczos:   input -> TF's tf.image.resize lanczos3 antialias to 224x224, rounded to uint8 (equal
+               to the NumPy transcription tf_resize_lanczos3, checked here)
+    jpeg:      input -> what TensorFlow itself makes of it: tf.image.encode_jpeg's bytes, their
+               tf.io.decode_image, resize_image_for_policy (JPEG + Lanczos-3) and the Lanczos-3
+               resize alone (LIBERO-like 256x256 frames: the sample upscaled, random, smooth; other
+               sizes down to 1x1)
+    pipeline:  the Prismatic processor on the LIBERO images, plain, with the LIBERO steps (TF's
+               resize_image_for_policy for the non-224 camera), and with them but no JPEG"""
+    tensors, cases = {}, {"bicubic": [], "resize": [], "crop": [], "lanczos": [], "jpeg": [], "pipeline": []}
 
     def put(name, array):
         tensors[name] = torch.from_numpy(np.array(array, copy=True, order="C"))
@@ -347,10 +418,37 @@ def write_preprocess(out_dir, rng):
         cases["crop"].append({"input": put(f"crop/{i}/input", img), "expected": put(f"crop/{i}/expected",
                                                                                   tf_center_crop(img))})
 
-    lanczos_inputs = [sources[2], sources[3], rng.integers(0, 256, size=(180, 250, 3), dtype=np.uint8)]
+    lanczos_inputs = [sources[2], sources[3], rng.integers(0, 256, size=(180, 250, 3), dtype=np.uint8),
+                      smooth_image(256, 256, rng)]
     for i, img in enumerate(lanczos_inputs):
+        expected = resize_image_for_policy(img, 224, jpeg=False)  # TensorFlow's resize itself
+        # The NumPy transcription documents TF's arithmetic: it must agree.
+        assert np.array_equal(tf_resize_lanczos3(img, 224, 224), expected), f"lanczos input {i}"
         cases["lanczos"].append({"input": put(f"lanczos/{i}/input", img),
-                                 "expected": put(f"lanczos/{i}/expected", tf_resize_lanczos3(img, 224, 224))})
+                                 "expected": put(f"lanczos/{i}/expected", expected)})
+
+    # LIBERO renders 256x256: the sample's cameras upscaled to that size (Pillow bicubic), random
+    # and smooth frames of it, and other sizes (odd ones leave partial 16x16 JPEG blocks).
+    jpeg_inputs = [("libero_agentview_256", sources[2]), ("libero_wrist_256", pil_resize(libero[1], 256, 256)),
+                   ("random_256", rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)),
+                   ("smooth_256", smooth_image(256, 256, rng)),
+                   ("random_200x260", rng.integers(0, 256, size=(200, 260, 3), dtype=np.uint8)),
+                   ("smooth_480x640", smooth_image(480, 640, rng)),
+                   ("libero_224", libero[0]),
+                   ("random_17x31", rng.integers(0, 256, size=(17, 31, 3), dtype=np.uint8)),
+                   ("random_2x3", rng.integers(0, 256, size=(2, 3, 3), dtype=np.uint8)),
+                   ("random_1x1", rng.integers(0, 256, size=(1, 1, 3), dtype=np.uint8))]
+    for name, img in jpeg_inputs:
+        encoded = tf_encode_jpeg(img)
+        with_jpeg, without = resize_image_for_policy(img, 224), resize_image_for_policy(img, 224, jpeg=False)
+        cases["jpeg"].append({
+            "name": name, "input": put(f"jpeg/{name}/input", img),
+            "encoded": put(f"jpeg/{name}/encoded", np.frombuffer(encoded, np.uint8)),
+            "decoded": put(f"jpeg/{name}/decoded", tf_decode_image(encoded)),
+            "policy_resize": put(f"jpeg/{name}/policy_resize", with_jpeg),
+            "resize_only": put(f"jpeg/{name}/resize_only", without),
+            # What the JPEG step changes in the resized image (reported by the C++ test).
+            "max_diff_jpeg": int(np.abs(with_jpeg.astype(np.int64) - without).max())})
 
     with open(os.path.join(ASSETS, "vla-adapter-reference", "preprocessor_config.json")) as f:
         config = json.load(f)
@@ -358,12 +456,12 @@ def write_preprocess(out_dir, rng):
     plain = [libero[0], libero[1], sources[2]]
     cases["pipeline"].append({"libero": False, "inputs": [put(f"pipeline/plain/{i}", im) for i, im in enumerate(plain)],
                               "expected": put("pipeline/plain/expected", prismatic_processor(plain, config).numpy())})
-    # LIBERO eval: Lanczos to 224 when needed, center crop, then the processor.
-    libero_steps = [tf_center_crop(im if im.shape[:2] == (224, 224) else tf_resize_lanczos3(im, 224, 224))
-                    for im in plain]
-    cases["pipeline"].append({"libero": True, "inputs": [f"pipeline/plain/{i}" for i in range(len(plain))],
-                              "expected": put("pipeline/libero/expected",
-                                              prismatic_processor(libero_steps, config).numpy())})
+    # LIBERO eval: resize_image_for_policy (TF: JPEG, Lanczos) when not 224x224, center crop, then
+    # the processor; and the same without the JPEG round trip.
+    for jpeg, key in ((True, "libero"), (False, "libero_no_jpeg")):
+        steps = [prepare_image_for_vla(im, jpeg) for im in plain]
+        cases["pipeline"].append({"libero": True, "jpeg": jpeg, "inputs": [f"pipeline/plain/{i}" for i in range(len(plain))],
+                                  "expected": put(f"pipeline/{key}/expected", prismatic_processor(steps, config).numpy())})
     save_file(tensors, os.path.join(out_dir, "preprocess.safetensors"))
     with open(os.path.join(out_dir, "preprocess.json"), "w") as f:
         json.dump(cases, f, indent=1)

@@ -33,7 +33,8 @@ def tensors():
 def options_for(c):
     """Every setting the case was computed with, explicit (test_policy.cpp's options_for)."""
     return dict(dtype=c["dtype"], cpu_bf16_matmul="native", unnorm_key=c["unnorm_key"],
-                prompt_format=c["prompt_format"], center_crop=c.get("center_crop", False))
+                prompt_format=c["prompt_format"], center_crop=c.get("center_crop", False),
+                jpeg_roundtrip=c.get("jpeg_roundtrip", True))
 
 
 def observation(o, tensors):
@@ -85,6 +86,20 @@ def test_defaults_reproduce_the_evaluation(cases, tensors):
         actions = policy.act(images, instruction, proprio)
         # The checkpoint is fp32 (the defaults keep it); bf16-native CPUs change nothing here.
         assert relative_error(actions, tensors[o["key"] + ".actions"]) <= TOLERANCE, o["key"]
+
+
+def test_libero_256_frames_with_and_without_jpeg(cases, tensors):
+    """256x256 cameras: the defaults run the reference's JPEG round trip before the LIBERO resize,
+    jpeg_roundtrip=False the resize alone; both equal the reference's (TensorFlow) pipeline."""
+    if "focus_libero_eval_256" not in cases:
+        pytest.skip("no 256x256 LIBERO cases (gen_policy.py without tensorflow)")
+    for name, kwargs in (("focus_libero_eval_256", {}), ("focus_libero_256_no_jpeg", {"jpeg_roundtrip": False})):
+        c = cases[name]
+        policy = focusvla.Policy.load(str(DATA / c["checkpoint"]), unnorm_key=c["unnorm_key"], **kwargs)
+        assert policy.settings["jpeg_roundtrip"] is c["jpeg_roundtrip"]
+        for o in c["observations"]:
+            images, instruction, proprio = observation(o, tensors)
+            assert relative_error(policy.act(images, instruction, proprio), tensors[o["key"] + ".actions"]) <= TOLERANCE
 
 
 @pytest.fixture(scope="module")

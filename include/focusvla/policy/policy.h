@@ -57,6 +57,11 @@ struct PolicyOptions {
   // evaluation (GenerateConfig.center_crop = True); off for policies trained without crop
   // augmentation.
   bool center_crop = true;
+  // With the LIBERO pipeline (center_crop on), camera images that are not the model's size (LIBERO
+  // renders 256x256) go through TF's JPEG encode / decode round trip before the Lanczos-3 resize,
+  // as in the reference's `resize_image_for_policy` (vision/jpeg.h); off for policies whose
+  // training frames were never JPEG-compressed (then: the resize alone).
+  bool jpeg_roundtrip = true;
   // "bounds_q99" (LIBERO) or "bounds" (min/max).
   std::string normalization = "bounds_q99";
   // Return the indices each FocusVLA block kept and its gate values.
@@ -89,6 +94,9 @@ struct PolicySettings {
   std::string prompt_format;         // "openvla" or "qwen-chat"
   std::string prompt_format_source;  // e.g. "checkpoint: llm_backbone_id qwen25-0_5b-extra" or "option"
   bool center_crop = true;
+  // Whether images that are not the model's size go through the JPEG round trip before the resize
+  // (center_crop and PolicyOptions::jpeg_roundtrip).
+  bool jpeg_roundtrip = true;
   torch::ScalarType dtype = torch::kFloat32;
   std::string dtype_source;          // e.g. "checkpoint bfloat16, CPU with native bf16" or "option"
   torch::Device device = torch::kCPU;
@@ -113,9 +121,9 @@ struct PolicySettings {
 std::string dtype_name(torch::ScalarType dtype);
 
 // The settings as JSON, as `focusvla act --json` and the server's metadata give them:
-// {"head", "prompt_format", "prompt_format_source", "center_crop", "dtype", "dtype_source",
-//  "device", "matmul", "unnorm_key", "normalization", "cameras", "proprio_dim", "quantize",
-//  "quantized_layers", "quantize_detail"}.
+// {"head", "prompt_format", "prompt_format_source", "center_crop", "jpeg_roundtrip", "dtype",
+//  "dtype_source", "device", "matmul", "unnorm_key", "normalization", "cameras", "proprio_dim",
+//  "quantize", "quantized_layers", "quantize_detail"}.
 nlohmann::json settings_json(const PolicySettings& settings);
 
 // The prompt an instruction becomes, and its token ids (no BOS / EOS).

@@ -3,7 +3,8 @@
 // the tower, in the tower's encoder order (6 for the released DINOv2 + SigLIP backbone).
 //
 //   uint8 RGB image (H, W, 3)
-//   -> [optional, LIBERO eval pipeline] TF Lanczos-3 antialiased resize to 224 when not 224x224
+//   -> [optional, LIBERO eval pipeline] when not 224x224: TF's JPEG encode / decode round trip
+//      (jpeg.h; on by default with the resize), then TF's Lanczos-3 antialiased resize to 224
 //   -> [optional, LIBERO eval pipeline] TF center crop of `crop_scale` area, bilinear, back to 224
 //   -> per encoder: Pillow bicubic resize to the encoder's size (identity at that size),
 //      x = u8 / 255, (x - mean) / std with the checkpoint's statistics for that encoder
@@ -14,8 +15,8 @@
 // uint8 between the passes, the passes in Pillow's order), bit for bit; the TF steps transcribe
 // TensorFlow's ScaleAndTranslate (lanczos3, antialias) and CropAndResize (bilinear) kernels in
 // float32, with TF's `convert_image_dtype` conversions (u8 * float(1/255) in, saturate_cast of
-// x * 255.5 out). Not reproduced: the LIBERO pipeline's JPEG encode/decode round trip before its
-// Lanczos resize (a lossy codec step that only applies to images that are not already 224x224).
+// x * 255.5 out); the JPEG round trip runs libjpeg with TensorFlow's settings, byte for byte (jpeg.h).
+// Images already 224x224 skip the round trip and the resize, as in the reference.
 //
 // The uint8 stages are Pillow's and TF's scalar arithmetic, run on the host (single-threaded
 // loops: a camera image takes milliseconds, and small parallel tensor ops cost more than they
@@ -54,8 +55,12 @@ struct ImageView {
 
 struct PreprocessOptions {
   // SPEC 3.1, as VLA-Adapter's LIBERO evaluation: Lanczos-3 resize to the model size when an image
-  // is not already that size (without the JPEG round trip, see above) ...
+  // is not already that size ...
   bool libero_resize = false;
+  // ... preceded, as in the reference's `resize_image_for_policy`, by TF's JPEG encode / decode
+  // round trip (jpeg.h); off for policies whose training frames were never JPEG-compressed.
+  // Only with libero_resize, and only for images that are resized.
+  bool jpeg_roundtrip = true;
   // ... and the center crop of `crop_scale` area that released LIBERO models expect.
   bool center_crop = false;
   double crop_scale = 0.9;
