@@ -97,7 +97,12 @@ void check_options(const ExecutorOptions& o) {
   check(o.threshold >= 0, "ExecutorOptions.threshold", "must be >= 0, got " + std::to_string(o.threshold));
   check(std::isfinite(o.new_weight) && o.new_weight >= 0 && o.new_weight <= 1, "ExecutorOptions.new_weight",
         "must be in [0, 1], got " + std::to_string(o.new_weight));
-  check(std::isfinite(o.ensemble_m), "ExecutorOptions.ensemble_m", "must be finite");
+  if (!(std::isfinite(o.ensemble_m) && std::abs(o.ensemble_m) <= kMaxEnsembleM)) {
+    std::ostringstream message;
+    message << "must be in [-" << kMaxEnsembleM << ", " << kMaxEnsembleM << "] (weights exp(-m * i)), got "
+            << o.ensemble_m;
+    throw Error("ExecutorOptions.ensemble_m: " + message.str());
+  }
   check(o.metrics_window > 0, "ExecutorOptions.metrics_window",
         "must be positive, got " + std::to_string(o.metrics_window));
 }
@@ -374,7 +379,12 @@ Planned ChunkExecutor::Impl::ensemble_action(TickReport& r) {
   predictions.pop_front();
   std::vector<double> weights(slot.size());
   double total = 0;
-  for (size_t i = 0; i < slot.size(); ++i) total += weights[i] = std::exp(-options.ensemble_m * static_cast<double>(i));
+  // Relative to the heaviest weight (the oldest for m >= 0, the newest for m < 0): every weight is
+  // in (0, 1] and the total in [1, n], so nothing overflows however long the chunk; for m >= 0
+  // these are exactly exp(-m * i).
+  const double heaviest = options.ensemble_m >= 0 ? 0.0 : static_cast<double>(slot.size() - 1);
+  for (size_t i = 0; i < slot.size(); ++i)
+    total += weights[i] = std::exp(-options.ensemble_m * (static_cast<double>(i) - heaviest));
   Planned out{Eigen::VectorXd::Zero(slot.front().action.size()), slot.back().obs_tick, slot.back().obs_time};
   for (size_t i = 0; i < slot.size(); ++i) out.action += (weights[i] / total) * slot[i].action;
   r.predictions = static_cast<int64_t>(slot.size());

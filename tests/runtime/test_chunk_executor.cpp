@@ -155,6 +155,10 @@ TEST(ChunkExecutorOptions, InvalidOptionsAreNamed) {
   expect_error([&] { with([](ExecutorOptions& o) { o.execute_steps = -2; }); }, {"ExecutorOptions.execute_steps"});
   expect_error([&] { with([](ExecutorOptions& o) { o.new_weight = 1.5; }); }, {"ExecutorOptions.new_weight", "[0, 1]"});
   expect_error([&] { with([](ExecutorOptions& o) { o.ensemble_m = INFINITY; }); }, {"ExecutorOptions.ensemble_m"});
+  expect_error([&] { with([](ExecutorOptions& o) { o.ensemble_m = -1000; }); },
+               {"ExecutorOptions.ensemble_m", "[-10, 10]", "-1000"});
+  expect_error([&] { with([](ExecutorOptions& o) { o.ensemble_m = 10.5; }); }, {"ExecutorOptions.ensemble_m", "10.5"});
+  for (const double m : {-kMaxEnsembleM, 0.0, kMaxEnsembleM}) with([m](ExecutorOptions& o) { o.ensemble_m = m; });
   expect_error([&] { with([](ExecutorOptions& o) { o.metrics_window = 0; }); }, {"ExecutorOptions.metrics_window"});
   expect_error([] { ChunkExecutor executor(InferFn{}); }, {"ChunkExecutor", "no inference function"});
 }
@@ -564,6 +568,54 @@ TEST(ChunkExecutorEnsemble, ZeroMIsAPlainMean) {
   ChunkExecutor executor(h.policy.fn(), options);
   for (int64_t t = 0; t < 2; ++t) h.tick(executor, t);
   EXPECT_NEAR(h.tick(executor, 2)[0], (12 + 21 + 30) / 3.0, 1e-12);
+}
+
+// m < 0 weights the newest prediction most: exp(-m * i), i = 0 the oldest, as for m > 0.
+TEST(ChunkExecutorEnsemble, NegativeMFavoursTheNewest) {
+  Harness h;
+  h.policy.release_all();
+  h.policy.state().make = [](int64_t k) {
+    const double base = 10.0 * static_cast<double>(k + 1);
+    return column_chunk({base, base + 1, base + 2});
+  };
+  ExecutorOptions options = h.options(ExecutionMode::kEnsemble);
+  options.ensemble_m = -0.5;
+  ChunkExecutor executor(h.policy.fn(), options);
+  h.tick(executor, 0);
+  const double w1 = std::exp(0.5);
+  EXPECT_NEAR(h.tick(executor, 1)[0], (11 + 20 * w1) / (1 + w1), 1e-12);
+}
+
+// The extreme accepted m on a long chunk: exp(-m * i) itself would overflow (e^(10 * 99) is
+// infinite, and the normalized action NaN); the weights relative to the heaviest stay finite.
+TEST(ChunkExecutorEnsemble, ExtremeMOnALongChunkStaysFinite) {
+  constexpr int64_t kRows = 100;
+  for (const double m : {-kMaxEnsembleM, kMaxEnsembleM}) {
+    SCOPED_TRACE(m);
+    Harness h;
+    h.policy.release_all();
+    h.policy.state().make = [](int64_t k) {
+      std::vector<double> rows;
+      for (int64_t i = 0; i < kRows; ++i) rows.push_back(1000.0 * static_cast<double>(k) + static_cast<double>(i));
+      return column_chunk(rows);
+    };
+    ExecutorOptions options = h.options(ExecutionMode::kEnsemble);
+    options.ensemble_m = m;
+    ChunkExecutor executor(h.policy.fn(), options);
+    for (int64_t t = 0; t < kRows; ++t) {
+      const double got = h.tick(executor, t)[0];
+      ASSERT_TRUE(std::isfinite(got)) << "tick " << t;
+      // Predictions k = 0..t (oldest first) of row t - k; the expected mean in log space.
+      double top = -INFINITY, total = 0, sum = 0;
+      for (int64_t k = 0; k <= t; ++k) top = std::max(top, -m * static_cast<double>(k));
+      for (int64_t k = 0; k <= t; ++k) {
+        const double w = std::exp(-m * static_cast<double>(k) - top);
+        total += w;
+        sum += w * (1000.0 * static_cast<double>(k) + static_cast<double>(t - k));
+      }
+      ASSERT_NEAR(got, sum / total, 1e-9 * (1 + std::abs(sum / total))) << "tick " << t;
+    }
+  }
 }
 
 // ACT's loop keeps the predictions for step t where all(actions != 0): a prediction with an exact

@@ -128,6 +128,9 @@ ExecutionMode parse_mode(const std::string& name);
 std::string aggregate_name(Aggregate aggregate);
 Aggregate parse_aggregate(const std::string& name);
 
+// The largest |ExecutorOptions::ensemble_m| accepted.
+inline constexpr double kMaxEnsembleM = 10.0;
+
 struct ExecutorOptions {
   ExecutionMode mode = ExecutionMode::kAsync;
   // Control rate of the caller's loop: the period behind tick jitter and deadline misses.
@@ -138,7 +141,10 @@ struct ExecutorOptions {
   int threshold = 4;
   Aggregate aggregate = Aggregate::kReplace;
   double new_weight = 0.7;  // kWeightedAverage: weight of the newer chunk's row, in [0, 1]
-  // kEnsemble: m of the weights exp(-m * i), i = 0 the oldest prediction (ACT: 0.01).
+  // kEnsemble: m of the weights exp(-m * i), i = 0 the oldest prediction (ACT: 0.01), in
+  // [-kMaxEnsembleM, kMaxEnsembleM]: > 0 favours older predictions, < 0 newer ones, 0 is the plain
+  // mean. At |m| = 10 the neighbour's weight is already 4.5e-5 of the heaviest (one prediction
+  // decides), so larger values only risk overflow.
   double ensemble_m = 0.01;
   // Null: a SteadyClock.
   std::shared_ptr<Clock> clock;
