@@ -141,7 +141,8 @@ std::vector<Observation> observations(const Policy& policy, int64_t batch) {
   std::vector<Observation> out;
   for (int64_t b = 0; b < batch; ++b) {
     Observation obs;
-    for (int64_t n = 0; n < policy.num_images(); ++n)
+    const int64_t cameras = policy.num_images() > 0 ? policy.num_images() : 2;  // 0: per call; LIBERO's two
+    for (int64_t n = 0; n < cameras; ++n)
       obs.images.push_back(torch::randint(0, 256, {224, 224, 3}, torch::kUInt8));
     obs.instruction = tasks[b % 4];
     for (int64_t i = 0; i < policy.proprio_dim(); ++i) obs.proprio.push_back(0.01 * static_cast<double>(i));

@@ -152,7 +152,8 @@ int main(int argc, char** argv) {
   try {
     const Args args = parse(argc, argv);
     const focusvla::Policy policy = focusvla::Policy::load(args.checkpoint, args.policy);
-    SimulatedRobot robot(policy.num_images(), policy.proprio_dim());
+    // num_images() 0: the checkpoint fixes no camera count (released config.json): LIBERO's two.
+    SimulatedRobot robot(policy.num_images() > 0 ? policy.num_images() : 2, policy.proprio_dim());
     const std::string task = "put the bowl on the plate";
     // Warm-up outside the loop (on a GPU the second call of a shape captures its CUDA graph).
     for (int i = 0; i < 2; ++i) policy.act(robot.cameras, task, robot.observe(task).proprio);

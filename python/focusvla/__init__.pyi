@@ -61,7 +61,8 @@ class Policy:
         ("auto"), the 0.9 center crop, and (dtype None) the checkpoint's dtype where the device computes
         it natively, float32 elsewhere. unnorm_key picks the dataset statistics (required when the
         checkpoint holds several). threads: CPU intra-op threads (0: LibTorch's setting). num_images:
-        cameras per observation (0: config.json's). diagnostics: return_info also gives the kept
+        cameras per observation (0: config.json's; where it has none, as in the released VLA-Adapter
+        checkpoints, each call's image count). diagnostics: return_info also gives the kept
         indices and gates of each FocusVLA block. cpu_bf16_matmul: how bf16 linear layers run on a CPU
         without native bf16 ("auto": as fp32 copies there). jpeg_roundtrip: with the center crop,
         cameras that are not the model's size (LIBERO's 256x256) are JPEG encoded and decoded as
@@ -114,7 +115,7 @@ class Policy:
 
     @property
     def num_images(self) -> int:
-        """Cameras per observation."""
+        """Cameras per observation; 0: follows each call (any count >= 1, one count per act_batch)."""
     @property
     def chunk_size(self) -> int:
         """Actions per chunk (rows of act's result)."""
@@ -174,7 +175,7 @@ class ChunkExecutor:
         (the new row) or "average" ((1 - new_weight) * old + new_weight * new; 0.7 is LeRobot's
         weighted_average). When the plan runs out first, the last action is repeated (a deadline miss).
       "ensemble": ACT's temporal ensembling: infer every tick; the action is the average of every
-        chunk's prediction for this tick, weighted exp(-ensemble_m * i), i = 0 the oldest (ACT: 0.01).
+        chunk's prediction for this tick, weighted exp(-ensemble_m * i), i = 0 the oldest (ACT: 0.01; in [-10, 10]).
 
     The first tick of every mode infers inside the tick (there is nothing to execute before the
     first chunk). A failed background inference is raised, unchanged, by the next tick (which does

@@ -311,6 +311,19 @@ def encode_reply(actions: np.ndarray, server_timing: Dict[str, float], replica: 
     return packb(reply)
 
 
+def resolve_image_keys(cameras: int, image_keys: Optional[List[str]]) -> List[str]:
+    """The request key of each camera: image_keys, else focusvla serve's defaults (LIBERO's). cameras
+    is the policy's num_images; 0 (a config.json without num_images_in_input, as the released
+    VLA-Adapter checkpoints) takes any count, so the keys fix it (default: LIBERO's two)."""
+    if cameras == 0:
+        return list(image_keys) if image_keys else list(LIBERO_IMAGE_KEYS)
+    keys = list(image_keys) if image_keys else list(LIBERO_IMAGE_KEYS[:cameras])
+    if len(keys) != cameras:
+        raise RuntimeError(f"image keys: {len(keys)} for a policy with {cameras} camera(s): name one "
+                           "per camera in image_keys, in the checkpoint's order")
+    return keys
+
+
 # ------------------------------------------------------------------------------------------------
 # Options (the application's `args` in a Serve config file)
 
@@ -572,12 +585,8 @@ class FocusVLAIngress:
                 if self._info is None:
                     info = await self.policy.info.remote()
                     o = self.options
-                    cameras = info["cameras"]
-                    keys = list(o.image_keys) if o.image_keys else list(LIBERO_IMAGE_KEYS[:cameras])
-                    if len(keys) != cameras:
-                        raise RuntimeError(f"image keys: {len(keys)} for a policy with {cameras} camera(s): name one "
-                                           "per camera in image_keys, in the checkpoint's order")
-                    info["image_keys"] = keys
+                    info["image_keys"] = resolve_image_keys(info["cameras"], o.image_keys)
+                    info["cameras"] = len(info["image_keys"])
                     self._info = info
         return self._info
 

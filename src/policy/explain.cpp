@@ -239,7 +239,7 @@ Explanation explain(const Policy& policy, const Observation& observation, const 
   e.actions = policy.act_traced(observation, rec.tap());
   const PolicySettings& s = policy.settings();
   e.head = s.head;
-  e.cameras = policy.num_images();
+  e.cameras = static_cast<int64_t>(observation.images.size());  // num_images() is 0 when it follows each call
   e.chunk = policy.chunk_size();
   e.visual_positions = rec.nv;
   e.query_positions = rec.nq;

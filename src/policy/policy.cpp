@@ -123,7 +123,7 @@ struct Policy::Impl {
   PolicySettings settings;  // as resolved
   torch::ScalarType dtype = torch::kFloat32;
   std::string unnorm_key;
-  int64_t num_images = 0;
+  int64_t num_images = 0;       // 0: the camera count follows each call
   std::string cameras_source;  // where num_images comes from, for errors
   PromptFormat prompt_format = PromptFormat::qwen_chat;
   std::unique_ptr<BpeTokenizer> tokenizer;
@@ -158,6 +158,7 @@ struct Policy::Impl {
     std::vector<std::vector<int64_t>> ids;  // each sample's prompt token ids
   };
   Validated validate(const std::vector<Observation>& batch) const;
+  int64_t call_cameras(const std::vector<Observation>& batch) const;
   ShapeBuffers& stage(const std::vector<Observation>& batch, const Validated& v) const;
   void allocate(const ShapeKey& key, ShapeBuffers& b) const;
   void forward(ShapeBuffers& b, const ShapeKey& key, StageTimer* timer) const;
@@ -185,19 +186,37 @@ PromptText Policy::Impl::prompt(const std::string& instruction) const {
   return out;
 }
 
+// The camera count of one call: the fixed count (config.json / PolicyOptions::num_images) when there
+// is one, else the first observation's; every observation of the call must have it (the images of
+// a batch are staged into one tensor).
+int64_t Policy::Impl::call_cameras(const std::vector<Observation>& batch) const {
+  const int64_t cameras = num_images > 0 ? num_images : static_cast<int64_t>(batch.front().images.size());
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const std::string which = batch.size() > 1 ? "observation " + std::to_string(b) + ": " : "";
+    const auto given = static_cast<int64_t>(batch[b].images.size());
+    if (num_images > 0)
+      check(given == num_images, which + "images",
+            "got " + std::to_string(given) + " camera image(s), the policy takes " + std::to_string(num_images) +
+                " (" + cameras_source + ")");
+    else
+      check(given == cameras, which + "images",
+            "got " + std::to_string(given) + " camera image(s), observation 0 of this act_batch has " +
+                std::to_string(cameras) + " (the camera count follows each call, the same for all its observations)");
+    check(given >= 1, which + "images", "no camera images (zero cameras)");
+  }
+  return cameras;
+}
+
 // Everything checked before any work: camera count and images, instruction (prompt ids),
 // proprio, sequence length.
 Policy::Impl::Validated Policy::Impl::validate(const std::vector<Observation>& batch) const {
   check(!batch.empty(), "act_batch", "no observations");
   Validated v;
   v.key.batch = static_cast<int64_t>(batch.size());
-  v.key.cameras = num_images;
+  v.key.cameras = call_cameras(batch);
   for (size_t b = 0; b < batch.size(); ++b) {
     const Observation& obs = batch[b];
     const std::string which = batch.size() > 1 ? "observation " + std::to_string(b) + ": " : "";
-    check(static_cast<int64_t>(obs.images.size()) == num_images, which + "images",
-          "got " + std::to_string(obs.images.size()) + " camera image(s), the policy takes " +
-              std::to_string(num_images) + " (" + cameras_source + ")");
     for (size_t i = 0; i < obs.images.size(); ++i)
       vision::check_images(obs.images[i], which + "image " + std::to_string(i));
     v.ids.push_back(prompt(obs.instruction).ids);
@@ -212,7 +231,7 @@ Policy::Impl::Validated Policy::Impl::validate(const std::vector<Observation>& b
       check(obs.proprio.empty(), which + "proprio", "given, but this checkpoint has no proprio projector");
     }
   }
-  const int64_t nv = num_images * vision->config.tokens_per_image();
+  const int64_t nv = v.key.cameras * vision->config.tokens_per_image();
   for (const int64_t p : v.key.prompt_lengths) {
     const int64_t length = policy::SequenceLayout{nv, p, action_queries.size(0)}.length();
     check(length <= max_positions, "instruction",
@@ -405,11 +424,10 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   impl->action_normalizer =
       policy::Normalizer::from_stats(stats.action, options.normalization, impl->unnorm_key + " action statistics");
 
+  // The released VLA-Adapter config.json files have no num_images_in_input: then (and without
+  // PolicyOptions::num_images) each call's image count is the camera count.
   impl->num_images = options.num_images > 0 ? options.num_images : ckpt.config.num_images_in_input;
   impl->cameras_source = options.num_images > 0 ? "PolicyOptions::num_images" : "config.json num_images_in_input";
-  check(impl->num_images > 0, directory,
-        "config.json has no num_images_in_input: set PolicyOptions::num_images to the camera count the policy was "
-        "trained with");
 
   const auto tensor_options = torch::TensorOptions().dtype(impl->dtype).device(options.device);
   impl->tokenizer = std::make_unique<BpeTokenizer>(BpeTokenizer::from_directory(directory));
@@ -502,7 +520,8 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
     log_warn("quantize int8 on a CPU without int8 dot products (AVX512-VNNI / AVX-VNNI / AMX): weights are 7-bit "
              "(8-bit ones saturate its u8 x s8 instruction) and int8 GEMMs gain less over float ones here; see "
              "docs/QUANTIZATION.md for the measured speed");
-  log_info(directory + ": loaded (" + impl->unnorm_key + ", " + std::to_string(impl->num_images) + " camera(s), " +
+  log_info(directory + ": loaded (" + impl->unnorm_key + ", " +
+           (impl->num_images > 0 ? std::to_string(impl->num_images) : std::string("per-call")) + " camera(s), " +
            settings.prompt_format + " prompt, center crop " + (settings.center_crop ? "on" : "off") +
            ", JPEG round trip " + (settings.jpeg_roundtrip ? "on" : "off") + ", " +
            dtype_name(impl->dtype) + ", matmul " + settings.matmul + ", quantize " + settings.quantize + ") in " +

@@ -555,7 +555,7 @@ nlohmann::json make_metadata(const Policy& policy, const ServerOptions& o) {
           {"head", policy.head_kind()},
           {"chunk", policy.chunk_size()},
           {"action_dim", policy.action_dim()},
-          {"cameras", policy.num_images()},
+          {"cameras", static_cast<int64_t>(o.keys.images.size())},  // == num_images() when that is fixed
           {"proprio_dim", policy.proprio_dim()},
           {"image_keys", o.keys.images},
           {"state_key", policy.proprio_dim() > 0 ? nlohmann::json(o.keys.state) : nlohmann::json(nullptr)},
@@ -573,7 +573,8 @@ void check_options(const ServerOptions& o, const Policy& policy) {
   check(o.io_threads >= 1 && o.io_threads <= 256, "serve: io_threads", "not in 1 .. 256");
   check(o.idle_timeout_s > 0, "serve: idle_timeout_s", "must be positive");
   check(o.drain_timeout_s >= 0, "serve: drain_timeout_s", "must not be negative");
-  check(static_cast<int64_t>(o.keys.images.size()) == policy.num_images(), "serve: image keys",
+  // num_images() 0 (config.json without num_images_in_input): the policy takes any count, the keys fix it.
+  check(policy.num_images() == 0 || static_cast<int64_t>(o.keys.images.size()) == policy.num_images(), "serve: image keys",
         std::to_string(o.keys.images.size()) + " given for a policy with " + std::to_string(policy.num_images()) +
             " camera(s): name one per camera, in the checkpoint's order");
   for (const auto& key : o.keys.images) check(!key.empty(), "serve: image keys", "an empty key");
@@ -673,7 +674,9 @@ struct Server::Impl {
 };
 
 Server::Server(Policy policy, ServerOptions options) : impl_(std::make_shared<Impl>()) {
-  if (options.keys.images.empty()) options.keys.images = default_observation_keys(policy.num_images()).images;
+  // A policy whose camera count follows each call gets the reference's LIBERO evaluation keys (two).
+  if (options.keys.images.empty())
+    options.keys.images = default_observation_keys(policy.num_images() > 0 ? policy.num_images() : 2).images;
   check_options(options, policy);
   auto shared = std::make_shared<Shared>(policy, options);
   shared->spec.keys = options.keys;

@@ -402,14 +402,77 @@ TEST(PolicyErrors, BrokenCheckpoints) {
                 wrong_head + "/action_head--150000_checkpoint.pt", fs::copy_options::overwrite_existing);
   expect_error([&] { Policy::load(wrong_head, options_for(c)); }, {"gate"});
 
-  const std::string no_cameras = broken_copy("policy_no_cameras", "focus_f32");
-  auto config = io::read_json_file(no_cameras + "/config.json");
-  config.erase("num_images_in_input");
-  std::ofstream(no_cameras + "/config.json") << config.dump();
-  expect_error([&] { Policy::load(no_cameras, options_for(c)); }, {"num_images_in_input", "PolicyOptions::num_images"});
   testing::remove_tree(no_head);
   testing::remove_tree(wrong_head);
-  testing::remove_tree(no_cameras);
+}
+
+// A copy of a tiny checkpoint whose config.json has no num_images_in_input, as the released
+// VLA-Adapter checkpoints.
+std::string without_camera_count(const std::string& name, const std::string& from) {
+  const std::string dir = broken_copy(name, from);
+  auto config = io::read_json_file(dir + "/config.json");
+  config.erase("num_images_in_input");
+  std::ofstream(dir + "/config.json") << config.dump();
+  return dir;
+}
+
+// Without num_images_in_input (and PolicyOptions::num_images 0) the camera count follows each
+// call: the two-camera FocusVLA and the one-camera Pro cases give the reference's actions, act and
+// act_batch, from one loaded policy each.
+TEST(PolicyCameras, ReleasedConfigWithoutCameraCountFollowsEachCall) {
+  for (const auto& [name, from] : std::map<std::string, std::string>{{"focus_openvla", "focus_f32"},
+                                                                    {"pro_1cam_noproprio", "pro_f32_1cam"}}) {
+    SCOPED_TRACE(name);
+    const auto c = find_case(name);
+    const std::string dir = without_camera_count("policy_no_cameras_" + from, from);
+    const Policy policy = Policy::load(dir, options_for(c));
+    EXPECT_EQ(policy.num_images(), 0);
+    EXPECT_EQ(policy.settings().cameras, 0);
+    EXPECT_EQ(settings_json(policy.settings())["cameras"], 0);
+    std::vector<Observation> batch;
+    for (const auto& o : c["observations"]) {
+      batch.push_back(observation(o));
+      const ActionChunk chunk = policy.act(batch.back().images, batch.back().instruction, batch.back().proprio);
+      const double err = relative_error(chunk.actions, tensors().at(o["key"].get<std::string>() + ".actions"));
+      EXPECT_LE(err, 1e-4) << o["key"];
+      std::printf("  %-28s act (per-call cameras) relative error %.2e\n", o["key"].get<std::string>().c_str(), err);
+    }
+    const auto chunks = policy.act_batch(batch);
+    for (size_t b = 0; b < batch.size(); ++b)
+      EXPECT_LE(relative_error(chunks[b].actions, tensors().at(c["observations"][b]["key"].get<std::string>() + ".actions")),
+                1e-4);
+    testing::remove_tree(dir);
+  }
+}
+
+// One policy, calls of different camera counts (each its own shape), and the errors: a batch of
+// mixed counts, no images; a fixed count (PolicyOptions::num_images) still refuses other counts.
+TEST(PolicyCameras, PerCallCountsAndTheirErrors) {
+  const auto c = find_case("focus_openvla");
+  const std::string dir = without_camera_count("policy_per_call_cameras", "focus_f32");
+  const Policy policy = Policy::load(dir, options_for(c));
+  const Observation two = observation(c["observations"][0]);
+  const Observation one{{two.images[0]}, two.instruction, two.proprio};
+  const Observation three{{two.images[0], two.images[1], two.images[0]}, two.instruction, two.proprio};
+  for (const Observation* obs : {&one, &three, &two}) {
+    const ActionChunk chunk = policy.act(obs->images, obs->instruction, obs->proprio);
+    EXPECT_TRUE(chunk.actions.allFinite()) << obs->images.size() << " cameras";
+  }
+  // The two-camera call after the others still is the reference's (its own buffers).
+  EXPECT_LE(relative_error(policy.act(two.images, two.instruction, two.proprio).actions,
+                           tensors().at(c["observations"][0]["key"].get<std::string>() + ".actions")),
+            1e-4);
+  expect_error([&] { policy.act_batch({two, one}); },
+               {"observation 1: images", "got 1 camera", "observation 0 of this act_batch has 2"});
+  expect_error([&] { policy.act({}, two.instruction, two.proprio); }, {"images", "no camera images"});
+
+  PolicyOptions fixed = options_for(c);
+  fixed.num_images = 2;
+  const Policy two_cameras = Policy::load(dir, fixed);
+  EXPECT_EQ(two_cameras.num_images(), 2);
+  expect_error([&] { two_cameras.act(one.images, one.instruction, one.proprio); },
+               {"images", "got 1 camera", "takes 2", "PolicyOptions::num_images"});
+  testing::remove_tree(dir);
 }
 
 // The whole act diffed layer by layer against the reference: every name gen_policy.py recorded

@@ -267,6 +267,46 @@ def test_load_errors(cases):
     expect_error(lambda: load_case(c, device="tpu"), "device")
 
 
+def test_released_config_without_num_images_in_input(cases, tensors, tmp_path):
+    """The released VLA-Adapter config.json has no num_images_in_input: Policy.load(path,
+    unnorm_key=...) loads it, num_images is 0 and each call's image count is the camera count."""
+    c = cases["focus_openvla"]
+    released = tmp_path / "released"
+    released.mkdir()
+    for f in (DATA / c["checkpoint"]).iterdir():
+        if f.is_file():
+            (released / f.name).symlink_to(f.resolve())
+    config = json.loads((DATA / c["checkpoint"] / "config.json").read_text())
+    del config["num_images_in_input"]
+    (released / "config.json").unlink()
+    (released / "config.json").write_text(json.dumps(config))
+
+    policy = focusvla.Policy.load(str(released), unnorm_key=c["unnorm_key"])
+    assert policy.num_images == 0 and policy.settings["cameras"] == 0
+    policy = focusvla.Policy.load(str(released), **options_for(c))
+    obs = [observation(o, tensors) for o in c["observations"]]
+    for o, (images, instruction, proprio) in zip(c["observations"], obs):
+        assert relative_error(policy.act(images, instruction, proprio), tensors[o["key"] + ".actions"]) <= TOLERANCE
+    images, instruction, proprio = obs[0]
+    assert np.isfinite(policy.act(images[:1], instruction, proprio)).all()  # one camera: another call shape
+    expect_error(lambda: policy.act_batch([{"images": images, "instruction": instruction, "proprio": proprio},
+                                           {"images": images[:1], "instruction": instruction, "proprio": proprio}]),
+                 "observation 1: images", "observation 0 of this act_batch has 2")
+    fixed = focusvla.Policy.load(str(released), num_images=2, **options_for(c))
+    assert fixed.num_images == 2
+    expect_error(lambda: fixed.act(images[:1], instruction, proprio), "takes 2", "PolicyOptions::num_images")
+
+
+def test_executor_ensemble_m_range():
+    """ensemble_m outside [-10, 10] is refused by name (exp(-m * i) would overflow)."""
+    chunk = np.zeros((8, 7))
+    for m in (-1000.0, 10.5, float("nan")):
+        expect_error(lambda: focusvla.ChunkExecutor(lambda i, t, p: chunk, mode="ensemble", ensemble_m=m),
+                     "ExecutorOptions.ensemble_m")
+    for m in (-10.0, 10.0):
+        focusvla.ChunkExecutor(lambda i, t, p: chunk, mode="ensemble", ensemble_m=m).close()
+
+
 def test_set_tap(cases, tensors):
     c = cases["pro_1cam_noproprio"]
     policy = load_case(c)

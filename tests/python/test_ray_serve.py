@@ -383,6 +383,17 @@ def test_bad_config_is_refused_before_ray_starts(tmp_path):
     assert out.returncode == 2 and str(tmp_path / "nope") in out.stderr, out.stderr
 
 
+def test_image_keys_of_a_policy_without_a_camera_count():
+    """A checkpoint without num_images_in_input (the released VLA-Adapter config.json): the policy's
+    num_images is 0, the image keys fix the count (default: focusvla serve's two LIBERO keys)."""
+    from focusvla.ray_serve import resolve_image_keys
+    assert resolve_image_keys(0, None) == ["observation/image", "observation/wrist_image"]
+    assert resolve_image_keys(0, ["cam"]) == ["cam"]
+    assert resolve_image_keys(1, None) == ["observation/image"]
+    with pytest.raises(RuntimeError, match="image keys: 1 for a policy with 2 camera"):
+        resolve_image_keys(2, ["cam"])
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. Protocol
 

@@ -908,3 +908,40 @@ def test_one_camera_no_proprio(serve, tmp_path):
     # A state and a wrist image, when sent, are ignored by this policy.
     assert np.array_equal(client.infer(obs)["actions"], want)
     close_quietly(client._ws)
+
+
+def released_copy(tmp_path, checkpoint):
+    """A copy of `checkpoint` whose config.json has no num_images_in_input (as the released
+    VLA-Adapter checkpoints): the policy's camera count follows each call."""
+    released = tmp_path / f"released_{checkpoint.name}"
+    released.mkdir()
+    for f in checkpoint.iterdir():
+        if f.is_file() and f.name != "config.json":
+            (released / f.name).symlink_to(f.resolve())
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config["num_images_in_input"]
+    (released / "config.json").write_text(json.dumps(config))
+    return released
+
+
+def test_released_checkpoint_without_camera_count(serve, tmp_path):
+    """No num_images_in_input: the default image keys (LIBERO's two) fix the camera count; named
+    keys fix it to theirs."""
+    released = released_copy(tmp_path, FOCUS)
+    rng = np.random.default_rng(13)
+    obs = libero_observation(rng, TASKS[3])
+    server = serve(checkpoint=released)
+    client = openpi_client(server)
+    meta = client.get_server_metadata()
+    assert meta["cameras"] == 2 and list(meta["image_keys"]) == IMAGE_KEYS, meta
+    want = act_cli(tmp_path / "two", FOCUS, [obs[k] for k in IMAGE_KEYS], obs["prompt"], obs["observation/state"])
+    assert np.array_equal(client.infer(obs)["actions"], want)
+    close_quietly(client._ws)
+
+    one = serve("--image-key", "observation/image", checkpoint=released)
+    client = openpi_client(one)
+    meta = client.get_server_metadata()
+    assert meta["cameras"] == 1 and list(meta["image_keys"]) == ["observation/image"], meta
+    want = act_cli(tmp_path / "one", released, [obs["observation/image"]], obs["prompt"], obs["observation/state"])
+    assert np.array_equal(client.infer(obs)["actions"], want)
+    close_quietly(client._ws)

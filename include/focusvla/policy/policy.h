@@ -51,7 +51,9 @@ struct PolicyOptions {
   // backbones (llm_backbone_id llama2 / mistral / ...). Or "openvla"
   // (`In: What action should the robot take to {task}?\nOut:`) / "qwen-chat" explicitly.
   std::string prompt_format = "auto";
-  // Cameras per observation; 0: config.json's num_images_in_input (load fails if absent).
+  // Cameras per observation; 0: config.json's num_images_in_input, and where config.json has none
+  // (the released VLA-Adapter checkpoints) each call's image count (all observations of one
+  // act_batch the same).
   int64_t num_images = 0;
   // The LIBERO pipeline's 0.9-area center crop (SPEC 3.1), on by default as in the reference's
   // evaluation (GenerateConfig.center_crop = True); off for policies trained without crop
@@ -105,7 +107,7 @@ struct PolicySettings {
   std::string matmul;
   std::string unnorm_key;
   std::string normalization;         // "bounds_q99" or "bounds"
-  int64_t cameras = 0;
+  int64_t cameras = 0;               // 0: follows each call (no fixed camera count)
   int64_t proprio_dim = 0;           // 0 without a proprio projector
   int64_t chunk = 0, action_dim = 0;
   // Quantization: "none", or the mode the quantized layers run ("int8" = CPU W8A8,
@@ -179,6 +181,8 @@ class Policy {
   // rounding.
   std::vector<ActionChunk> act_batch(const std::vector<Observation>& batch) const;
 
+  // The fixed camera count (config.json num_images_in_input or PolicyOptions::num_images); 0:
+  // follows each call (any count >= 1, the same for all observations of one act_batch).
   int64_t num_images() const;
   int64_t chunk_size() const;
   int64_t action_dim() const;
