@@ -36,6 +36,13 @@ extern "C" {
 #define FOCUSVLA_API
 #endif
 
+/* No exception crosses the boundary: from C++ every entry point is noexcept. */
+#ifdef __cplusplus
+#define FOCUSVLA_NOEXCEPT noexcept
+#else
+#define FOCUSVLA_NOEXCEPT
+#endif
+
 typedef enum focusvla_status {
   FOCUSVLA_OK = 0,
   FOCUSVLA_ERROR_INVALID_ARGUMENT = 1, /* a NULL handle or pointer, a negative size, ... */
@@ -47,20 +54,29 @@ typedef enum focusvla_status {
 /* A loaded policy (focusvla::Policy). */
 typedef struct focusvla_policy focusvla_policy;
 
-/* Load options; focusvla_policy_options_init sets the defaults (the reference's evaluation
- * settings for the checkpoint, as focusvla::PolicyOptions). NULL / 0 fields mean "default". */
+/* Load options: every zero / NULL field means "default" (the reference's evaluation settings for
+ * the checkpoint, as focusvla::PolicyOptions), so a zero-filled struct (`= {0}`) and one from
+ * focusvla_policy_options_init load the same policy. struct_size lets later versions add fields at
+ * the end: focusvla_policy_options_init sets it to sizeof(focusvla_policy_options); 0 means this
+ * header's size; fields past a smaller size are defaults; a larger size than the library knows is
+ * an error (FOCUSVLA_ERROR_INVALID_ARGUMENT). */
 typedef struct focusvla_policy_options {
+  uint32_t struct_size;      /* sizeof(focusvla_policy_options), or 0 */
   const char* device;        /* "cpu" (default), "cuda", "cuda:N" */
   const char* dtype;         /* NULL / "auto" (default), "float32", "bfloat16", "float16" */
   const char* unnorm_key;    /* dataset statistics; required when the checkpoint has several */
   const char* prompt_format; /* NULL / "auto" (default), "openvla", "qwen-chat" */
-  int32_t center_crop;       /* 1 (default): the LIBERO 0.9 center crop; 0: none */
-  int32_t num_images;        /* cameras; 0 (default): config.json's num_images_in_input */
+  int32_t no_center_crop;    /* 0 (default): the LIBERO 0.9 center crop; 1: none */
+  int32_t num_images;        /* cameras; 0 (default): config.json's num_images_in_input, and where it
+                              * has none (released VLA-Adapter checkpoints) each call's n_images */
   int32_t threads;           /* CPU intra-op threads; 0 (default): LibTorch's setting */
   const char* quantize;      /* NULL / "none" (default), "int8" (CPU: W8A8; CUDA: weight-only),
                                 "fp8" (CUDA compute capability 8.9+); see docs/QUANTIZATION.md */
   int32_t no_jpeg_roundtrip; /* 0 (default): images that are not the model's size go through TF's
                               * JPEG round trip before the LIBERO resize, as the reference; 1: not */
+  int32_t no_cuda_graphs;    /* 0 (default): CUDA graphs replay repeated input shapes; 1: eager */
+  const char* normalization; /* NULL / "bounds_q99" (default, LIBERO), "bounds" (min / max) */
+  int32_t max_cached_shapes; /* input shapes whose buffers / CUDA graphs are kept; 0: default (8) */
 } focusvla_policy_options;
 
 /* One camera image: 8-bit RGB, interleaved (3 bytes per pixel), `row_stride` bytes from one row
@@ -72,28 +88,30 @@ typedef struct focusvla_image {
   int64_t row_stride;
 } focusvla_image;
 
-FOCUSVLA_API const char* focusvla_version(void);
+FOCUSVLA_API const char* focusvla_version(void) FOCUSVLA_NOEXCEPT;
 /* The message of the last failed call on this thread ("" when none failed yet). */
-FOCUSVLA_API const char* focusvla_last_error(void);
+FOCUSVLA_API const char* focusvla_last_error(void) FOCUSVLA_NOEXCEPT;
 
-FOCUSVLA_API void focusvla_policy_options_init(focusvla_policy_options* options);
+FOCUSVLA_API void focusvla_policy_options_init(focusvla_policy_options* options) FOCUSVLA_NOEXCEPT;
 /* Loads a checkpoint directory (VLA-Adapter release layout). options may be NULL (defaults).
  * On success *out holds a handle to free with focusvla_policy_free; on failure *out is NULL. */
 FOCUSVLA_API focusvla_status focusvla_policy_load(const char* path, const focusvla_policy_options* options,
-                                                  focusvla_policy** out);
+                                                  focusvla_policy** out) FOCUSVLA_NOEXCEPT;
 /* One observation -> the un-normalized action chunk, row-major (chunk_size x action_dim) into
  * out[0 .. chunk_size * action_dim). images: n_images cameras in the checkpoint's order;
  * instruction: UTF-8, NUL-terminated; proprio: proprio_len raw state values (NULL / 0 for a
  * checkpoint without a proprio projector). */
 FOCUSVLA_API focusvla_status focusvla_policy_act(focusvla_policy* policy, const focusvla_image* images,
                                                  size_t n_images, const char* instruction, const double* proprio,
-                                                 size_t proprio_len, double* out, size_t out_capacity);
-FOCUSVLA_API int64_t focusvla_policy_chunk_size(const focusvla_policy* policy);  /* -1 on a NULL handle */
-FOCUSVLA_API int64_t focusvla_policy_action_dim(const focusvla_policy* policy);  /* -1 on a NULL handle */
-FOCUSVLA_API int64_t focusvla_policy_num_images(const focusvla_policy* policy);  /* -1 on a NULL handle */
-FOCUSVLA_API int64_t focusvla_policy_proprio_dim(const focusvla_policy* policy); /* 0: no proprio; -1: NULL */
+                                                 size_t proprio_len, double* out, size_t out_capacity) FOCUSVLA_NOEXCEPT;
+FOCUSVLA_API int64_t focusvla_policy_chunk_size(const focusvla_policy* policy) FOCUSVLA_NOEXCEPT;  /* -1 on a NULL handle */
+FOCUSVLA_API int64_t focusvla_policy_action_dim(const focusvla_policy* policy) FOCUSVLA_NOEXCEPT;  /* -1 on a NULL handle */
+/* The fixed camera count; 0: it follows each call (config.json without num_images_in_input and
+ * options.num_images 0): any n_images >= 1. -1 on a NULL handle. */
+FOCUSVLA_API int64_t focusvla_policy_num_images(const focusvla_policy* policy) FOCUSVLA_NOEXCEPT;
+FOCUSVLA_API int64_t focusvla_policy_proprio_dim(const focusvla_policy* policy) FOCUSVLA_NOEXCEPT; /* 0: no proprio; -1: NULL */
 /* Frees the handle (NULL is a no-op). Executors made from it keep the model alive. */
-FOCUSVLA_API void focusvla_policy_free(focusvla_policy* policy);
+FOCUSVLA_API void focusvla_policy_free(focusvla_policy* policy) FOCUSVLA_NOEXCEPT;
 
 /* ---- The chunk executor (focusvla/runtime/chunk_executor.h): at each control tick, the action to
  * execute now, with asynchronous inference or ACT's temporal ensembling. The caller's loop keeps
@@ -107,7 +125,7 @@ typedef struct focusvla_executor_options {
   int32_t threshold;     /* async: infer when at most this many actions remain (default 4) */
   const char* aggregate; /* async overlap: NULL / "replace" (default), "average" */
   double new_weight;     /* "average": weight of the newer chunk (default 0.7) */
-  double ensemble_m;     /* ensemble: weights exp(-m * i), i = 0 the oldest (default 0.01) */
+  double ensemble_m;     /* ensemble: weights exp(-m * i), i = 0 the oldest (default 0.01); in [-10, 10] */
 } focusvla_executor_options;
 
 typedef struct focusvla_executor_metrics {
@@ -117,22 +135,22 @@ typedef struct focusvla_executor_metrics {
   double staleness_mean_ms, staleness_max_ms; /* age of executed actions since their observation */
 } focusvla_executor_metrics;
 
-FOCUSVLA_API void focusvla_executor_options_init(focusvla_executor_options* options);
+FOCUSVLA_API void focusvla_executor_options_init(focusvla_executor_options* options) FOCUSVLA_NOEXCEPT;
 /* An executor over `policy` (which may be freed afterwards: the executor keeps the model).
  * options may be NULL (defaults). */
 FOCUSVLA_API focusvla_status focusvla_executor_create(focusvla_policy* policy, const focusvla_executor_options* options,
-                                                      focusvla_executor** out);
+                                                      focusvla_executor** out) FOCUSVLA_NOEXCEPT;
 /* This tick's observation (as focusvla_policy_act) -> the action to execute now, into
  * action[0 .. action_dim). A failed background inference is reported here, at the next tick
  * (FOCUSVLA_ERROR_BAD_INPUT or _INTERNAL with its message), and nothing else happens in that
  * tick. */
 FOCUSVLA_API focusvla_status focusvla_executor_tick(focusvla_executor* executor, const focusvla_image* images,
                                                     size_t n_images, const char* instruction, const double* proprio,
-                                                    size_t proprio_len, double* action, size_t action_capacity);
+                                                    size_t proprio_len, double* action, size_t action_capacity) FOCUSVLA_NOEXCEPT;
 FOCUSVLA_API focusvla_status focusvla_executor_metrics_get(const focusvla_executor* executor,
-                                                           focusvla_executor_metrics* out);
+                                                           focusvla_executor_metrics* out) FOCUSVLA_NOEXCEPT;
 /* Waits for an inference in flight, then frees (NULL is a no-op). */
-FOCUSVLA_API void focusvla_executor_free(focusvla_executor* executor);
+FOCUSVLA_API void focusvla_executor_free(focusvla_executor* executor) FOCUSVLA_NOEXCEPT;
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -31,25 +32,46 @@ struct focusvla_executor {
 namespace {
 
 thread_local std::string last_error;
+thread_local bool last_error_lost = false;  // the message could not be stored (out of memory)
 
-focusvla_status fail(focusvla_status status, std::string message) {
-  last_error = std::move(message);
+// Stores "prefix: message" (or just message) as the thread's last error; never throws, so that the
+// catch clauses of guarded() cannot let an exception out.
+focusvla_status fail(focusvla_status status, const char* prefix, const char* message) noexcept {
+  try {
+    last_error = prefix != nullptr ? std::string(prefix) + ": " + message : std::string(message);
+    last_error_lost = false;
+  } catch (...) {
+    last_error_lost = true;
+  }
   return status;
 }
 
+// A refusal by the ABI itself (a NULL pointer, a small buffer), thrown inside guarded().
+struct CallError {
+  focusvla_status status;
+  std::string message;
+};
+
+void require(bool condition, focusvla_status status, const char* function, const char* problem) {
+  if (!condition) throw CallError{status, std::string(function) + ": " + problem};
+}
+
 // Runs `body`, mapping exceptions to statuses: focusvla::Error is the library refusing the input.
+// Every entry point that can fail does all its work (allocations included) inside.
 template <typename Body>
-focusvla_status guarded(const char* function, Body&& body) {
+focusvla_status guarded(const char* function, Body&& body) noexcept {
   try {
     return body();
+  } catch (const CallError& e) {
+    return fail(e.status, nullptr, e.message.c_str());
   } catch (const focusvla::Error& e) {
-    return fail(FOCUSVLA_ERROR_BAD_INPUT, e.what());
+    return fail(FOCUSVLA_ERROR_BAD_INPUT, nullptr, e.what());
   } catch (const std::bad_alloc&) {
-    return fail(FOCUSVLA_ERROR_INTERNAL, std::string(function) + ": out of memory");
+    return fail(FOCUSVLA_ERROR_INTERNAL, function, "out of memory");
   } catch (const std::exception& e) {
-    return fail(FOCUSVLA_ERROR_INTERNAL, std::string(function) + ": " + e.what());
+    return fail(FOCUSVLA_ERROR_INTERNAL, function, e.what());
   } catch (...) {
-    return fail(FOCUSVLA_ERROR_INTERNAL, std::string(function) + ": unknown exception");
+    return fail(FOCUSVLA_ERROR_INTERNAL, function, "unknown exception");
   }
 }
 
@@ -57,6 +79,38 @@ std::string text_or(const char* value, const char* fallback) {
   return value != nullptr && *value != '\0' ? value : fallback;
 }
 
+// The end of each field of focusvla_policy_options, in order: a caller's struct_size keeps the
+// fields that end within it (an older, shorter struct: the rest are defaults).
+constexpr size_t kOptionFieldEnds[] = {
+#define FOCUSVLA_FIELD_END(field) offsetof(focusvla_policy_options, field) + sizeof(focusvla_policy_options::field)
+    FOCUSVLA_FIELD_END(struct_size),    FOCUSVLA_FIELD_END(device),         FOCUSVLA_FIELD_END(dtype),
+    FOCUSVLA_FIELD_END(unnorm_key),     FOCUSVLA_FIELD_END(prompt_format),  FOCUSVLA_FIELD_END(no_center_crop),
+    FOCUSVLA_FIELD_END(num_images),     FOCUSVLA_FIELD_END(threads),        FOCUSVLA_FIELD_END(quantize),
+    FOCUSVLA_FIELD_END(no_jpeg_roundtrip), FOCUSVLA_FIELD_END(no_cuda_graphs), FOCUSVLA_FIELD_END(normalization),
+    FOCUSVLA_FIELD_END(max_cached_shapes),
+#undef FOCUSVLA_FIELD_END
+};
+
+// The caller's options as this library's struct: zeros (defaults) past the caller's struct_size
+// (0: this header's size); a struct_size beyond this library's struct is refused.
+focusvla_policy_options read_options(const focusvla_policy_options* given) {
+  focusvla_policy_options o;
+  std::memset(&o, 0, sizeof(o));
+  if (given == nullptr) return o;
+  const size_t size = given->struct_size == 0 ? sizeof(o) : given->struct_size;
+  if (size > sizeof(o))
+    throw CallError{FOCUSVLA_ERROR_INVALID_ARGUMENT,
+                    "focusvla_policy_load: options.struct_size " + std::to_string(size) + " is larger than this "
+                    "library's focusvla_policy_options (" + std::to_string(sizeof(o)) +
+                    " bytes): the program was built against a newer focusvla.h"};
+  size_t usable = 0;
+  for (const size_t end : kOptionFieldEnds)
+    if (end <= size) usable = end;
+  std::memcpy(&o, given, usable);
+  return o;
+}
+
+// Every zero / NULL field is PolicyOptions' default.
 focusvla::PolicyOptions to_options(const focusvla_policy_options& o) {
   focusvla::PolicyOptions options;
   const std::string device = text_or(o.device, "cpu");
@@ -76,12 +130,19 @@ focusvla::PolicyOptions to_options(const focusvla_policy_options& o) {
     throw focusvla::Error("options.dtype '" + dtype + "': not auto, float32, bfloat16 or float16");
   options.unnorm_key = text_or(o.unnorm_key, "");
   options.prompt_format = text_or(o.prompt_format, "auto");
-  options.center_crop = o.center_crop != 0;
+  options.center_crop = o.no_center_crop == 0;
   options.jpeg_roundtrip = o.no_jpeg_roundtrip == 0;
+  options.cuda_graphs = o.no_cuda_graphs == 0;
   focusvla::check(o.num_images >= 0, "options.num_images", "negative");
   focusvla::check(o.threads >= 0, "options.threads", "negative");
+  focusvla::check(o.max_cached_shapes >= 0, "options.max_cached_shapes", "negative");
   options.num_images = o.num_images;
   options.threads = o.threads;
+  if (o.max_cached_shapes > 0) options.max_cached_shapes = o.max_cached_shapes;
+  const std::string normalization = text_or(o.normalization, "bounds_q99");
+  focusvla::check(normalization == "bounds_q99" || normalization == "bounds", "options.normalization '" + normalization + "'",
+                  "not bounds_q99 or bounds");
+  options.normalization = normalization;
   options.quantize = focusvla::nn::parse_quantize(text_or(o.quantize, "none"), "options.quantize");
   return options;
 }
@@ -139,24 +200,25 @@ focusvla::runtime::ExecutorOptions to_executor_options(const focusvla_executor_o
 
 extern "C" {
 
-const char* focusvla_version(void) { return focusvla::kVersion; }
+const char* focusvla_version(void) noexcept { return focusvla::kVersion; }
 
-const char* focusvla_last_error(void) { return last_error.c_str(); }
-
-void focusvla_policy_options_init(focusvla_policy_options* options) {
-  if (options == nullptr) return;
-  std::memset(options, 0, sizeof(*options));
-  options->center_crop = 1;
+const char* focusvla_last_error(void) noexcept {
+  return last_error_lost ? "focusvla: out of memory while storing an error message" : last_error.c_str();
 }
 
-focusvla_status focusvla_policy_load(const char* path, const focusvla_policy_options* options, focusvla_policy** out) {
-  if (out == nullptr) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_policy_load: out is NULL");
-  *out = nullptr;
-  if (path == nullptr) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_policy_load: path is NULL");
+void focusvla_policy_options_init(focusvla_policy_options* options) noexcept {
+  if (options == nullptr) return;
+  std::memset(options, 0, sizeof(*options));  // every zero field is the default
+  options->struct_size = static_cast<uint32_t>(sizeof(*options));
+}
+
+focusvla_status focusvla_policy_load(const char* path, const focusvla_policy_options* options,
+                                     focusvla_policy** out) noexcept {
   return guarded("focusvla_policy_load", [&] {
-    focusvla_policy_options defaults;
-    focusvla_policy_options_init(&defaults);
-    auto policy = focusvla::Policy::load(path, to_options(options != nullptr ? *options : defaults));
+    require(out != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_policy_load", "out is NULL");
+    *out = nullptr;
+    require(path != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_policy_load", "path is NULL");
+    auto policy = focusvla::Policy::load(path, to_options(read_options(options)));
     *out = new focusvla_policy{std::move(policy)};
     return FOCUSVLA_OK;
   });
@@ -164,15 +226,16 @@ focusvla_status focusvla_policy_load(const char* path, const focusvla_policy_opt
 
 focusvla_status focusvla_policy_act(focusvla_policy* policy, const focusvla_image* images, size_t n_images,
                                     const char* instruction, const double* proprio, size_t proprio_len, double* out,
-                                    size_t out_capacity) {
-  if (policy == nullptr) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_policy_act: policy is NULL");
-  const std::string wrong = misuse("focusvla_policy_act", images, n_images, instruction, proprio, proprio_len, out);
-  if (!wrong.empty()) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, wrong);
-  const auto needed = static_cast<size_t>(policy->policy.chunk_size() * policy->policy.action_dim());
-  if (out_capacity < needed)
-    return fail(FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "focusvla_policy_act: out_capacity " + std::to_string(out_capacity) +
-                                                     " is below chunk_size * action_dim = " + std::to_string(needed));
+                                    size_t out_capacity) noexcept {
   return guarded("focusvla_policy_act", [&] {
+    require(policy != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_policy_act", "policy is NULL");
+    const std::string wrong = misuse("focusvla_policy_act", images, n_images, instruction, proprio, proprio_len, out);
+    if (!wrong.empty()) throw CallError{FOCUSVLA_ERROR_INVALID_ARGUMENT, wrong};
+    const auto needed = static_cast<size_t>(policy->policy.chunk_size() * policy->policy.action_dim());
+    if (out_capacity < needed)
+      throw CallError{FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "focusvla_policy_act: out_capacity " +
+                                                           std::to_string(out_capacity) +
+                                                           " is below chunk_size * action_dim = " + std::to_string(needed)};
     const focusvla::Observation obs = observation_of(images, n_images, instruction, proprio, proprio_len);
     const focusvla::ActionChunk chunk = policy->policy.act(obs.images, obs.instruction, obs.proprio);
     std::memcpy(out, chunk.actions.data(), needed * sizeof(double));  // row-major, as documented
@@ -180,16 +243,24 @@ focusvla_status focusvla_policy_act(focusvla_policy* policy, const focusvla_imag
   });
 }
 
-int64_t focusvla_policy_chunk_size(const focusvla_policy* policy) { return policy ? policy->policy.chunk_size() : -1; }
-int64_t focusvla_policy_action_dim(const focusvla_policy* policy) { return policy ? policy->policy.action_dim() : -1; }
-int64_t focusvla_policy_num_images(const focusvla_policy* policy) { return policy ? policy->policy.num_images() : -1; }
-int64_t focusvla_policy_proprio_dim(const focusvla_policy* policy) { return policy ? policy->policy.proprio_dim() : -1; }
+int64_t focusvla_policy_chunk_size(const focusvla_policy* policy) noexcept {
+  return policy ? policy->policy.chunk_size() : -1;
+}
+int64_t focusvla_policy_action_dim(const focusvla_policy* policy) noexcept {
+  return policy ? policy->policy.action_dim() : -1;
+}
+int64_t focusvla_policy_num_images(const focusvla_policy* policy) noexcept {
+  return policy ? policy->policy.num_images() : -1;
+}
+int64_t focusvla_policy_proprio_dim(const focusvla_policy* policy) noexcept {
+  return policy ? policy->policy.proprio_dim() : -1;
+}
 
-void focusvla_policy_free(focusvla_policy* policy) { delete policy; }
+void focusvla_policy_free(focusvla_policy* policy) noexcept { delete policy; }
 
-void focusvla_executor_options_init(focusvla_executor_options* options) {
+void focusvla_executor_options_init(focusvla_executor_options* options) noexcept {
   if (options == nullptr) return;
-  const focusvla::runtime::ExecutorOptions defaults;
+  const focusvla::runtime::ExecutorOptions defaults;  // allocates nothing (a null clock)
   std::memset(options, 0, sizeof(*options));
   options->hz = defaults.hz;
   options->execute_steps = defaults.execute_steps;
@@ -199,11 +270,11 @@ void focusvla_executor_options_init(focusvla_executor_options* options) {
 }
 
 focusvla_status focusvla_executor_create(focusvla_policy* policy, const focusvla_executor_options* options,
-                                         focusvla_executor** out) {
-  if (out == nullptr) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_create: out is NULL");
-  *out = nullptr;
-  if (policy == nullptr) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_create: policy is NULL");
+                                         focusvla_executor** out) noexcept {
   return guarded("focusvla_executor_create", [&] {
+    require(out != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_create", "out is NULL");
+    *out = nullptr;
+    require(policy != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_create", "policy is NULL");
     focusvla_executor_options defaults;
     focusvla_executor_options_init(&defaults);
     focusvla::runtime::ChunkExecutor executor(policy->policy, to_executor_options(options ? *options : defaults));
@@ -214,16 +285,17 @@ focusvla_status focusvla_executor_create(focusvla_policy* policy, const focusvla
 
 focusvla_status focusvla_executor_tick(focusvla_executor* executor, const focusvla_image* images, size_t n_images,
                                        const char* instruction, const double* proprio, size_t proprio_len,
-                                       double* action, size_t action_capacity) {
-  if (executor == nullptr) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_tick: executor is NULL");
-  const std::string wrong = misuse("focusvla_executor_tick", images, n_images, instruction, proprio, proprio_len, action);
-  if (!wrong.empty()) return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, wrong);
-  const auto needed = static_cast<size_t>(executor->action_dim);
-  if (action_capacity < needed)
-    return fail(FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "focusvla_executor_tick: action_capacity " +
-                                                     std::to_string(action_capacity) + " is below action_dim = " +
-                                                     std::to_string(needed));
+                                       double* action, size_t action_capacity) noexcept {
   return guarded("focusvla_executor_tick", [&] {
+    require(executor != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_tick", "executor is NULL");
+    const std::string wrong =
+        misuse("focusvla_executor_tick", images, n_images, instruction, proprio, proprio_len, action);
+    if (!wrong.empty()) throw CallError{FOCUSVLA_ERROR_INVALID_ARGUMENT, wrong};
+    const auto needed = static_cast<size_t>(executor->action_dim);
+    if (action_capacity < needed)
+      throw CallError{FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "focusvla_executor_tick: action_capacity " +
+                                                           std::to_string(action_capacity) +
+                                                           " is below action_dim = " + std::to_string(needed)};
     const Eigen::VectorXd now =
         executor->executor.tick(observation_of(images, n_images, instruction, proprio, proprio_len));
     std::memcpy(action, now.data(), needed * sizeof(double));
@@ -231,10 +303,11 @@ focusvla_status focusvla_executor_tick(focusvla_executor* executor, const focusv
   });
 }
 
-focusvla_status focusvla_executor_metrics_get(const focusvla_executor* executor, focusvla_executor_metrics* out) {
-  if (executor == nullptr || out == nullptr)
-    return fail(FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_metrics_get: executor or out is NULL");
+focusvla_status focusvla_executor_metrics_get(const focusvla_executor* executor,
+                                              focusvla_executor_metrics* out) noexcept {
   return guarded("focusvla_executor_metrics_get", [&] {
+    require(executor != nullptr && out != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_metrics_get",
+            "executor or out is NULL");
     const focusvla::runtime::ExecutorMetrics m = executor->executor.metrics();
     *out = focusvla_executor_metrics{m.ticks, m.inferences, m.failed_inferences, m.deadline_misses, m.held_ticks,
                                      m.dropped_steps, m.merged_steps, m.inference_p50_ms, m.inference_p99_ms,
@@ -244,6 +317,6 @@ focusvla_status focusvla_executor_metrics_get(const focusvla_executor* executor,
   });
 }
 
-void focusvla_executor_free(focusvla_executor* executor) { delete executor; }
+void focusvla_executor_free(focusvla_executor* executor) noexcept { delete executor; }
 
 }  // extern "C"

@@ -5,8 +5,12 @@
  * status with a message, outputs untouched on failure, handles freed.
  *
  *   test_capi CHECKPOINT UNNORM_KEY INSTRUCTION PROPRIO_CSV OUT_FILE H W IMAGE.rgb [IMAGE.rgb ...]
+ *
+ * FOCUSVLA_TEST_PER_CALL_CAMERAS=1: the checkpoint's config.json has no num_images_in_input (as
+ * the released VLA-Adapter checkpoints): num_images is 0 and other camera counts are accepted.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +74,8 @@ int main(int argc, char** argv) {
   unsigned char* padded_pixels[8];
   focusvla_policy_options options;
   focusvla_policy* policy = NULL;
+  const char* per_call_env = getenv("FOCUSVLA_TEST_PER_CALL_CAMERAS");
+  const int per_call = per_call_env != NULL && strcmp(per_call_env, "1") == 0;
   focusvla_status status;
   FILE* out;
 
@@ -109,8 +115,22 @@ int main(int argc, char** argv) {
                "/nonexistent/checkpoint");
   CHECK(policy == NULL, "a failed load left a handle");
   focusvla_policy_options_init(&options);
-  CHECK(options.center_crop == 1 && options.device == NULL && options.num_images == 0 && options.no_jpeg_roundtrip == 0,
+  CHECK(options.struct_size == sizeof(focusvla_policy_options) && options.no_center_crop == 0 && options.device == NULL &&
+            options.num_images == 0 && options.no_jpeg_roundtrip == 0 && options.no_cuda_graphs == 0 &&
+            options.normalization == NULL && options.max_cached_shapes == 0,
         "options defaults");
+  /* A struct from a newer header than the library: refused by name. */
+  options.struct_size = sizeof(focusvla_policy_options) + 8;
+  expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_INVALID_ARGUMENT, "struct_size");
+  CHECK(policy == NULL, "a refused load left a handle");
+  focusvla_policy_options_init(&options);
+  options.unnorm_key = unnorm_key;
+  options.normalization = "zscore";
+  expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "options.normalization");
+  options.normalization = NULL;
+  options.max_cached_shapes = -1;
+  expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "options.max_cached_shapes");
+  focusvla_policy_options_init(&options);
   options.unnorm_key = "no_such_dataset";
   expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "no_such_dataset");
   options.unnorm_key = unnorm_key;
@@ -123,7 +143,8 @@ int main(int argc, char** argv) {
 
   CHECK(focusvla_policy_chunk_size(policy) == 8, "chunk_size %lld", (long long)focusvla_policy_chunk_size(policy));
   CHECK(focusvla_policy_action_dim(policy) == 7, "action_dim %lld", (long long)focusvla_policy_action_dim(policy));
-  CHECK(focusvla_policy_num_images(policy) == (int64_t)n_images, "num_images");
+  CHECK(focusvla_policy_num_images(policy) == (per_call ? 0 : (int64_t)n_images), "num_images %lld",
+        (long long)focusvla_policy_num_images(policy));
   CHECK(focusvla_policy_proprio_dim(policy) == (int64_t)proprio_len, "proprio_dim");
   CHECK(focusvla_policy_chunk_size(NULL) == -1 && focusvla_policy_action_dim(NULL) == -1, "NULL handle sizes");
   needed = (size_t)(focusvla_policy_chunk_size(policy) * focusvla_policy_action_dim(policy));
@@ -137,13 +158,59 @@ int main(int argc, char** argv) {
   CHECK(status == FOCUSVLA_OK, "act (padded rows) failed: %s", focusvla_last_error());
   CHECK(memcmp(actions, again, sizeof(double) * needed) == 0, "padded rows gave other actions");
 
+  /* Zero-initialized options (no focusvla_policy_options_init) with only the unnorm key: every
+   * zero field is the default, so the same actions bit for bit. */
+  {
+    focusvla_policy_options zeroed = {0};
+    focusvla_policy* other = NULL;
+    zeroed.unnorm_key = unnorm_key;
+    status = focusvla_policy_load(checkpoint, &zeroed, &other);
+    CHECK(status == FOCUSVLA_OK, "load (zeroed options) failed: %s", focusvla_last_error());
+    status = focusvla_policy_act(other, images, n_images, instruction, proprio, proprio_len, again, 8 * 7);
+    CHECK(status == FOCUSVLA_OK, "act (zeroed options) failed: %s", focusvla_last_error());
+    CHECK(memcmp(actions, again, sizeof(double) * needed) == 0, "zeroed options gave other actions than the defaults");
+    focusvla_policy_free(other);
+    other = NULL;
+    /* A shorter (older) struct: the fields past struct_size are defaults, whatever they hold. */
+    zeroed.struct_size = (uint32_t)offsetof(focusvla_policy_options, no_cuda_graphs);
+    zeroed.normalization = "not read";
+    zeroed.max_cached_shapes = -5;
+    status = focusvla_policy_load(checkpoint, &zeroed, &other);
+    CHECK(status == FOCUSVLA_OK, "load (short struct_size) failed: %s", focusvla_last_error());
+    status = focusvla_policy_act(other, images, n_images, instruction, proprio, proprio_len, again, 8 * 7);
+    CHECK(status == FOCUSVLA_OK && memcmp(actions, again, sizeof(double) * needed) == 0,
+          "short struct_size: %s", focusvla_last_error());
+    focusvla_policy_free(other);
+    other = NULL;
+    /* no_center_crop = 1 is not the default: other actions. */
+    zeroed.struct_size = 0;
+    zeroed.normalization = NULL;
+    zeroed.max_cached_shapes = 0;
+    zeroed.no_center_crop = 1;
+    status = focusvla_policy_load(checkpoint, &zeroed, &other);
+    CHECK(status == FOCUSVLA_OK, "load (no_center_crop) failed: %s", focusvla_last_error());
+    status = focusvla_policy_act(other, images, n_images, instruction, proprio, proprio_len, again, 8 * 7);
+    CHECK(status == FOCUSVLA_OK && memcmp(actions, again, sizeof(double) * needed) != 0,
+          "no_center_crop = 1 gave the default's actions (%s)", focusvla_last_error());
+    focusvla_policy_free(other);
+  }
+  /* Per-call cameras: one camera fewer is another call shape, not an error. */
+  if (per_call && n_images > 1) {
+    status = focusvla_policy_act(policy, images, n_images - 1, instruction, proprio, proprio_len, again, 8 * 7);
+    CHECK(status == FOCUSVLA_OK, "act with %zu camera(s) (per call) failed: %s", n_images - 1, focusvla_last_error());
+    for (i = 0; i < needed; ++i) CHECK(isfinite(again[i]), "per-call cameras: action %zu is not finite", i);
+  }
+
   /* Misuse: each a status and a message; the output is left as it was (NaN canary). */
   for (i = 0; i < 8 * 7; ++i) canary[i] = NAN;
   expect_error(focusvla_policy_act(NULL, images, n_images, instruction, proprio, proprio_len, canary, 56),
                FOCUSVLA_ERROR_INVALID_ARGUMENT, "policy is NULL");
   expect_error(focusvla_policy_act(policy, images, n_images, instruction, proprio, proprio_len, canary, needed - 1),
                FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "out_capacity");
-  expect_error(focusvla_policy_act(policy, images, n_images - 1, instruction, proprio, proprio_len, canary, 56),
+  if (!per_call)
+    expect_error(focusvla_policy_act(policy, images, n_images - 1, instruction, proprio, proprio_len, canary, 56),
+                 FOCUSVLA_ERROR_BAD_INPUT, "camera");
+  expect_error(focusvla_policy_act(policy, images, 0, instruction, proprio, proprio_len, canary, 56),
                FOCUSVLA_ERROR_BAD_INPUT, "camera");
   expect_error(focusvla_policy_act(policy, images, n_images, NULL, proprio, proprio_len, canary, 56),
                FOCUSVLA_ERROR_INVALID_ARGUMENT, "instruction is NULL");
@@ -180,6 +247,11 @@ int main(int argc, char** argv) {
     eo.mode = "sideways";
     expect_error(focusvla_executor_create(policy, &eo, &executor), FOCUSVLA_ERROR_BAD_INPUT, "sideways");
     CHECK(executor == NULL, "a failed create left a handle");
+    eo.mode = "ensemble";
+    eo.ensemble_m = -1000.0; /* exp(-m * i) would overflow: refused by name */
+    expect_error(focusvla_executor_create(policy, &eo, &executor), FOCUSVLA_ERROR_BAD_INPUT, "ensemble_m");
+    CHECK(executor == NULL, "a failed create left a handle");
+    eo.ensemble_m = 0.01;
 
     /* Open loop: ticks 0..7 execute the chunk's rows 0..7, exactly what act returned. */
     eo.mode = "open-loop";
@@ -187,7 +259,7 @@ int main(int argc, char** argv) {
     CHECK(status == FOCUSVLA_OK && executor != NULL, "create failed: %s", focusvla_last_error());
     expect_error(focusvla_executor_tick(executor, images, n_images, instruction, proprio, proprio_len, action, 6),
                  FOCUSVLA_ERROR_BUFFER_TOO_SMALL, "action_capacity");
-    expect_error(focusvla_executor_tick(executor, images, n_images - 1, instruction, proprio, proprio_len, action, 16),
+    expect_error(focusvla_executor_tick(executor, images, 0, instruction, proprio, proprio_len, action, 16),
                  FOCUSVLA_ERROR_BAD_INPUT, "camera");
     for (t = 0; t < 8 && executor != NULL; ++t) {
       status = focusvla_executor_tick(executor, images, n_images, instruction, proprio, proprio_len, action, 16);
