@@ -320,16 +320,20 @@ class FocusVLAModelServer(PredictModelServer):
         return results  # type: ignore[return-value]
 
 
-def evaluate(config: str, checkpoint: str, *, unnorm_key: str = "", device: str = "cpu", dtype: str = "",
+def evaluate(config: Any, checkpoint: str = "", *, unnorm_key: str = "", device: str = "cpu", dtype: str = "",
              quantize: str = "none", max_batch_size: int = 1, output_dir: Optional[str] = None,
-             benchmark_overrides: Optional[Dict[str, Any]] = None, no_save: bool = False) -> List[Dict[str, Any]]:
-    """Loads the checkpoint, serves it in this process (vla_eval.api.serve_background) and runs the
-    eval config against it in this process too (no Docker): the benchmark's simulator must be
-    importable here (.venv-sim, scripts/setup_sim). Returns vla-eval's per-benchmark results."""
+             benchmark_overrides: Optional[Dict[str, Any]] = None, no_save: bool = False,
+             server: Optional[FocusVLAModelServer] = None) -> List[Dict[str, Any]]:
+    """Loads the checkpoint (or takes `server`), serves it in this process
+    (vla_eval.api.serve_background) and runs the eval config (a path or a dict) against it in this
+    process too (no Docker): the benchmark's simulator must be importable here (.venv-sim,
+    scripts/setup_sim). Returns vla-eval's per-benchmark results (also written under output_dir:
+    <benchmark>_aggregate.json, episodes/, the SQLite recording)."""
     from vla_eval import api
 
-    server = FocusVLAModelServer(checkpoint, unnorm_key=unnorm_key, device=device, dtype=dtype, quantize=quantize,
-                                 max_batch_size=max_batch_size)
+    if server is None:
+        server = FocusVLAModelServer(checkpoint, unnorm_key=unnorm_key, device=device, dtype=dtype,
+                                     quantize=quantize, max_batch_size=max_batch_size)
     return api.evaluate(server, config, docker=False, output_dir=output_dir, no_save=no_save,
                         benchmark_overrides=benchmark_overrides or None)
 

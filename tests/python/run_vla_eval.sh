@@ -35,7 +35,7 @@ venv="$build_dir/sim-venv-$(basename "$test_file" .py)"
   purelib() { "$1" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"; }
   printf '%s\n%s\n' "$(purelib "$sim/bin/python")" "$(purelib "$python")" \
     > "$(purelib "$venv/bin/python")/focusvla-test-base.pth"
-  "$sim/bin/python" -m pip install -q --no-deps --no-index --target "$(purelib "$venv/bin/python")" "$wheel"
+  "$venv/bin/python" -m pip install -q --no-deps --no-index "$wheel"
 ) 9>"$build_dir/.python-wheel-build.lock"
 
 export LIBERO_CONFIG_PATH="$sim/libero-config" MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
