@@ -123,6 +123,8 @@ class FocusVLAModelServer(PredictModelServer):
         gripper: "libero" (the reference's normalize + invert) or "raw" (the policy's output as is).
         chunk_size: actions executed open loop per query (8, the reference's num_open_loop_steps).
         max_batch_size, max_wait_time: vla-eval's batching of concurrent sessions.
+        policy: an already loaded focusvla.Policy (a training loop's, a test's): checkpoint and the
+            load options are then not used.
     """
 
     def __init__(
@@ -164,6 +166,8 @@ class FocusVLAModelServer(PredictModelServer):
         if len(image_keys) < self.num_images:
             raise ValueError(f"image_keys: {list(image_keys)} names {len(image_keys)} cameras, the checkpoint "
                              f"takes {self.num_images}")
+        if chunk_size is not None and not 1 <= chunk_size <= int(policy.chunk_size):
+            raise ValueError(f"chunk_size: {chunk_size}, the policy's chunk has {int(policy.chunk_size)} actions")
         self.image_keys = list(image_keys)[: self.num_images]
         self.state_key = state_key
         self.image_size = int(image_size)
