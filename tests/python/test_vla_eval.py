@@ -263,3 +263,27 @@ def test_batched_sessions(policy):
                 np.testing.assert_allclose(out[seed][k][:6], want[k - start][:6], rtol=0, atol=1e-4)
                 assert out[seed][k][6] == want[k - start][6]
     assert server.counters["queries"] == 6
+
+
+def test_model_server_config_parses():
+    """examples/vla_eval/model_server.yaml through run_server's parser (jsonargparse over the
+    constructor): every key is a constructor argument, overrides with --args.KEY=VALUE."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--script", default=None)
+    parser.add_class_arguments(FocusVLAModelServer, nested_key="args", fail_untyped=False, sub_configs=True)
+    cfg = parser.parse_args(["--config", os.path.join(src, "examples", "vla_eval", "model_server.yaml"),
+                             "--args.checkpoint=/ckpt", "--args.max_batch_size=4"])
+    args = cfg.args.as_dict()
+    assert args["checkpoint"] == "/ckpt" and args["max_batch_size"] == 4 and args["chunk_size"] == 8
+    assert args["gripper"] == "libero" and args["image_keys"] == ["agentview", "wrist"]
+    for suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10"):
+        import yaml
+
+        with open(os.path.join(src, "examples", "vla_eval", f"{suite}.yaml")) as f:
+            c = yaml.safe_load(f)
+        (b,) = c["benchmarks"]
+        assert b["params"]["suite"] == suite and b["params"]["seed"] == 7 and b["episodes_per_task"] == 50
