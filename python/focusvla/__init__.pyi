@@ -54,6 +54,7 @@ class Policy:
         diagnostics: bool = False,
         cpu_bf16_matmul: Literal["auto", "native", "float32"] = "auto",
         jpeg_roundtrip: bool = True,
+        quantize: Literal["none", "int8", "fp8"] = "none",
     ) -> "Policy":
         """Loads a checkpoint directory in the VLA-Adapter release layout.
 
@@ -67,7 +68,9 @@ class Policy:
         without native bf16 ("auto": as fp32 copies there). jpeg_roundtrip: with the center crop,
         cameras that are not the model's size (LIBERO's 256x256) are JPEG encoded and decoded as
         TensorFlow does before the Lanczos-3 resize, as the reference; False for policies whose
-        training frames were never JPEG-compressed.
+        training frames were never JPEG-compressed. quantize: "int8" (CPU: W8A8 int8 linear layers in
+        the vision encoders and the decoder, made at load; CUDA: int8 weight-only) or "fp8" (CUDA,
+        compute capability 8.9+); see docs/QUANTIZATION.md and settings["quantize_detail"].
 
         Raises focusvla.Error naming the file and problem (missing parts, mis-shaped weights, unknown
         unnorm_key with the list of known ones, ...)."""
@@ -96,6 +99,15 @@ class Policy:
         """Several observations in one forward: dicts {"images", "instruction", "proprio"} or tuples
         (images, instruction[, proprio]). Returns one action array per observation (each equal to its
         own act within rounding); with return_info, one (actions, info) pair each."""
+
+    def compare_quantize(self, quantized: "Policy", images: Sequence[ImageLike], instruction: str,
+                         proprio: ProprioLike = None) -> Dict[str, Any]:
+        """The focus audit (`focusvla explain --compare-quantize`): this policy against `quantized`
+        (the same checkpoint loaded with quantize=...) on one observation. Keys: "blocks" (per head
+        block: kept_jaccard_mean / kept_jaccard_min, the overlap of the kept top-K patch sets;
+        gate_mean_abs_change / gate_max_abs_change), "kept_jaccard_mean", "kept_jaccard_min",
+        "action_mean_distance" / "action_max_distance" (share of the action range),
+        "reference_actions", "quantized_actions"."""
 
     def explain(self, images: Sequence[ImageLike], instruction: str, proprio: ProprioLike = None, *,
                 reliance: bool = True, per_block: bool = False, gray: int = 128) -> Dict[str, Any]:

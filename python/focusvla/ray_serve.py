@@ -341,6 +341,7 @@ class PolicyOptions:
         "prompt_format": ("auto", str),
         "center_crop": (True, bool),
         "jpeg_roundtrip": (True, bool),   # TF's JPEG round trip before the LIBERO resize (non-224 cameras)
+        "quantize": ("none", str),        # none | int8 (CPU W8A8, CUDA weight-only) | fp8 (CUDA 8.9+)
         "threads": (0, int),              # CPU intra-op threads per replica (0: LibTorch's default)
         "cuda_graphs": (True, bool),
         # batching (per policy replica)
@@ -431,7 +432,7 @@ class FocusVLAPolicy:
         t0 = time.perf_counter()
         self.policy = focusvla.Policy.load(o.checkpoint, device=device, dtype=o.dtype, unnorm_key=o.unnorm_key,
                                            prompt_format=o.prompt_format, center_crop=o.center_crop,
-                                           jpeg_roundtrip=o.jpeg_roundtrip,
+                                           jpeg_roundtrip=o.jpeg_roundtrip, quantize=o.quantize,
                                            threads=o.threads, cuda_graphs=o.cuda_graphs)
         self.load_s = time.perf_counter() - t0
         self.act.set_max_batch_size(o.max_batch)

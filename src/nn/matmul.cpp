@@ -11,22 +11,25 @@
 
 namespace focusvla::nn {
 
+bool cpu_has_any_flag(std::initializer_list<const char*> wanted, bool if_unknown) {
+  std::ifstream in("/proc/cpuinfo");
+  if (!in) return if_unknown;
+  std::string line;
+  while (std::getline(in, line)) {
+    // x86: "flags : ... avx512_bf16 ... amx_bf16"; aarch64: "Features : ... bf16".
+    if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') == std::string::npos ? 0 : line.find(':') + 1));
+    std::string word;
+    while (words >> word)
+      for (const char* w : wanted)
+        if (word == w) return true;
+    return false;  // the first CPU's flags decide
+  }
+  return if_unknown;
+}
+
 bool cpu_has_native_bf16() {
-  static const bool native = [] {
-    std::ifstream in("/proc/cpuinfo");
-    if (!in) return true;
-    std::string line;
-    while (std::getline(in, line)) {
-      // x86: "flags : ... avx512_bf16 ... amx_bf16"; aarch64: "Features : ... bf16".
-      if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
-      std::istringstream words(line.substr(line.find(':') == std::string::npos ? 0 : line.find(':') + 1));
-      std::string word;
-      while (words >> word)
-        if (word == "avx512_bf16" || word == "amx_bf16" || word == "bf16") return true;
-      return false;  // the first CPU's flags decide
-    }
-    return true;
-  }();
+  static const bool native = cpu_has_any_flag({"avx512_bf16", "amx_bf16", "bf16"}, /*if_unknown=*/true);
   return native;
 }
 

@@ -9,14 +9,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <vector>
-#include <sstream>
 
 #include "focusvla/core/error.h"
+#include "focusvla/nn/matmul.h"
 
 #ifdef FOCUSVLA_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -221,22 +220,6 @@ void check_weight(const torch::Tensor& x, const QuantizedWeight& w, torch::Scala
         "input has " + std::to_string(x.size(-1)) + " features, the weight takes " + std::to_string(w.values.size(1)));
 }
 
-// Whether /proc/cpuinfo's first flags line holds any of `wanted` (false when unreadable).
-bool cpu_flags_have(std::initializer_list<const char*> wanted) {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("flags", 0) != 0 && line.rfind("Features", 0) != 0) continue;
-    std::istringstream words(line.substr(line.find(':') == std::string::npos ? 0 : line.find(':') + 1));
-    std::string word;
-    while (words >> word)
-      for (const char* w : wanted)
-        if (word == w) return true;
-    return false;  // the first CPU's flags decide
-  }
-  return false;
-}
-
 }  // namespace
 
 Quantize parse_quantize(const std::string& text, const std::string& what) {
@@ -260,7 +243,7 @@ bool cpu_has_int8_dot() {
   static const bool has = [] {
     if (const char* force = std::getenv("FOCUSVLA_CPU_INT8_DOT"); force != nullptr && *force != '\0')
       return std::string(force) != "0";
-    return cpu_flags_have({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"});
+    return cpu_has_any_flag({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm"}, /*if_unknown=*/false);
   }();
   return has;
 }

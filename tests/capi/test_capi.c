@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
   focusvla_policy_options_init(&options);
   CHECK(options.struct_size == sizeof(focusvla_policy_options) && options.no_center_crop == 0 && options.device == NULL &&
             options.num_images == 0 && options.no_jpeg_roundtrip == 0 && options.no_cuda_graphs == 0 &&
-            options.normalization == NULL && options.max_cached_shapes == 0,
+            options.normalization == NULL && options.max_cached_shapes == 0 && options.quantize == NULL,
         "options defaults");
   /* A struct from a newer header than the library: refused by name. */
   options.struct_size = sizeof(focusvla_policy_options) + 8;
@@ -131,6 +131,11 @@ int main(int argc, char** argv) {
   options.max_cached_shapes = -1;
   expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "options.max_cached_shapes");
   focusvla_policy_options_init(&options);
+  options.quantize = "int4";
+  expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "options.quantize");
+  options.quantize = "fp8"; /* a CPU: named, before any file is read */
+  expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "fp8");
+  options.quantize = NULL;
   options.unnorm_key = "no_such_dataset";
   expect_error(focusvla_policy_load(checkpoint, &options, &policy), FOCUSVLA_ERROR_BAD_INPUT, "no_such_dataset");
   options.unnorm_key = unnorm_key;
@@ -158,6 +163,28 @@ int main(int argc, char** argv) {
   CHECK(status == FOCUSVLA_OK, "act (padded rows) failed: %s", focusvla_last_error());
   CHECK(memcmp(actions, again, sizeof(double) * needed) == 0, "padded rows gave other actions");
 
+  /* The same observation through an int8 policy (W8A8 on the CPU): finite, near the float one. */
+  {
+    focusvla_policy* quantized = NULL;
+    double q[8 * 7];
+    double largest = 0.0, diff = 0.0;
+    options.quantize = "int8";
+    status = focusvla_policy_load(checkpoint, &options, &quantized);
+    CHECK(status == FOCUSVLA_OK && quantized != NULL, "int8 load failed: %s", focusvla_last_error());
+    options.quantize = NULL;
+    if (quantized != NULL) {
+      status = focusvla_policy_act(quantized, images, n_images, instruction, proprio, proprio_len, q, 8 * 7);
+      CHECK(status == FOCUSVLA_OK, "int8 act failed: %s", focusvla_last_error());
+      for (i = 0; i < needed; ++i) {
+        CHECK(isfinite(q[i]), "int8 action %zu is not finite", i);
+        if (fabs(actions[i]) > largest) largest = fabs(actions[i]);
+        if (fabs(q[i] - actions[i]) > diff) diff = fabs(q[i] - actions[i]);
+      }
+      /* The tiny checkpoints' measured int8 distance is <= 1e-5 of the largest action. */
+      CHECK(diff <= 1e-3 * largest, "int8 actions %g away (largest %g)", diff, largest);
+      focusvla_policy_free(quantized);
+    }
+  }
   /* Zero-initialized options (no focusvla_policy_options_init) with only the unnorm key: every
    * zero field is the default, so the same actions bit for bit. */
   {

@@ -8,10 +8,13 @@
 
 #include <cstdio>
 #include <algorithm>
+#include <iterator>
 #include <map>
+#include <set>
 
 #include "focusvla/io/checkpoint.h"
 #include "focusvla/policy/policy.h"
+#include "focusvla/policy/quantize_audit.h"
 #include "policy/policy_cases.h"
 #include "test_util.h"
 
@@ -134,6 +137,30 @@ TEST(PolicyQuantize, BatchedEqualsPerSample) {
   }
 }
 
+// On a GPU (skipped without one; scripts/bench_gpu runs PolicyCuda*): fp8 where the device has
+// it (compute capability 8.9+), int8 weight-only everywhere; eager and CUDA-graph replays; each
+// within 4x the reference's bf16 distance from fp32, as the tiny CPU cases.
+TEST(PolicyCuda, QuantizedWithinBoundOfFp32) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const auto c = find_case("focus_bf16");
+  const Observation obs = observation(c["observations"][0]);
+  const torch::Tensor fp32 = tensors().at("focus_bf16_as_f32.0.actions");
+  const double reference = testing::relative_error(tensors().at("focus_bf16.0.actions"), fp32);
+  for (const auto quantize : {nn::Quantize::kInt8, nn::Quantize::kFp8}) {
+    PolicyOptions o = options_for(c);
+    o.device = torch::kCUDA;
+    o.quantize = quantize;
+    const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+    for (int i = 0; i < 3; ++i) {
+      const double err = relative_error(policy.act(obs.images, obs.instruction, obs.proprio).actions, fp32);
+      std::printf("  [ quantize ] cuda %s (%s), %s: vs reference fp32 %.2e; reference bf16 vs fp32 %.2e\n",
+                  nn::quantize_name(quantize).c_str(), policy.settings().quantize.c_str(),
+                  policy.last_execution().c_str(), err, reference);
+      EXPECT_LE(err, 4 * reference);
+    }
+  }
+}
+
 TEST(PolicyQuantize, Fp8OnACpuIsANamedErrorBeforeLoading) {
   PolicyOptions o;
   o.quantize = nn::Quantize::kFp8;
@@ -180,6 +207,70 @@ TEST(PolicyQuantize, FullSizeLayerByLayerError) {
     ASSERT_TRUE(error.count(name)) << name;
     EXPECT_LE(error.at(name).second, 3 * error.at(name).first) << name;
   }
+}
+
+// The focus audit (policy/quantize_audit.h) at full size: per block, the Jaccard overlap the audit
+// reports equals the one computed here from each policy's own diagnostics (the kept indices act()
+// returns, as sets); the gate change equals |g_int8 - g|; the action distance equals the chunks'.
+// And a policy against itself: overlap 1, no change.
+TEST(PolicyQuantize, FullSizeFocusAudit) {
+  if (!has_case("full_focus_bf16")) GTEST_FAIL() << "gen_policy.py was run without --full";
+  const auto c = find_case("full_focus_bf16");
+  PolicyOptions o = options_for(c);
+  o.cpu_bf16_matmul = nn::CpuBf16Matmul::kAuto;
+  o.diagnostics = true;
+  const Observation obs = observation(c["observations"][0]);
+  const Policy plain = Policy::load(data_path("policy", c["checkpoint"]), o);
+  o.quantize = nn::Quantize::kInt8;
+  const Policy quantized = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const QuantizeAudit audit = audit_quantization(plain, quantized, obs);
+  const ActionChunk a = plain.act(obs.images, obs.instruction, obs.proprio);
+  const ActionChunk b = quantized.act(obs.images, obs.instruction, obs.proprio);
+  ASSERT_EQ(audit.blocks.size(), a.kept_indices.size());
+  ASSERT_EQ(a.kept_indices.size(), b.kept_indices.size());
+  double sum = 0;
+  for (size_t i = 0; i < audit.blocks.size(); ++i) {
+    const BlockFocusChange& block = audit.blocks[i];
+    ASSERT_TRUE(block.has_kept && block.has_gate) << i;
+    const torch::Tensor ka = a.kept_indices[i].reshape({-1, a.kept_indices[i].size(-1)}).to(torch::kLong);
+    const torch::Tensor kb = b.kept_indices[i].reshape({-1, b.kept_indices[i].size(-1)}).to(torch::kLong);
+    double mean = 0, low = 1;
+    for (int64_t r = 0; r < ka.size(0); ++r) {
+      std::set<int64_t> sa, sb, both;
+      for (int64_t j = 0; j < ka.size(1); ++j) sa.insert(ka[r][j].item<int64_t>()), sb.insert(kb[r][j].item<int64_t>());
+      std::set_intersection(sa.begin(), sa.end(), sb.begin(), sb.end(), std::inserter(both, both.begin()));
+      const double jac = static_cast<double>(both.size()) / static_cast<double>(sa.size() + sb.size() - both.size());
+      mean += jac / static_cast<double>(ka.size(0));
+      low = std::min(low, jac);
+    }
+    EXPECT_NEAR(block.kept_jaccard_mean, mean, 1e-12) << "block " << i;
+    EXPECT_NEAR(block.kept_jaccard_min, low, 1e-12) << "block " << i;
+    const torch::Tensor dg = (b.gates[i].to(torch::kFloat64) - a.gates[i].to(torch::kFloat64)).abs();
+    EXPECT_NEAR(block.gate_max_abs_change, dg.max().item<double>(), 1e-12) << "block " << i;
+    sum += mean;
+  }
+  EXPECT_NEAR(audit.kept_jaccard_mean, sum / static_cast<double>(audit.blocks.size()), 1e-12);
+  EXPECT_NEAR(audit.action_max_distance, ((b.normalized - a.normalized).cwiseAbs() / 2.0).maxCoeff(), 1e-12);
+  std::printf("  [ focus audit ] int8 vs bf16, full size: kept Jaccard mean %.4f (min %.4f), gate |d| max %.3g, "
+              "actions %.3g%% mean / %.3g%% max of the range\n",
+              audit.kept_jaccard_mean, audit.kept_jaccard_min, audit.blocks.front().gate_max_abs_change,
+              100 * audit.action_mean_distance, 100 * audit.action_max_distance);
+  EXPECT_EQ(audit_json(audit)["blocks"].size(), audit.blocks.size());
+
+  const QuantizeAudit same = audit_quantization(plain, plain, obs);
+  EXPECT_EQ(same.kept_jaccard_mean, 1.0);
+  EXPECT_EQ(same.kept_jaccard_min, 1.0);
+  EXPECT_EQ(same.action_max_distance, 0.0);
+  for (const auto& block : same.blocks) EXPECT_EQ(block.gate_max_abs_change, 0.0);
+}
+
+TEST(PolicyQuantize, FocusAuditRefusesDifferentCheckpoints) {
+  const auto focus = find_case("focus_openvla");
+  const auto pro = find_case("pro_1cam_noproprio");
+  const Policy a = Policy::load(data_path("policy", focus["checkpoint"]), options_for(focus));
+  const Policy b = Policy::load(data_path("policy", pro["checkpoint"]), options_for(pro));
+  expect_error([&] { audit_quantization(a, b, observation(focus["observations"][0])); },
+               {"compare quantize", "not the same checkpoint"});
 }
 
 }  // namespace

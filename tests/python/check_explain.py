@@ -179,6 +179,31 @@ def check_errors(cli, data, c, tmp):
     check(r.returncode == 0 and "Usage" in r.stdout and "--out" in r.stdout, "focusvla explain --help")
 
 
+def check_compare_quantize(cli, data, c, tmp):
+    """explain --compare-quantize int8: explain.json carries the focus audit, one entry per head
+    block with Jaccard overlaps in [0, 1] and gate changes >= 0, and the two action chunks whose
+    distance it reports; the table names it; a bad value is a named error."""
+    name = c["name"] + " --compare-quantize int8"
+    out = os.path.join(tmp, "compare_quantize")
+    r = run(cli, explain_args(data, c, out) + ["--no-reliance", "--compare-quantize", "int8"])
+    check(r.returncode == 0, f"{name}: exits 0 ({r.stderr.strip()[-300:]})")
+    if r.returncode != 0:
+        return
+    check("kept patches Jaccard" in r.stdout, f"{name}: the table has the audit line")
+    j = json.load(open(os.path.join(out, "explain.json")))
+    a = j.get("quantize_audit") or {}
+    check(a.get("quantized_quantize") == "int8" and a.get("reference_quantize") == "none", f"{name}: what was compared")
+    blocks = a.get("blocks", [])
+    check(len(blocks) == j["blocks"], f"{name}: one audit entry per head block ({len(blocks)} vs {j['blocks']})")
+    check(all(0.0 <= b["kept_jaccard_min"] <= b["kept_jaccard_mean"] <= 1.0 for b in blocks if b["kept_jaccard_mean"] is not None),
+          f"{name}: Jaccard overlaps in [0, 1], min <= mean")
+    check(all(b["gate_mean_abs_change"] is None or 0.0 <= b["gate_mean_abs_change"] <= b["gate_max_abs_change"]
+              for b in blocks), f"{name}: gate changes >= 0, mean <= max")
+    check(max_diff(a["reference_actions"], j["actions"]) == 0.0, f"{name}: the reference side is explain's own act")
+    r = run(cli, explain_args(data, c, out) + ["--compare-quantize", "int4"])
+    check(r.returncode != 0 and "--compare-quantize" in r.stderr, f"{name}: int4 is refused naming the option")
+
+
 def main():
     cli, data = sys.argv[1], sys.argv[2]
     cases = {c["name"]: c for c in json.load(open(os.path.join(data, "explain_cases.json")))}
@@ -189,6 +214,7 @@ def main():
         check_sizes(cli, data, cases["explain_focus"], tmp)
         check_verdicts(cli, data, cases, tmp)
         check_errors(cli, data, cases["explain_focus"], tmp)
+        check_compare_quantize(cli, data, cases["explain_focus"], tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{len(FAILURES)} failure(s)")

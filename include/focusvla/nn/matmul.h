@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 
 namespace focusvla::nn {
@@ -53,6 +54,10 @@ enum class CpuBf16Matmul {
   kFloat32,  // upcast operands, fp32 matmul, round to bf16 (MatmulMode::kFp32Copies)
   kAuto,     // kFloat32 on a CPU without native bf16 dot products, else kNative
 };
+
+// Whether the first CPU's flags in /proc/cpuinfo ("flags" on x86, "Features" on Arm) include any
+// of `wanted`; `if_unknown` when there is no such line.
+bool cpu_has_any_flag(std::initializer_list<const char*> wanted, bool if_unknown);
 
 // True when this CPU has native bf16 dot-product instructions (read once from /proc/cpuinfo;
 // true when unknown).
