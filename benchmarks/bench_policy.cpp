@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -157,7 +158,14 @@ double percentile(std::vector<double> v, double q) {
   return v[i];
 }
 
+// The peak resident set of this process image: VmHWM of /proc/self/status. (Not getrusage's
+// ru_maxrss, which Linux keeps across execve: run from bench_policy_reference.py it reported the
+// Python parent's size at fork, 10 GB, whatever this process used.)
 double rss_peak_gb() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024 / 1e9;  // "VmHWM:  123 kB"
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) * 1024 / 1e9;

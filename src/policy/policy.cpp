@@ -9,6 +9,10 @@
 #include <tuple>
 #include <utility>
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
 #include "focusvla/io/checkpoint.h"
@@ -89,12 +93,19 @@ bool quantize_layer(nn::MatmulMode mode, const std::string& /*path*/, const nn::
   return true;
 }
 
-// Quantizes `component`'s planned layers; returns how many.
+// Quantizes `component`'s planned layers; returns how many. The float weights it releases were
+// allocated in one go by the load; glibc keeps most of them in its heap after free (its mmap
+// threshold grows with the first large free), so they are handed back to the system here.
 int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode) {
   if (!nn::is_quantized(mode)) return 0;
-  return nn::set_matmul_mode(component, mode, [mode](const std::string& path, const nn::LinearImpl& layer) {
-    return quantize_layer(mode, path, layer);
-  });
+  const int64_t count =
+      nn::set_matmul_mode(component, mode, [mode](const std::string& path, const nn::LinearImpl& layer) {
+        return quantize_layer(mode, path, layer);
+      });
+#ifdef __GLIBC__
+  ::malloc_trim(0);
+#endif
+  return count;
 }
 
 // What the quantized layers are, for settings().quantize_detail.
