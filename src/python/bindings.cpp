@@ -180,6 +180,16 @@ nb::object numpy_tensor(const torch::Tensor& value) {
 }
 
 
+// One observation from Python arguments (explain, compare_quantize); `keep` holds the arrays the
+// image tensors view.
+Observation observation_of(nb::handle images, nb::handle instruction, nb::handle proprio, std::vector<InputArray>& keep) {
+  Observation obs;
+  obs.images = image_list(images, keep);
+  obs.instruction = instruction_string(instruction);
+  obs.proprio = proprio_vector(proprio);
+  return obs;
+}
+
 nb::dict settings_dict(const focusvla::PolicySettings& s) {
   nb::dict d;
   d["head"] = s.head;
@@ -519,10 +529,7 @@ NB_MODULE(_core, m) {
              bool per_block, int gray) {
             if (gray < 0 || gray > 255) throw Error("gray: " + std::to_string(gray) + " is outside 0 .. 255");
             std::vector<InputArray> keep;
-            Observation obs;
-            obs.images = image_list(images, keep);
-            obs.instruction = instruction_string(instruction);
-            obs.proprio = proprio_vector(proprio);
+            const Observation obs = observation_of(images, instruction, proprio, keep);
             focusvla::ExplainOptions options;
             options.reliance = reliance;
             options.per_block = per_block;
@@ -540,10 +547,7 @@ NB_MODULE(_core, m) {
           "compare_quantize",
           [](const Policy& self, const Policy& quantized, nb::handle images, nb::handle instruction, nb::handle proprio) {
             std::vector<InputArray> keep;
-            Observation obs;
-            obs.images = image_list(images, keep);
-            obs.instruction = instruction_string(instruction);
-            obs.proprio = proprio_vector(proprio);
+            const Observation obs = observation_of(images, instruction, proprio, keep);
             nlohmann::json j;
             {
               nb::gil_scoped_release release;

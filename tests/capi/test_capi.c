@@ -180,7 +180,10 @@ int main(int argc, char** argv) {
         if (fabs(actions[i]) > largest) largest = fabs(actions[i]);
         if (fabs(q[i] - actions[i]) > diff) diff = fabs(q[i] - actions[i]);
       }
-      /* The tiny checkpoints' measured int8 distance is <= 1e-5 of the largest action. */
+      /* The ABI path only (the C++ tests bound int8 against the reference's fp32): the int8
+       * policy's actions land within 1e-3 of the largest float action (the C++ tests measured
+       * <= 6.6e-7 relative on the tiny fp32-compute cases); printed for the record. */
+      printf("int8 through the C ABI: max |int8 - float| = %g (largest action %g)\n", diff, largest);
       CHECK(diff <= 1e-3 * largest, "int8 actions %g away (largest %g)", diff, largest);
       focusvla_policy_free(quantized);
     }

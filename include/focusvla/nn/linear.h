@@ -55,10 +55,6 @@ class LinearImpl : public torch::nn::Module {
   MatmulMode active_matmul_mode() const;
   // Whether the float weight was released after quantizing (see above).
   bool weight_released() const { return released_; }
-  // The quantized weight (values and per-row scales) of a quantized mode; undefined tensors else
-  // (kInt8 keeps its values only packed where LibTorch has oneDNN's int8 GEMM).
-  torch::Tensor quantized_values() const { return weight_q_; }
-  torch::Tensor quantized_scales() const { return weight_scale_; }
 
   // Module::to() moves the parameters, then derives the mode's tensors again.
   void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
