@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <filesystem>
 #include <string>
+#include <vector>
 #include <ftw.h>
 #include <unistd.h>
 
@@ -67,11 +68,29 @@ inline void remove_tree(const std::string& path) {
       FTW_DEPTH | FTW_PHYS);
 }
 
+// The scratch directories this process made; deleted when the test binary exits, so runs leave
+// nothing behind in the temporary directory.
+class ScratchDirs {
+ public:
+  static ScratchDirs& instance() {
+    static ScratchDirs dirs;
+    return dirs;
+  }
+  void add(const std::string& dir) { dirs_.push_back(dir); }
+  ~ScratchDirs() {
+    for (const auto& dir : dirs_) remove_tree(dir);
+  }
+
+ private:
+  std::vector<std::string> dirs_;
+};
+
 // A fresh scratch directory for one test.
 inline std::string scratch_dir(const std::string& name) {
   const auto dir = std::filesystem::temp_directory_path() / ("focusvla_test_" + name + "_" + std::to_string(::getpid()));
   remove_tree(dir.string());
   std::filesystem::create_directories(dir);
+  ScratchDirs::instance().add(dir.string());
   return dir.string();
 }
 
