@@ -42,6 +42,10 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   serve->add_option("--state-key", a.state_key, "request key of the robot state")->capture_default_str();
   serve->add_option("--prompt-key", a.prompt_key, "request key of the instruction")->capture_default_str();
+  add_int_option(*serve, "--max-connections", a.max_connections, 1, 100000,
+                 "websocket connections open at once; more get HTTP 503 (default 256)");
+  add_int_option(*serve, "--max-prompt-bytes", a.max_prompt_bytes, 1, 1 << 20,
+                 "longest instruction in bytes; a longer one is that request's error (default 4096)");
   add_int_option(*serve, "--io-threads", a.io_threads, 1, 256, "threads for the sockets (default 1: decoding and encoding are light; the policy has its own thread)");
   serve->add_option("--idle-timeout-s", a.idle_timeout_s,
                     "close a connection that neither sends nor answers pings (nor reads its reply) for this long")
@@ -73,6 +77,8 @@ void run_serve(const ServeArgs& a, bool log_level_given) {
   options.max_wait_ms = a.max_wait_ms;
   options.max_frame_bytes = static_cast<size_t>(a.max_frame_mb * 1024 * 1024);
   options.io_threads = a.io_threads;
+  options.max_connections = static_cast<size_t>(a.max_connections);
+  options.max_prompt_bytes = static_cast<size_t>(a.max_prompt_bytes);
   options.idle_timeout_s = a.idle_timeout_s;
   options.stats_interval_s = a.stats_interval_s;
   options.drain_timeout_s = a.drain_timeout_s;

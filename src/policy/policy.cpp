@@ -162,13 +162,13 @@ struct Policy::Impl {
   // One call: validate -> stage -> run -> unpack.
   std::vector<ActionChunk> run(const std::vector<Observation>& batch) const;
   PromptText prompt(const std::string& instruction) const;
-
- private:
   struct Validated {
     ShapeKey key;
     std::vector<std::vector<int64_t>> ids;  // each sample's prompt token ids
   };
   Validated validate(const std::vector<Observation>& batch) const;
+
+ private:
   int64_t call_cameras(const std::vector<Observation>& batch) const;
   ShapeBuffers& stage(const std::vector<Observation>& batch, const Validated& v) const;
   void allocate(const ShapeKey& key, ShapeBuffers& b) const;
@@ -588,6 +588,7 @@ nlohmann::json settings_json(const PolicySettings& s) {
 }
 
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
+void Policy::validate(const Observation& observation) const { impl_->validate({observation}); }
 
 void Policy::Impl::install_tap(const Tap& t) {
   active_tap = t;

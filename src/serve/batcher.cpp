@@ -33,13 +33,55 @@ Batcher::Batcher(RunBatch run, BatcherOptions options) : run_(std::move(run)), o
 
 Batcher::~Batcher() { stop(); }
 
-void Batcher::submit(Observation observation, Done done) {
+void Batcher::submit(Observation observation, Done done, Cancelled cancelled) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     check(!stopping_, "serve", "the server is shutting down");
-    queue_.push_back(Request{std::move(observation), std::move(done), Clock::now()});
+    queue_.push_back(Request{std::move(observation), std::move(done), std::move(cancelled), Clock::now()});
   }
   wake_.notify_one();
+}
+
+size_t Batcher::cancel_queued(const std::string& reason) {
+  std::deque<Request> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dropped.swap(queue_);
+    cancelled_ += dropped.size();
+  }
+  for (auto& r : dropped) {
+    BatchResult result;
+    result.error = reason;
+    result.queue_ms = ms_between(r.submitted, Clock::now());
+    deliver(r.done, std::move(result));
+  }
+  return dropped.size();
+}
+
+uint64_t Batcher::cancelled() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cancelled_;
+}
+
+// The requests of a batch whose client is still there; the others are answered at once.
+std::vector<Batcher::Request> Batcher::drop_cancelled(std::vector<Request> batch) {
+  std::vector<Request> keep;
+  keep.reserve(batch.size());
+  for (auto& r : batch) {
+    if (!r.cancelled || !r.cancelled()) {
+      keep.push_back(std::move(r));
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++cancelled_;
+    }
+    BatchResult result;
+    result.error = "cancelled: the client is gone";
+    result.queue_ms = ms_between(r.submitted, Clock::now());
+    deliver(r.done, std::move(result));
+  }
+  return keep;
 }
 
 void Batcher::stop() {
@@ -85,7 +127,8 @@ void Batcher::loop() {
   for (;;) {
     std::vector<Request> batch = next_batch();
     if (batch.empty()) return;
-    run_batch(batch);
+    batch = drop_cancelled(std::move(batch));
+    if (!batch.empty()) run_batch(batch);
     std::lock_guard<std::mutex> lock(mutex_);
     running_ = 0;
   }
@@ -133,7 +176,8 @@ void Batcher::run_batch(std::vector<Request>& batch) {
     std::vector<Request> one;
     one.push_back(std::move(batch[i]));
     one[0].observation = std::move(observations[i]);
-    run_batch(one);
+    one = drop_cancelled(std::move(one));
+    if (!one.empty()) run_batch(one);
   }
 }
 

@@ -219,13 +219,17 @@ std::vector<double> decode_state(const msgpack::object& o, const std::string& ke
   return state;
 }
 
-std::string decode_prompt(const msgpack::object& o, const std::string& key) {
+std::string decode_prompt(const msgpack::object& o, const std::string& key, size_t max_bytes) {
   // A numpy str_ scalar arrives as {b"__npgeneric__": true, b"data": "..."}.
   const msgpack::object* value = &o;
   if (o.type == msgpack::type::MAP && find(o, "__npgeneric__")) value = find(o, "data");
   if (!value || value->type != msgpack::type::STR)
     throw RequestError(key + ": expected the instruction as a string, got " + type_name(value ? *value : o));
-  std::string text(bytes_of(*value));
+  const auto bytes = bytes_of(*value);
+  if (bytes.size() > max_bytes)
+    throw RequestError(key + ": instruction of " + std::to_string(bytes.size()) + " bytes, over the limit of " +
+                       std::to_string(max_bytes) + " (focusvla serve --max-prompt-bytes)");
+  std::string text(bytes);
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw RequestError(key + ": empty instruction");
   return text;
 }
@@ -314,7 +318,7 @@ Observation decode_observation(const char* data, size_t size, const RequestSpec&
     obs.images.push_back(decode_image(required(root, key, "a camera image"), key, spec.max_image_side));
   if (spec.proprio_dim > 0)
     obs.proprio = decode_state(required(root, spec.keys.state, "the robot state"), spec.keys.state, spec.proprio_dim);
-  obs.instruction = decode_prompt(required(root, spec.keys.prompt, "the instruction"), spec.keys.prompt);
+  obs.instruction = decode_prompt(required(root, spec.keys.prompt, "the instruction"), spec.keys.prompt, spec.max_prompt_bytes);
   return obs;
 }
 

@@ -23,4 +23,4 @@ export PYTHONDONTWRITEBYTECODE=1
 cd "$build_dir"
 # The tests bound every wait themselves; the outer limit only guards against the unforeseen.
 exec timeout -k 10 840 "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs \
-  "$source_dir/tests/python/test_serve.py" "${@:4}"
+  "$source_dir/tests/python/test_serve.py" "$source_dir/tests/python/test_serve_limits.py" "${@:4}"

@@ -196,6 +196,10 @@ class Policy {
   // The prompt `instruction` becomes and its token ids, exactly as act() builds them. Throws Error
   // as act() does for an empty instruction or invalid UTF-8.
   PromptText prompt(const std::string& instruction) const;
+  // Every check act() makes before any work (camera count and images, instruction and its tokens,
+  // proprio, sequence length), without running anything and without the policy's lock: a server
+  // validates a request on its io thread so one bad request never spoils a batch. Throws Error.
+  void validate(const Observation& observation) const;
   // How the last call ran: "cpu", "cuda-eager" or "cuda-graph".
   std::string last_execution() const;
 

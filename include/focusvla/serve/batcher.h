@@ -7,6 +7,8 @@
 // Each request gets exactly its own result: the worker hands result i of a batch to request i's
 // callback. When a batch fails (an observation the decoder could not foresee, e.g. a prompt past
 // the position limit), its requests are rerun one by one so only the bad one gets the error.
+// A request whose client is gone (its `cancelled` says so) is answered with an error instead of
+// being run, and cancel_queued() answers everything still queued (a server stopping for good).
 
 #include <chrono>
 #include <condition_variable>
@@ -45,6 +47,7 @@ class Batcher {
  public:
   using RunBatch = std::function<std::vector<ActionChunk>(const std::vector<Observation>&)>;
   using Done = std::function<void(BatchResult)>;
+  using Cancelled = std::function<bool()>;  // true: nobody waits for the result any more
 
   // `run` is called from the worker thread only (Policy::act_batch in the server).
   Batcher(RunBatch run, BatcherOptions options);
@@ -52,26 +55,34 @@ class Batcher {
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  // Queues one observation; `done` is called once, from the worker thread. Throws Error after
-  // stop() began.
-  void submit(Observation observation, Done done);
+  // Queues one observation; `done` is called once, from the worker thread (or from the thread of
+  // cancel_queued()). `cancelled` (optional, any thread) is asked before the request runs. Throws
+  // Error after stop() began.
+  void submit(Observation observation, Done done, Cancelled cancelled = {});
+  // Answers every queued request with `reason` as its error, without running it; the batch
+  // running now finishes. Returns how many were cancelled. Any thread.
+  size_t cancel_queued(const std::string& reason);
   // Runs everything queued, then joins the worker. Idempotent.
   void stop();
 
   // Requests queued or running.
   size_t pending() const;
+  // Requests answered without running: their client was gone, or cancel_queued().
+  uint64_t cancelled() const;
 
  private:
   using Clock = std::chrono::steady_clock;
   struct Request {
     Observation observation;
     Done done;
+    Cancelled cancelled;
     Clock::time_point submitted;
   };
 
   void loop();
   std::vector<Request> next_batch();
   void run_batch(std::vector<Request>& batch);
+  std::vector<Request> drop_cancelled(std::vector<Request> batch);
 
   RunBatch run_;
   BatcherOptions options_;
@@ -79,6 +90,7 @@ class Batcher {
   std::condition_variable wake_;
   std::deque<Request> queue_;
   size_t running_ = 0;
+  uint64_t cancelled_ = 0;
   bool stopping_ = false;
   std::thread worker_;
 };

@@ -41,6 +41,7 @@ struct RequestSpec {
   ObservationKeys keys;
   int64_t proprio_dim = 0;        // 0: the policy has no proprio projector and the state key is ignored
   int64_t max_image_side = 4096;  // larger images are refused before any copy
+  size_t max_prompt_bytes = 4096;  // longer instructions are refused before any copy (a LIBERO one is ~60)
 };
 
 // A request the server cannot run. The message names the key and the problem.
@@ -51,7 +52,7 @@ class RequestError : public Error {
 
 // Decodes one request frame. Throws RequestError on invalid msgpack, trailing bytes, a missing or
 // mistyped key, an image that is not uint8 (H, W, 3), a state of the wrong length or with NaN /
-// Inf, an empty or non-UTF-8-string prompt. Unknown keys are ignored.
+// Inf, an empty, over-long (max_prompt_bytes) or non-string prompt. Unknown keys are ignored.
 Observation decode_observation(const char* data, size_t size, const RequestSpec& spec);
 
 // A reply: {"actions": float64 ndarray (chunk, action_dim), "server_timing": {name: float}}.

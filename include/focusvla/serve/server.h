@@ -34,6 +34,10 @@ struct ServerOptions {
   double max_wait_ms = 2;          // how long a request waits for others to batch with
   size_t max_frame_bytes = size_t{8} << 20;
   int64_t max_image_side = 4096;
+  size_t max_prompt_bytes = 4096;  // longer instructions are this request's error
+  // Websocket connections open at once; an upgrade beyond it gets 503. Connections still sending
+  // their first HTTP request are bounded too (64 more), so a flood cannot exhaust descriptors.
+  size_t max_connections = 256;
   int io_threads = 1;  // socket work is light (decode, encode); the policy runs on the batcher thread
   double idle_timeout_s = 300;     // no data (and no answered ping) for this long: connection closed
   double stats_interval_s = 60;    // a stats line at info level; 0: none
