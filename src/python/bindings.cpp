@@ -566,7 +566,12 @@ NB_MODULE(_core, m) {
       .def_prop_ro("head_kind", &Policy::head_kind)
       .def_prop_ro("unnorm_key", [](const Policy& self) { return self.unnorm_key(); })
       .def_prop_ro("settings", [](const Policy& self) { return settings_dict(self.settings()); })
-      .def_prop_ro("last_execution", &Policy::last_execution)
+      .def_prop_ro("last_execution",
+                   [](const Policy& self) {
+                     // The policy lock may be held by a whole forward: wait for it without the GIL.
+                     nb::gil_scoped_release release;
+                     return self.last_execution();
+                   })
       .def(
           "prompt",
           [](const Policy& self, const std::string& instruction) {
@@ -577,7 +582,10 @@ NB_MODULE(_core, m) {
       .def(
           "set_tap",
           [](Policy& self, nb::object callback) {
+            // set_tap takes the policy lock, which an act in another thread holds for a whole
+            // forward (and whose tap needs the GIL): wait for it without the GIL.
             if (callback.is_none()) {
+              nb::gil_scoped_release release;
               self.set_tap({});
               return;
             }
@@ -587,10 +595,12 @@ NB_MODULE(_core, m) {
               nb::gil_scoped_acquire gil;
               delete p;
             });
-            self.set_tap([shared](const std::string& name, const torch::Tensor& value) {
+            focusvla::Tap tap = [shared](const std::string& name, const torch::Tensor& value) {
               nb::gil_scoped_acquire gil;
               (*shared)(name, numpy_tensor(value));
-            });
+            };
+            nb::gil_scoped_release release;
+            self.set_tap(std::move(tap));
           },
           "callback"_a.none());
 
@@ -655,8 +665,26 @@ NB_MODULE(_core, m) {
           },
           "timeout"_a)
       .def_prop_ro("inference_in_flight", [](PyExecutor& self) { return self.get().inference_in_flight(); })
-      .def("metrics", [](PyExecutor& self) { return metrics_dict(self.get().metrics()); })
-      .def("last_tick", [](PyExecutor& self) { return tick_dict(self.get().last_tick()); })
+      .def("metrics",
+           [](PyExecutor& self) {
+             rt::ChunkExecutor& executor = self.get();
+             rt::ExecutorMetrics m;
+             {
+               nb::gil_scoped_release release;  // the executor's locks are taken by its own threads too
+               m = executor.metrics();
+             }
+             return metrics_dict(m);
+           })
+      .def("last_tick",
+           [](PyExecutor& self) {
+             rt::ChunkExecutor& executor = self.get();
+             rt::TickReport report;
+             {
+               nb::gil_scoped_release release;
+               report = executor.last_tick();
+             }
+             return tick_dict(report);
+           })
       .def_prop_ro("options", [](PyExecutor& self) { return options_dict(self.get().options()); })
       .def("close", &PyExecutor::close)
       .def("__enter__", [](nb::handle self) { return nb::borrow(self); })

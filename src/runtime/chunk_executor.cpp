@@ -41,21 +41,24 @@ class SampleWindow {
     }
   }
 
-  // The smallest sample with at least p percent of the samples at or below it; NaN when empty.
-  double percentile(double p) const {
-    if (values_.empty()) return kNaN;
-    std::vector<double> sorted = values_;
-    const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
-    const size_t index = std::min(sorted.size() - 1, rank == 0 ? 0 : rank - 1);
-    std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(index), sorted.end());
-    return sorted[index];
-  }
+  const std::vector<double>& values() const { return values_; }
 
  private:
   size_t capacity_;
   size_t next_ = 0;
   std::vector<double> values_;
 };
+
+// The smallest sample with at least p percent of the samples at or below it; NaN when empty.
+// Reorders `values` (a copy taken under the metrics lock: the selection runs outside it, so a
+// large window never holds up the control loop's tick).
+double percentile(std::vector<double>& values, double p) {
+  if (values.empty()) return kNaN;
+  const auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(values.size())));
+  const size_t index = std::min(values.size() - 1, rank == 0 ? 0 : rank - 1);
+  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(index), values.end());
+  return values[index];
+}
 
 // An action planned for a tick, with the observation it was computed from (the newest one).
 struct Planned {
@@ -541,19 +544,28 @@ bool ChunkExecutor::inference_in_flight() const {
 }
 
 ExecutorMetrics ChunkExecutor::metrics() const {
-  std::lock_guard<std::mutex> lock(impl_->metrics_mutex);
-  ExecutorMetrics m = impl_->totals;
-  m.inference_p50_ms = impl_->latency.percentile(50);
-  m.inference_p99_ms = impl_->latency.percentile(99);
-  m.jitter_p50_ms = impl_->jitter.percentile(50);
-  m.jitter_p99_ms = impl_->jitter.percentile(99);
+  ExecutorMetrics m;
+  std::vector<double> latency, jitter;
+  double staleness_sum_ms = 0, staleness_sum_ticks = 0;
+  {
+    std::lock_guard<std::mutex> lock(impl_->metrics_mutex);
+    m = impl_->totals;
+    latency = impl_->latency.values();
+    jitter = impl_->jitter.values();
+    staleness_sum_ms = impl_->staleness_sum_ms;
+    staleness_sum_ticks = impl_->staleness_sum_ticks;
+  }
+  m.inference_p50_ms = percentile(latency, 50);
+  m.inference_p99_ms = percentile(latency, 99);
+  m.jitter_p50_ms = percentile(jitter, 50);
+  m.jitter_p99_ms = percentile(jitter, 99);
   if (m.inferences == 0) m.inference_max_ms = kNaN;
   if (m.ticks < 2) m.jitter_max_ms = kNaN;
   if (m.ticks == 0) {
     m.staleness_mean_ms = m.staleness_max_ms = m.staleness_mean_ticks = kNaN;
   } else {
-    m.staleness_mean_ms = impl_->staleness_sum_ms / static_cast<double>(m.ticks);
-    m.staleness_mean_ticks = impl_->staleness_sum_ticks / static_cast<double>(m.ticks);
+    m.staleness_mean_ms = staleness_sum_ms / static_cast<double>(m.ticks);
+    m.staleness_mean_ticks = staleness_sum_ticks / static_cast<double>(m.ticks);
   }
   return m;
 }

@@ -269,7 +269,7 @@ def act_cli(workdir, checkpoint, images, prompt, state):
     return _act_cli(CLI, workdir, checkpoint, images, prompt, state)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # shared with test_serve_limits.py
 def observations(tmp_path_factory):
     """K distinct observations (seeded) and `focusvla act`'s actions for each."""
     rng = np.random.default_rng(20240611)
