@@ -62,8 +62,9 @@ typedef struct focusvla_policy focusvla_policy;
  * an error (FOCUSVLA_ERROR_INVALID_ARGUMENT). */
 typedef struct focusvla_policy_options {
   uint32_t struct_size;      /* sizeof(focusvla_policy_options), or 0 */
-  const char* device;        /* "cpu" (default), "cuda", "cuda:N" */
-  const char* dtype;         /* NULL / "auto" (default), "float32", "bfloat16", "float16" */
+  const char* device;        /* "cpu" (default), "cuda", "cuda:N", "auto" (cuda when present) */
+  const char* dtype;         /* NULL / "auto" (default), "float32", "bfloat16", "float16" (and the
+                              * aliases of docs/OPTIONS.md: fp32, bf16, fp16, ...) */
   const char* unnorm_key;    /* dataset statistics; required when the checkpoint has several */
   const char* prompt_format; /* NULL / "auto" (default), "openvla", "qwen-chat" */
   int32_t no_center_crop;    /* 0 (default): the LIBERO 0.9 center crop; 1: none */

@@ -27,6 +27,6 @@ from ._build_info import TORCH_VERSION as _BUILT_AGAINST  # noqa: E402
 
 _check_torch_version(_torch.__version__, _BUILT_AGAINST)
 
-from ._core import ChunkExecutor, Error, Policy, SimulatedClock, __version__  # noqa: E402
+from ._core import ChunkExecutor, Error, Policy, SimulatedClock, __version__, canonical_option  # noqa: E402
 
-__all__ = ["ChunkExecutor", "Error", "Policy", "SimulatedClock", "__version__"]
+__all__ = ["ChunkExecutor", "Error", "Policy", "SimulatedClock", "__version__", "canonical_option"]

@@ -161,6 +161,12 @@ class Policy:
         ("vision.output", "llm.layers.3", "llm.norm", "head.blocks.7", ...) to diff against PyTorch
         forward hooks; while set, calls run eagerly (no CUDA graph replay). None removes it."""
 
+def canonical_option(option: str, text: str, what: str) -> str:
+    """The canonical spelling of a policy option's text ("dtype", "bf16" -> "bfloat16"; "quantize",
+    "w8a8" -> "int8"), checked for spelling only (no device is looked for); Error naming `what`
+    otherwise. Options: device, dtype, prompt_format, quantize, cpu_bf16_matmul, normalization
+    (docs/OPTIONS.md: the same spellings in the CLI, the C ABI, Policy.load and the Ray app)."""
+
 class SimulatedClock:
     """Time (seconds) that moves only when told to, for ChunkExecutor(clock=...): deterministic
     tests and simulations. Without one the executor reads a monotonic wall clock."""

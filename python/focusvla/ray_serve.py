@@ -375,9 +375,18 @@ class PolicyOptions:
         if not self.checkpoint:
             raise ValueError("focusvla.ray_serve: checkpoint is required (the checkpoint directory, on every node "
                              "that runs a policy replica)")
-        if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:") and
-                                                                self.device[5:].isdigit()):
-            raise ValueError(f"focusvla.ray_serve: device {self.device!r} is not auto, cpu or cuda")
+        # The policy options' spellings are the library's own (focusvla.canonical_option: the CLI, the
+        # C ABI and Policy.load accept the same); checked here, on the ingress, for spelling only.
+        from ._core import Error, canonical_option
+        try:
+            self.device = canonical_option("device", self.device, "focusvla.ray_serve: device")
+            if self.dtype is not None:
+                self.dtype = canonical_option("dtype", self.dtype, "focusvla.ray_serve: dtype")
+            self.prompt_format = canonical_option("prompt_format", self.prompt_format,
+                                                  "focusvla.ray_serve: prompt_format")
+            self.quantize = canonical_option("quantize", self.quantize, "focusvla.ray_serve: quantize")
+        except Error as e:
+            raise ValueError(str(e)) from None
         if not 1 <= self.max_batch <= 1024:
             raise ValueError(f"focusvla.ray_serve: max_batch {self.max_batch} is not in 1 .. 1024")
         if not 0 <= self.max_wait_ms <= 60000:

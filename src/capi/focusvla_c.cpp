@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "focusvla/core/error.h"
+#include "focusvla/policy/option_text.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/runtime/chunk_executor.h"
 #include "focusvla/version.h"
@@ -113,23 +114,10 @@ focusvla_policy_options read_options(const focusvla_policy_options* given) {
 // Every zero / NULL field is PolicyOptions' default.
 focusvla::PolicyOptions to_options(const focusvla_policy_options& o) {
   focusvla::PolicyOptions options;
-  const std::string device = text_or(o.device, "cpu");
-  try {
-    options.device = torch::Device(device);
-  } catch (const std::exception&) {
-    throw focusvla::Error("options.device '" + device + "': not a device (cpu, cuda or cuda:N)");
-  }
-  const std::string dtype = text_or(o.dtype, "auto");
-  if (dtype == "float32")
-    options.dtype = torch::kFloat32;
-  else if (dtype == "bfloat16")
-    options.dtype = torch::kBFloat16;
-  else if (dtype == "float16")
-    options.dtype = torch::kFloat16;
-  else if (dtype != "auto")
-    throw focusvla::Error("options.dtype '" + dtype + "': not auto, float32, bfloat16 or float16");
+  options.device = focusvla::parse_device(text_or(o.device, "cpu"), "options.device");
+  options.dtype = focusvla::parse_dtype(text_or(o.dtype, "auto"), "options.dtype");
   options.unnorm_key = text_or(o.unnorm_key, "");
-  options.prompt_format = text_or(o.prompt_format, "auto");
+  options.prompt_format = focusvla::check_prompt_format(text_or(o.prompt_format, "auto"), "options.prompt_format");
   options.center_crop = o.no_center_crop == 0;
   options.jpeg_roundtrip = o.no_jpeg_roundtrip == 0;
   options.cuda_graphs = o.no_cuda_graphs == 0;
@@ -139,11 +127,8 @@ focusvla::PolicyOptions to_options(const focusvla_policy_options& o) {
   options.num_images = o.num_images;
   options.threads = o.threads;
   if (o.max_cached_shapes > 0) options.max_cached_shapes = o.max_cached_shapes;
-  const std::string normalization = text_or(o.normalization, "bounds_q99");
-  focusvla::check(normalization == "bounds_q99" || normalization == "bounds", "options.normalization '" + normalization + "'",
-                  "not bounds_q99 or bounds");
-  options.normalization = normalization;
-  options.quantize = focusvla::nn::parse_quantize(text_or(o.quantize, "none"), "options.quantize");
+  options.normalization = focusvla::check_normalization(text_or(o.normalization, "bounds_q99"), "options.normalization");
+  options.quantize = focusvla::parse_quantize(text_or(o.quantize, "none"), "options.quantize");
   return options;
 }
 

@@ -367,7 +367,7 @@ void run_explain(ExplainArgs a) {
   std::optional<QuantizeAudit> audit;
   if (!a.compare_quantize.empty()) {
     PolicyOptions quantized = options;
-    quantized.quantize = nn::parse_quantize(a.compare_quantize, "--compare-quantize");
+    quantized.quantize = parse_quantize(a.compare_quantize, "--compare-quantize");
     audit = audit_quantization(policy, Policy::load(a.policy.checkpoint, quantized), obs);
     j["quantize_audit"] = audit_json(*audit);
   }

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "focusvla/core/error.h"
+#include "focusvla/policy/option_text.h"
 #include "focusvla/policy/policy.h"
 
 namespace focusvla::cli {
@@ -55,11 +56,11 @@ inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::stri
   command.add_option("--checkpoint", a.checkpoint, "checkpoint directory (VLA-Adapter release layout)");
   command.add_option("--unnorm-key", a.unnorm_key, "dataset statistics to un-normalize with");
   command.add_option("--prompt-format", a.prompt_format, "prompt format (auto: the reference's for this checkpoint)")
-      ->check(CLI::IsMember({"auto", "openvla", "qwen-chat"}));
+      ->check(CLI::IsMember(option_spellings("prompt_format")));
   command
       .add_option("--dtype", a.dtype,
                   "compute dtype (auto: the checkpoint's where the device computes it natively, else float32)")
-      ->check(CLI::IsMember({"auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"}));
+      ->check(CLI::IsMember(option_spellings("dtype")));
   command.add_option("--device", a.device,
                      default_device == "auto" ? "auto (cuda when this machine has a GPU, else cpu), cpu, cuda or cuda:N"
                                               : "cpu, cuda or cuda:N");
@@ -74,49 +75,20 @@ inline void add_policy_options(CLI::App& command, PolicyArgs& a, const std::stri
       .add_option("--quantize", a.quantize,
                   "quantized linear layers, made at load (none: the default; int8: W8A8 on a CPU, weight-only on "
                   "CUDA; fp8: CUDA compute capability 8.9+); see docs/QUANTIZATION.md")
-      ->check(CLI::IsMember({"none", "off", "int8", "w8a8", "fp8", "float8", "e4m3"}));
-}
-
-// "cpu", "cuda", "cuda:N" (a device LibTorch knows and this machine has), or "auto".
-inline torch::Device parse_device(const std::string& text) {
-  if (text == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
-  std::optional<torch::Device> device;
-  try {
-    device = torch::Device(text);
-  } catch (const std::exception&) {
-    throw Error("--device '" + text + "': not a device (cpu, cuda or cuda:N)");
-  }
-  if (device->is_cuda()) {
-    const int64_t count = torch::cuda::is_available() ? static_cast<int64_t>(torch::cuda::device_count()) : 0;
-    if (count == 0) throw Error("--device '" + text + "': this machine has no CUDA device");
-    if (device->has_index() && device->index() >= count)
-      throw Error("--device '" + text + "': no such CUDA device (this machine has " + std::to_string(count) +
-                  ": cuda:0 .. cuda:" + std::to_string(count - 1) + ")");
-  } else if (!device->is_cpu()) {
-    throw Error("--device '" + text + "': only cpu and cuda are supported");
-  }
-  return *device;
-}
-
-inline std::optional<torch::ScalarType> parse_dtype(const std::string& d) {
-  if (d == "auto") return std::nullopt;
-  if (d == "float32" || d == "fp32") return torch::kFloat32;
-  if (d == "bfloat16" || d == "bf16") return torch::kBFloat16;
-  if (d == "float16" || d == "fp16") return torch::kFloat16;
-  throw Error("--dtype '" + d + "': not auto, float32, bfloat16 or float16");
+      ->check(CLI::IsMember(option_spellings("quantize")));
 }
 
 inline PolicyOptions policy_options(const PolicyArgs& a) {
   PolicyOptions options;
-  options.device = parse_device(a.device);
-  options.dtype = parse_dtype(a.dtype);
-  options.prompt_format = a.prompt_format;
+  options.device = parse_device(a.device, "--device");
+  options.dtype = parse_dtype(a.dtype, "--dtype");
+  options.prompt_format = check_prompt_format(a.prompt_format, "--prompt-format");
   options.center_crop = !a.no_center_crop;
   options.jpeg_roundtrip = !a.no_jpeg_roundtrip;
   options.unnorm_key = a.unnorm_key;
   options.threads = a.threads;
   options.num_images = a.num_images;
-  options.quantize = nn::parse_quantize(a.quantize, "--quantize");
+  options.quantize = parse_quantize(a.quantize, "--quantize");
   return options;
 }
 

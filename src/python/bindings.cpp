@@ -27,6 +27,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/policy/explain.h"
+#include "focusvla/policy/option_text.h"
 #include "focusvla/policy/quantize_audit.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/runtime/chunk_executor.h"
@@ -265,33 +266,10 @@ nb::object result(const Policy& policy, ActionChunk&& chunk, bool return_info) {
   return nb::make_tuple(actions, info);
 }
 
-torch::Device parse_device(nb::handle device) {
-  // A str ("cpu", "cuda", "cuda:1") or a torch.device (its str()).
-  const std::string text = nb::isinstance<nb::str>(device) ? nb::cast<std::string>(device)
-                                                          : nb::cast<std::string>(nb::str(device));
-  try {
-    return torch::Device(text);
-  } catch (const std::exception&) {
-    throw Error("device: unknown device '" + text + "' (expected \"cpu\", \"cuda\" or \"cuda:N\")");
-  }
-}
-
-std::optional<torch::ScalarType> parse_dtype(nb::handle dtype) {
-  if (dtype.is_none()) return std::nullopt;
-  std::string text = nb::isinstance<nb::str>(dtype) ? nb::cast<std::string>(dtype)
-                                                   : nb::cast<std::string>(nb::str(dtype));
-  if (text.rfind("torch.", 0) == 0) text = text.substr(6);
-  if (text == "float32" || text == "float") return torch::kFloat32;
-  if (text == "bfloat16") return torch::kBFloat16;
-  if (text == "float16" || text == "half") return torch::kFloat16;
-  throw Error("dtype: unknown dtype '" + text + "' (expected None, \"float32\", \"bfloat16\" or \"float16\")");
-}
-
-focusvla::nn::CpuBf16Matmul parse_matmul(const std::string& text) {
-  if (text == "auto") return focusvla::nn::CpuBf16Matmul::kAuto;
-  if (text == "native") return focusvla::nn::CpuBf16Matmul::kNative;
-  if (text == "float32") return focusvla::nn::CpuBf16Matmul::kFloat32;
-  throw Error("cpu_bf16_matmul: unknown mode '" + text + "' (expected \"auto\", \"native\" or \"float32\")");
+// A str, or a torch.device / torch.dtype (their str()); None is "".
+std::string option_text(nb::handle value) {
+  if (value.is_none()) return "";
+  return nb::isinstance<nb::str>(value) ? nb::cast<std::string>(value) : nb::cast<std::string>(nb::str(value));
 }
 
 Observation observation(nb::handle item, size_t index, std::vector<InputArray>& keep) {
@@ -458,6 +436,9 @@ NB_MODULE(_core, m) {
 
   nb::exception<Error>(m, "Error", PyExc_RuntimeError);
 
+  m.def("canonical_option", &focusvla::canonical_option, "option"_a, "text"_a, "what"_a,
+        "The canonical spelling of a policy option's text (docs/OPTIONS.md), checked for spelling only; "
+        "focusvla.Error naming `what` otherwise. The CLI, the C ABI and Policy.load accept the same spellings.");
   nb::class_<Policy>(m, "Policy")
       .def_static(
           "load",
@@ -467,19 +448,19 @@ NB_MODULE(_core, m) {
              const std::string& quantize,
              bool jpeg_roundtrip) {
             focusvla::PolicyOptions o;
-            o.device = parse_device(device);
-            o.dtype = parse_dtype(dtype);
+            o.device = focusvla::parse_device(option_text(device), "device");
+            o.dtype = focusvla::parse_dtype(option_text(dtype), "dtype");
             o.unnorm_key = unnorm_key.value_or("");
-            o.prompt_format = prompt_format;
+            o.prompt_format = focusvla::check_prompt_format(prompt_format, "prompt_format");
             o.center_crop = center_crop;
             o.jpeg_roundtrip = jpeg_roundtrip;
             o.threads = threads;
             o.cuda_graphs = cuda_graphs;
             o.num_images = num_images;
-            o.normalization = normalization;
+            o.normalization = focusvla::check_normalization(normalization, "normalization");
             o.diagnostics = diagnostics;
-            o.cpu_bf16_matmul = parse_matmul(cpu_bf16_matmul);
-            o.quantize = focusvla::nn::parse_quantize(quantize, "quantize");
+            o.cpu_bf16_matmul = focusvla::parse_cpu_bf16_matmul(cpu_bf16_matmul, "cpu_bf16_matmul");
+            o.quantize = focusvla::parse_quantize(quantize, "quantize");
             nb::gil_scoped_release release;
             return Policy::load(path, o);
           },
