@@ -14,8 +14,16 @@ find_package(nanobind CONFIG REQUIRED)
 
 message(STATUS "focusvla: Python module against torch ${FOCUSVLA_TORCH_VERSION} (LibTorch ${Torch_VERSION})")
 
-nanobind_add_module(_core NB_STATIC ${PROJECT_SOURCE_DIR}/src/python/bindings.cpp)
-target_link_libraries(_core PRIVATE focusvla::focusvla)
+# openpi's request decoder (src/serve/msgpack_numpy.cpp, the server's own, fuzzed) is compiled in:
+# the Ray app decodes requests with it (focusvla._core.decode_request).
+include(${CMAKE_CURRENT_LIST_DIR}/FocusvlaMsgpack.cmake)
+if(NOT FOCUSVLA_MSGPACK_FOUND)
+  message(FATAL_ERROR "focusvla: the Python module needs Boost (>= 1.70) headers and msgpack-cxx for its request "
+                      "decoder (Debian: libboost-dev libmsgpack-cxx-dev; scripts/setup installs them)")
+endif()
+nanobind_add_module(_core NB_STATIC ${PROJECT_SOURCE_DIR}/src/python/bindings.cpp
+                    ${PROJECT_SOURCE_DIR}/src/python/codec_bindings.cpp ${PROJECT_SOURCE_DIR}/src/serve/msgpack_numpy.cpp)
+target_link_libraries(_core PRIVATE focusvla::focusvla Boost::headers ${FOCUSVLA_MSGPACK_TARGET})
 target_compile_definitions(_core PRIVATE FOCUSVLA_TORCH_VERSION="${FOCUSVLA_TORCH_VERSION}"
                                          FOCUSVLA_VERSION="${PROJECT_VERSION}")
 # torch/lib of the same environment: focusvla/_core.so sits in site-packages/focusvla/.

@@ -1,18 +1,8 @@
 # focusvla_serve: the openpi-protocol policy server (include/focusvla/serve/, src/serve/), on
 # Boost.Beast / Boost.Asio (headers, Boost >= 1.70) and msgpack-cxx (headers). Debian:
 # libboost-dev libmsgpack-cxx-dev (scripts/setup). Without them: no server, a status message.
-find_package(Boost 1.70 CONFIG QUIET)
-find_package(msgpack-cxx CONFIG QUIET)  # msgpack-cxx >= 6: target msgpack-cxx
-set(_focusvla_msgpack_target "")
-if(TARGET msgpack-cxx)
-  set(_focusvla_msgpack_target msgpack-cxx)
-else()
-  find_package(msgpack CONFIG QUIET)  # msgpack-cxx 4.x (Debian 12): target msgpackc-cxx
-  if(TARGET msgpackc-cxx)
-    set(_focusvla_msgpack_target msgpackc-cxx)
-  endif()
-endif()
-if(NOT Boost_FOUND OR NOT _focusvla_msgpack_target)
+include(${CMAKE_CURRENT_LIST_DIR}/FocusvlaMsgpack.cmake)
+if(NOT FOCUSVLA_MSGPACK_FOUND)
   message(STATUS "focusvla: Boost (>= 1.70) or msgpack-cxx not found (Debian: libboost-dev libmsgpack-cxx-dev), "
                  "not building the server")
   return()
@@ -22,8 +12,8 @@ file(GLOB FOCUSVLA_SERVE_SOURCES CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/src/se
 add_library(focusvla_serve ${FOCUSVLA_SERVE_SOURCES})
 add_library(focusvla::serve ALIAS focusvla_serve)
 target_link_libraries(focusvla_serve PUBLIC focusvla::focusvla
-  PRIVATE Boost::headers ${_focusvla_msgpack_target} Threads::Threads)
+  PRIVATE Boost::headers ${FOCUSVLA_MSGPACK_TARGET} Threads::Threads)
 # msgpack-cxx's Boost use is header-only; Asio needs no Boost.System library since 1.69.
 target_compile_definitions(focusvla_serve PRIVATE BOOST_ASIO_NO_DEPRECATED)
 target_precompile_headers(focusvla_serve REUSE_FROM focusvla_pch)
-message(STATUS "focusvla: building the server (Boost ${Boost_VERSION}, ${_focusvla_msgpack_target})")
+message(STATUS "focusvla: building the server (Boost ${Boost_VERSION}, ${FOCUSVLA_MSGPACK_TARGET})")

@@ -120,13 +120,17 @@ FOCUSVLA_API void focusvla_policy_free(focusvla_policy* policy) FOCUSVLA_NOEXCEP
 typedef struct focusvla_executor focusvla_executor;
 
 typedef struct focusvla_executor_options {
-  const char* mode;      /* NULL / "async" (default), "open-loop", "ensemble" */
-  double hz;             /* control rate (default 20) */
-  int32_t execute_steps; /* open-loop: rows per chunk, 0 (default): all */
-  int32_t threshold;     /* async: infer when at most this many actions remain (default 4) */
-  const char* aggregate; /* async overlap: NULL / "replace" (default), "average" */
-  double new_weight;     /* "average": weight of the newer chunk (default 0.7) */
-  double ensemble_m;     /* ensemble: weights exp(-m * i), i = 0 the oldest (default 0.01); in [-10, 10] */
+  uint32_t struct_size;      /* sizeof(focusvla_executor_options), or 0 (this header's size); as
+                              * focusvla_policy_options: every zero field is the default */
+  const char* mode;          /* NULL / "async" (default), "open-loop", "ensemble" */
+  double hz;                 /* control rate; 0: the default, 20 */
+  int32_t execute_steps;     /* open-loop: rows per chunk; 0 (default): all */
+  int32_t threshold;         /* async: infer when at most this many actions remain; 0: the default, 4 */
+  const char* aggregate;     /* async overlap: NULL / "replace" (default), "average" */
+  double new_weight;         /* "average": weight of the newer chunk; 0: the default, 0.7 */
+  double ensemble_m;         /* ensemble: weights exp(-m * i), i = 0 the oldest, m in [-10, 10];
+                              * 0: the default, 0.01 (equal weights: ensemble_uniform) */
+  int32_t ensemble_uniform;  /* 1: ensemble with equal weights (m = 0); ensemble_m must then be 0 */
 } focusvla_executor_options;
 
 typedef struct focusvla_executor_metrics {

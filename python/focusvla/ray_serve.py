@@ -32,7 +32,6 @@ from one machine to a cluster.
 import argparse
 import asyncio
 import concurrent.futures
-import math
 import os
 import signal
 import sys
@@ -98,207 +97,20 @@ def unpackb(data: bytes):
 
 
 # ------------------------------------------------------------------------------------------------
-# Requests: the rules and messages of focusvla serve's decoder (src/serve/msgpack_numpy.cpp)
+# Requests: focusvla serve's own decoder (src/serve/msgpack_numpy.cpp, through the native module), so
+# both front ends accept the same requests and answer the same errors.
 
-
-class RequestError(ValueError):
-    """A bad request: the message names the key and the problem; the connection stays open."""
-
-
-_MISSING = object()
-
-
-def _find(obj, key: str):
-    """A map's value under `key` (a str or bin key), else _MISSING."""
-    if not isinstance(obj, dict):
-        return _MISSING
-    if key in obj:
-        return obj[key]
-    return obj.get(key.encode("utf-8", "surrogateescape"), _MISSING)
-
-
-def _lookup(root: dict, key: str):
-    """`key` literally, else as a '/'-separated path through nested maps."""
-    value = _find(root, key)
-    if value is not _MISSING:
-        return value
-    at = root
-    for part in key.split("/"):
-        at = _find(at, part)
-        if at is _MISSING:
-            return _MISSING
-    return at
-
-
-def _is_ndarray(obj) -> bool:
-    return isinstance(obj, dict) and _find(obj, "__ndarray__") is not _MISSING
-
-
-def _type_name(obj) -> str:
-    if obj is None:
-        return "nil"
-    if isinstance(obj, bool):
-        return "a boolean"
-    if isinstance(obj, int):
-        return "an integer"
-    if isinstance(obj, float):
-        return "a float"
-    if isinstance(obj, str):
-        return "a string"
-    if isinstance(obj, (bytes, bytearray)):
-        return "bytes"
-    if isinstance(obj, (list, tuple)):
-        return "a list"
-    if isinstance(obj, dict):
-        return "a numpy array" if _is_ndarray(obj) else "a map"
-    if isinstance(obj, msgpack.ExtType):
-        return "an extension value"
-    return "an unknown value"
-
-
-class _NdArray:
-    """A request's numpy array, checked: known dtype, dims in 0 .. 2^31, data of exactly the size."""
-
-    def __init__(self, obj: dict, key: str):
-        data, dtype, shape = _find(obj, "data"), _find(obj, "dtype"), _find(obj, "shape")
-        if (not isinstance(data, bytes) or not isinstance(dtype, (str, bytes))
-                or not isinstance(shape, (list, tuple))):
-            raise RequestError(f"{key}: malformed numpy array (openpi msgpack_numpy needs bin 'data', str 'dtype' "
-                               "and a 'shape' list)")
-        text = dtype.decode("utf-8", "replace") if isinstance(dtype, bytes) else dtype
-        parsed = self._parse_dtype(text)
-        if parsed is None:
-            raise RequestError(f"{key}: unknown numpy dtype '{text}'")
-        self.text, self.kind, self.itemsize, self.big_endian = text, *parsed
-        if len(shape) > 8:
-            raise RequestError(f"{key}: an array of {len(shape)} dimensions")
-        count = 1
-        for i, dim in enumerate(shape):
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0 or dim > (1 << 31):
-                raise RequestError(f"{key}: shape entry {i} is not a dimension (0 .. 2^31)")
-            count *= dim
-            if count > (1 << 40):
-                raise RequestError(f"{key}: shape too large")
-        self.shape, self.data = tuple(shape), data
-        if count * self.itemsize != len(data):
-            raise RequestError(f"{key}: {self.describe()} needs {count * self.itemsize} bytes of data, the array "
-                               f"holds {len(data)}")
-
-    @staticmethod
-    def _parse_dtype(s: str):
-        if not 3 <= len(s) <= 4 or s[0] not in "<>|=" or not s[2:].isdigit() or not s[2:].isascii():
-            return None
-        size = int(s[2:])
-        if not 1 <= size <= 16:
-            return None
-        return s[1], size, s[0] == ">"
-
-    def display_dtype(self) -> str:
-        if self.big_endian:
-            return f"'{self.text}' (big-endian)"
-        if self.kind == "u" and self.itemsize == 1:
-            return "uint8"
-        names = {"f": "float", "i": "int", "u": "uint"}
-        if self.kind in names:
-            return f"{names[self.kind]}{8 * self.itemsize}"
-        if self.kind == "b":
-            return "bool"
-        return f"'{self.text}'"
-
-    def describe(self) -> str:
-        dims = ", ".join(str(d) for d in self.shape) + ("," if len(self.shape) == 1 else "")
-        return f"{self.display_dtype()} ({dims})"
-
-
-def _required(root: dict, key: str, what: str):
-    value = _lookup(root, key)
-    if value is _MISSING:
-        raise RequestError(f"{key}: missing ({what})")
-    return value
-
-
-def _decode_image(obj, key: str, max_side: int) -> np.ndarray:
-    expected = f"{key}: expected a uint8 (H, W, 3) image"
-    if not _is_ndarray(obj):
-        raise RequestError(f"{expected}, got {_type_name(obj)}")
-    a = _NdArray(obj, key)
-    if a.kind != "u" or a.itemsize != 1 or len(a.shape) != 3 or a.shape[2] != 3:
-        raise RequestError(f"{expected}, got {a.describe()}")
-    h, w = a.shape[0], a.shape[1]
-    if h < 1 or w < 1 or h > max_side or w > max_side:
-        raise RequestError(f"{key}: image of {h} x {w} pixels (accepted: 1 .. {max_side} per side)")
-    return np.frombuffer(a.data, dtype=np.uint8).reshape(a.shape)
-
-
-def _decode_state(obj, key: str, dim: int) -> np.ndarray:
-    expected = f"{key}: expected {dim} numbers (a float32 / float64 array)"
-    if _is_ndarray(obj):
-        a = _NdArray(obj, key)
-        numeric = a.kind in ("f", "i") and a.itemsize in (4, 8)
-        if not numeric or a.big_endian or len(a.shape) != 1 or a.shape[0] != dim:
-            raise RequestError(f"{expected}, got {a.describe()}")
-        state = np.frombuffer(a.data, dtype=np.dtype(f"<{a.kind}{a.itemsize}")).astype(np.float64)
-    elif isinstance(obj, (list, tuple)):
-        if len(obj) != dim:
-            raise RequestError(f"{expected}, got a list of {len(obj)}")
-        values = []
-        for i, v in enumerate(obj):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise RequestError(f"{key}[{i}]: expected a number, got {_type_name(v)}")
-            values.append(float(v))
-        state = np.asarray(values, dtype=np.float64)
-    else:
-        raise RequestError(f"{expected}, got {_type_name(obj)}")
-    for i, v in enumerate(state):
-        if not math.isfinite(v):
-            raise RequestError(f"{key}[{i}]: {'NaN' if math.isnan(v) else 'infinite'} (the state must be finite)")
-    return state
-
-
-def _decode_prompt(obj, key: str) -> str:
-    value = obj
-    if isinstance(obj, dict) and _find(obj, "__npgeneric__") is not _MISSING:  # a numpy str_ scalar
-        value = _find(obj, "data")
-    if not isinstance(value, str):
-        raise RequestError(f"{key}: expected the instruction as a string, got "
-                           f"{_type_name(obj if value is _MISSING else value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # invalid UTF-8 in the frame (decoded with surrogateescape)
-        raise RequestError(f"{key}: the instruction is not valid UTF-8") from None
-    if not value.strip(" \t\r\n"):
-        raise RequestError(f"{key}: empty instruction")
-    return value
+from ._core import RequestError  # noqa: E402  (a ValueError: the message names the key and the problem)
 
 
 def decode_request(data: bytes, image_keys: Sequence[str], state_key: Optional[str], prompt_key: str,
-                   proprio_dim: int, max_image_side: int = 4096) -> Dict[str, Any]:
+                   proprio_dim: int, max_image_side: int = 4096, max_prompt_bytes: int = 4096) -> Dict[str, Any]:
     """One request frame -> {"images": [uint8 (H, W, 3)], "instruction": str, "proprio": float64 or
     None} (focusvla.Policy.act_batch's observation). Raises RequestError with focusvla serve's
     message for the first problem found."""
-    size = len(data)
-    try:
-        root = msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors="surrogateescape",
-                               max_str_len=size, max_bin_len=size, max_array_len=1 << 16, max_map_len=1 << 12,
-                               max_ext_len=0)
-    except msgpack.ExtraData as e:
-        raise RequestError(f"request: {len(e.extra)} bytes after the msgpack value") from None
-    except ValueError as e:
-        if "incomplete" in str(e).lower() or "insufficient" in str(e).lower():
-            raise RequestError(f"request: truncated msgpack ({size} bytes)") from None
-        if "exceeds max" in str(e).lower():
-            raise RequestError(f"request: msgpack over the request limits ({e})") from None
-        raise RequestError(f"request: invalid msgpack ({type(e).__name__}{': ' if str(e) else ''}{e})") from None
-    except Exception as e:  # noqa: BLE001 - reserved bytes, unhashable keys, depth, ...: this request's error
-        raise RequestError(f"request: invalid msgpack ({type(e).__name__}{': ' if str(e) else ''}{e})") from None
-    if not isinstance(root, dict) or _is_ndarray(root):
-        raise RequestError(f"request: expected a map of observation keys, got {_type_name(root)}")
-    images = [_decode_image(_required(root, key, "a camera image"), key, max_image_side) for key in image_keys]
-    proprio = None
-    if proprio_dim > 0:
-        proprio = _decode_state(_required(root, state_key, "the robot state"), state_key, proprio_dim)
-    instruction = _decode_prompt(_required(root, prompt_key, "the instruction"), prompt_key)
-    return {"images": images, "instruction": instruction, "proprio": proprio}
+    from ._core import decode_request as _decode
+    return _decode(bytes(data), list(image_keys), state_key, prompt_key, proprio_dim, max_image_side,
+                   max_prompt_bytes)
 
 
 def encode_reply(actions: np.ndarray, server_timing: Dict[str, float], replica: Optional[str] = None) -> bytes:
@@ -353,6 +165,7 @@ class PolicyOptions:
         "prompt_key": ("prompt", str),
         "max_frame_mb": (8.0, float),
         "max_image_side": (4096, int),
+        "max_prompt_bytes": (4096, int),
         "api_key": (None, str),          # None: $FOCUSVLA_API_KEY of the ingress replica, else none
         # the ingress's calls to the policy replicas
         "request_timeout_s": (60.0, float),
@@ -391,6 +204,8 @@ class PolicyOptions:
             raise ValueError(f"focusvla.ray_serve: max_batch {self.max_batch} is not in 1 .. 1024")
         if not 0 <= self.max_wait_ms <= 60000:
             raise ValueError(f"focusvla.ray_serve: max_wait_ms {self.max_wait_ms} is not in 0 .. 60000")
+        if not 1 <= self.max_prompt_bytes <= (1 << 20):
+            raise ValueError(f"focusvla.ray_serve: max_prompt_bytes {self.max_prompt_bytes} is not in 1 .. 1048576")
         if self.max_frame_mb * (1 << 20) < 1024:
             raise ValueError("focusvla.ray_serve: max_frame_mb below 1 KiB")
         if self.request_timeout_s <= 0 or self.retries < 0 or self.threads < 0:
@@ -699,7 +514,7 @@ class FocusVLAIngress:
                 return
             try:
                 observation = decode_request(data, info["image_keys"], o.state_key, o.prompt_key,
-                                             info["proprio_dim"], o.max_image_side)
+                                             info["proprio_dim"], o.max_image_side, o.max_prompt_bytes)
             except RequestError as e:
                 if not await self._error(ws, str(e)):
                     return

@@ -92,23 +92,37 @@ constexpr size_t kOptionFieldEnds[] = {
 #undef FOCUSVLA_FIELD_END
 };
 
-// The caller's options as this library's struct: zeros (defaults) past the caller's struct_size
+// The same for focusvla_executor_options.
+constexpr size_t kExecutorFieldEnds[] = {
+#define FOCUSVLA_FIELD_END(field) offsetof(focusvla_executor_options, field) + sizeof(focusvla_executor_options::field)
+    FOCUSVLA_FIELD_END(struct_size), FOCUSVLA_FIELD_END(mode),       FOCUSVLA_FIELD_END(hz),
+    FOCUSVLA_FIELD_END(execute_steps), FOCUSVLA_FIELD_END(threshold), FOCUSVLA_FIELD_END(aggregate),
+    FOCUSVLA_FIELD_END(new_weight),  FOCUSVLA_FIELD_END(ensemble_m), FOCUSVLA_FIELD_END(ensemble_uniform),
+#undef FOCUSVLA_FIELD_END
+};
+
+// The caller's options struct as this library's: zeros (defaults) past the caller's struct_size
 // (0: this header's size); a struct_size beyond this library's struct is refused.
-focusvla_policy_options read_options(const focusvla_policy_options* given) {
-  focusvla_policy_options o;
+template <typename Options, size_t N>
+Options read_struct(const Options* given, const size_t (&field_ends)[N], const char* function, const char* type) {
+  Options o;
   std::memset(&o, 0, sizeof(o));
   if (given == nullptr) return o;
   const size_t size = given->struct_size == 0 ? sizeof(o) : given->struct_size;
   if (size > sizeof(o))
     throw CallError{FOCUSVLA_ERROR_INVALID_ARGUMENT,
-                    "focusvla_policy_load: options.struct_size " + std::to_string(size) + " is larger than this "
-                    "library's focusvla_policy_options (" + std::to_string(sizeof(o)) +
+                    std::string(function) + ": options.struct_size " + std::to_string(size) + " is larger than this "
+                    "library's " + type + " (" + std::to_string(sizeof(o)) +
                     " bytes): the program was built against a newer focusvla.h"};
   size_t usable = 0;
-  for (const size_t end : kOptionFieldEnds)
+  for (const size_t end : field_ends)
     if (end <= size) usable = end;
   std::memcpy(&o, given, usable);
   return o;
+}
+
+focusvla_policy_options read_options(const focusvla_policy_options* given) {
+  return read_struct(given, kOptionFieldEnds, "focusvla_policy_load", "focusvla_policy_options");
 }
 
 // Every zero / NULL field is PolicyOptions' default.
@@ -169,15 +183,22 @@ std::string misuse(const char* function, const focusvla_image* images, size_t n_
   return {};
 }
 
+// Every zero / NULL field is ExecutorOptions' default.
 focusvla::runtime::ExecutorOptions to_executor_options(const focusvla_executor_options& o) {
   focusvla::runtime::ExecutorOptions options;
   options.mode = focusvla::runtime::parse_mode(text_or(o.mode, "async"));
-  options.hz = o.hz;
+  if (o.hz != 0) options.hz = o.hz;
   options.execute_steps = o.execute_steps;
-  options.threshold = o.threshold;
+  if (o.threshold != 0) options.threshold = o.threshold;
   options.aggregate = focusvla::runtime::parse_aggregate(text_or(o.aggregate, "replace"));
-  options.new_weight = o.new_weight;
-  options.ensemble_m = o.ensemble_m;
+  if (o.new_weight != 0) options.new_weight = o.new_weight;
+  focusvla::check(o.ensemble_uniform == 0 || o.ensemble_uniform == 1, "options.ensemble_uniform", "not 0 or 1");
+  focusvla::check(o.ensemble_uniform == 0 || o.ensemble_m == 0, "options.ensemble_m",
+                  "set together with ensemble_uniform (equal weights are m = 0)");
+  if (o.ensemble_uniform != 0)
+    options.ensemble_m = 0;
+  else if (o.ensemble_m != 0)
+    options.ensemble_m = o.ensemble_m;
   return options;
 }
 
@@ -245,13 +266,8 @@ void focusvla_policy_free(focusvla_policy* policy) noexcept { delete policy; }
 
 void focusvla_executor_options_init(focusvla_executor_options* options) noexcept {
   if (options == nullptr) return;
-  const focusvla::runtime::ExecutorOptions defaults;  // allocates nothing (a null clock)
-  std::memset(options, 0, sizeof(*options));
-  options->hz = defaults.hz;
-  options->execute_steps = defaults.execute_steps;
-  options->threshold = defaults.threshold;
-  options->new_weight = defaults.new_weight;
-  options->ensemble_m = defaults.ensemble_m;
+  std::memset(options, 0, sizeof(*options));  // every zero field is the default
+  options->struct_size = static_cast<uint32_t>(sizeof(*options));
 }
 
 focusvla_status focusvla_executor_create(focusvla_policy* policy, const focusvla_executor_options* options,
@@ -260,9 +276,9 @@ focusvla_status focusvla_executor_create(focusvla_policy* policy, const focusvla
     require(out != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_create", "out is NULL");
     *out = nullptr;
     require(policy != nullptr, FOCUSVLA_ERROR_INVALID_ARGUMENT, "focusvla_executor_create", "policy is NULL");
-    focusvla_executor_options defaults;
-    focusvla_executor_options_init(&defaults);
-    focusvla::runtime::ChunkExecutor executor(policy->policy, to_executor_options(options ? *options : defaults));
+    const focusvla_executor_options given =
+        read_struct(options, kExecutorFieldEnds, "focusvla_executor_create", "focusvla_executor_options");
+    focusvla::runtime::ChunkExecutor executor(policy->policy, to_executor_options(given));
     *out = new focusvla_executor{std::move(executor), policy->policy.action_dim()};
     return FOCUSVLA_OK;
   });

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "conversions.h"
 #include "focusvla/core/error.h"
 #include "focusvla/policy/explain.h"
 #include "focusvla/policy/option_text.h"
@@ -429,12 +430,20 @@ nb::dict options_dict(const rt::ExecutorOptions& o) {
 
 }  // namespace
 
+namespace focusvla::python {
+nb::object to_numpy(const torch::Tensor& value) { return numpy_tensor(value); }
+nb::object to_numpy(const std::vector<double>& values) {
+  return numpy_vector(Eigen::Map<const Eigen::VectorXd>(values.data(), static_cast<Eigen::Index>(values.size())));
+}
+}  // namespace focusvla::python
+
 NB_MODULE(_core, m) {
   m.doc() = "focusvla: LibTorch inference for FocusVLA / VLA-Adapter robot policies (native module)";
   m.attr("__version__") = FOCUSVLA_VERSION;
   m.attr("__torch_version__") = FOCUSVLA_TORCH_VERSION;
 
   nb::exception<Error>(m, "Error", PyExc_RuntimeError);
+  focusvla::python::bind_codec(m);
 
   m.def("canonical_option", &focusvla::canonical_option, "option"_a, "text"_a, "what"_a,
         "The canonical spelling of a policy option's text (docs/OPTIONS.md), checked for spelling only; "

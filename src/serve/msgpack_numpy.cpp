@@ -1,5 +1,7 @@
 #include "focusvla/serve/msgpack_numpy.h"
 
+#include "focusvla/text/prompt.h"
+
 #include <msgpack.hpp>
 
 #include <cmath>
@@ -230,6 +232,8 @@ std::string decode_prompt(const msgpack::object& o, const std::string& key, size
     throw RequestError(key + ": instruction of " + std::to_string(bytes.size()) + " bytes, over the limit of " +
                        std::to_string(max_bytes) + " (focusvla serve --max-prompt-bytes)");
   std::string text(bytes);
+  if (const size_t bad = invalid_utf8_offset(text); bad != std::string::npos)
+    throw RequestError(key + ": the instruction is not valid UTF-8 (byte offset " + std::to_string(bad) + ")");
   if (text.find_first_not_of(" \t\r\n") == std::string::npos) throw RequestError(key + ": empty instruction");
   return text;
 }

@@ -107,6 +107,15 @@ std::string to_string(PromptFormat format) {
   return format == PromptFormat::openvla ? "openvla" : "qwen-chat";
 }
 
+size_t invalid_utf8_offset(const std::string& text) {
+  for (size_t i = 0; i < text.size();) {
+    const utf8::Decoded d = utf8::decode(text, i);
+    if (!d.valid) return i;
+    i += d.length;
+  }
+  return std::string::npos;
+}
+
 std::string lowercase(const std::string& text) {
   std::string out;
   out.reserve(text.size());

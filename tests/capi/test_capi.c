@@ -272,7 +272,18 @@ int main(int argc, char** argv) {
     int64_t t, k, j, dim = focusvla_policy_action_dim(policy);
 
     focusvla_executor_options_init(&eo);
-    CHECK(eo.hz == 20.0 && eo.threshold == 4 && eo.ensemble_m == 0.01 && eo.mode == NULL, "executor defaults");
+    CHECK(eo.struct_size == sizeof(focusvla_executor_options) && eo.hz == 0.0 && eo.threshold == 0 &&
+          eo.ensemble_m == 0.0 && eo.ensemble_uniform == 0 && eo.mode == NULL, "executor defaults are zeros");
+    eo.struct_size = (uint32_t)sizeof(focusvla_executor_options) + 8; /* a newer header's: refused by name */
+    expect_error(focusvla_executor_create(policy, &eo, &executor), FOCUSVLA_ERROR_INVALID_ARGUMENT, "struct_size");
+    eo.struct_size = 0;
+    eo.mode = "ensemble";
+    eo.ensemble_uniform = 1;
+    eo.ensemble_m = 0.5;
+    expect_error(focusvla_executor_create(policy, &eo, &executor), FOCUSVLA_ERROR_BAD_INPUT, "ensemble_uniform");
+    eo.ensemble_uniform = 0;
+    eo.ensemble_m = 0.0;
+    eo.mode = NULL;
     expect_error(focusvla_executor_create(NULL, &eo, &executor), FOCUSVLA_ERROR_INVALID_ARGUMENT, "policy is NULL");
     eo.mode = "sideways";
     expect_error(focusvla_executor_create(policy, &eo, &executor), FOCUSVLA_ERROR_BAD_INPUT, "sideways");

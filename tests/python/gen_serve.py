@@ -103,6 +103,12 @@ def main(out):
     invalid("prompt_int", msgpack_numpy.packb(libero(prompt=42)), "prompt", "string", "an integer")
     invalid("prompt_empty", msgpack_numpy.packb(libero(prompt=" \n")), "prompt", "empty")
     invalid("prompt_bytes", msgpack_numpy.packb(libero(prompt=b"pick")), "prompt", "string", "bytes")
+    # A str whose bytes are not UTF-8 (byte 0xff at offset 5), as a non-Python client can send.
+    invalid("prompt_not_utf8", msgpack.packb(libero(prompt="pick \udcff up"), default=msgpack_numpy.pack_array,
+                                             unicode_errors="surrogateescape"),
+            "prompt", "not valid UTF-8", "byte offset 5")
+    invalid("prompt_over_limit", msgpack_numpy.packb(libero(prompt="x" * 4097)), "prompt", "4097 bytes",
+            "limit of 4096")
     invalid("image_float32", msgpack_numpy.packb(libero(**{"observation/image": image().astype(np.float32)})),
             "observation/image", "uint8 (H, W, 3)", "float32 (224, 224, 3)")
     invalid("image_rgba", msgpack_numpy.packb(libero(**{"observation/image": np.zeros((224, 224, 4), np.uint8)})),

@@ -52,7 +52,7 @@ class RequestError : public Error {
 
 // Decodes one request frame. Throws RequestError on invalid msgpack, trailing bytes, a missing or
 // mistyped key, an image that is not uint8 (H, W, 3), a state of the wrong length or with NaN /
-// Inf, an empty, over-long (max_prompt_bytes) or non-string prompt. Unknown keys are ignored.
+// Inf, an empty, over-long (max_prompt_bytes), non-UTF-8 or non-string prompt. Unknown keys are ignored.
 Observation decode_observation(const char* data, size_t size, const RequestSpec& spec);
 
 // A reply: {"actions": float64 ndarray (chunk, action_dim), "server_timing": {name: float}}.

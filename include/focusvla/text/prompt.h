@@ -25,6 +25,10 @@ std::string to_string(PromptFormat format);
 // byte offset N") on invalid UTF-8; ASCII-only text takes a fast path.
 std::string lowercase(const std::string& text);
 
+// The byte offset of the first ill-formed UTF-8 sequence in `text`, or std::string::npos when it
+// is all well-formed (the rules of lowercase() and the tokenizer).
+size_t invalid_utf8_offset(const std::string& text);
+
 // The prompt for `task` (lower-cased) in `format`. Tokenize it with no BOS/EOS added.
 std::string build_prompt(PromptFormat format, const std::string& task);
 

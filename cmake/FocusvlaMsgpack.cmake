@@ -1,0 +1,20 @@
+# msgpack-cxx (header-only) and Boost's headers, for openpi's wire format (src/serve/msgpack_numpy.cpp):
+# the server (FocusvlaServe.cmake) and the Python module's request decoder (FocusvlaPython.cmake)
+# share it. Sets FOCUSVLA_MSGPACK_TARGET (msgpack-cxx >= 6: msgpack-cxx; 4.x, Debian 12:
+# msgpackc-cxx) and FOCUSVLA_MSGPACK_FOUND. Debian: libboost-dev libmsgpack-cxx-dev (scripts/setup).
+find_package(Boost 1.70 CONFIG QUIET)
+find_package(msgpack-cxx CONFIG QUIET)
+set(FOCUSVLA_MSGPACK_TARGET "")
+if(TARGET msgpack-cxx)
+  set(FOCUSVLA_MSGPACK_TARGET msgpack-cxx)
+else()
+  find_package(msgpack CONFIG QUIET)
+  if(TARGET msgpackc-cxx)
+    set(FOCUSVLA_MSGPACK_TARGET msgpackc-cxx)
+  endif()
+endif()
+if(Boost_FOUND AND FOCUSVLA_MSGPACK_TARGET)
+  set(FOCUSVLA_MSGPACK_FOUND TRUE)
+else()
+  set(FOCUSVLA_MSGPACK_FOUND FALSE)
+endif()
