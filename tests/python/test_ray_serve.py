@@ -344,11 +344,11 @@ def test_example_config_and_kuberay_manifest_are_valid():
 
     from focusvla import ray_serve
 
-    config, schema = ray_serve._load_config(str(ROOT / "examples/ray/serve_config.yaml"))
+    config, schema = ray_serve.cli._load_config(str(ROOT / "examples/ray/serve_config.yaml"))
     assert [a.import_path for a in schema.applications] == ["focusvla.ray_serve:build_app"]
     names = {d["name"] for d in config["applications"][0].get("deployments", [])}
     assert names <= {"FocusVLAPolicy", "FocusVLAIngress"}, names
-    config, schema = ray_serve._load_config(str(ROOT / "examples/ray/serve_config.yaml"),
+    config, schema = ray_serve.cli._load_config(str(ROOT / "examples/ray/serve_config.yaml"),
                                             ["max_batch=16", "device=cpu"], replicas=3, port=9000)
     app = config["applications"][0]
     assert app["args"]["max_batch"] == 16 and schema.http_options.port == 9000

@@ -1,0 +1,4 @@
+"""The deployments' names (a Serve config file's `deployments` section refers to them)."""
+
+POLICY_DEPLOYMENT = "FocusVLAPolicy"
+INGRESS_DEPLOYMENT = "FocusVLAIngress"
