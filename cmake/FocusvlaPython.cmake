@@ -22,7 +22,8 @@ if(NOT FOCUSVLA_MSGPACK_FOUND)
                       "decoder (Debian: libboost-dev libmsgpack-cxx-dev; scripts/setup installs them)")
 endif()
 nanobind_add_module(_core NB_STATIC ${PROJECT_SOURCE_DIR}/src/python/bindings.cpp
-                    ${PROJECT_SOURCE_DIR}/src/python/codec_bindings.cpp ${PROJECT_SOURCE_DIR}/src/serve/msgpack_numpy.cpp)
+                    ${PROJECT_SOURCE_DIR}/src/python/codec_bindings.cpp
+                    ${PROJECT_SOURCE_DIR}/src/python/conversions.cpp ${PROJECT_SOURCE_DIR}/src/python/executor_bindings.cpp ${PROJECT_SOURCE_DIR}/src/serve/msgpack_numpy.cpp)
 target_link_libraries(_core PRIVATE focusvla::focusvla Boost::headers ${FOCUSVLA_MSGPACK_TARGET})
 target_compile_definitions(_core PRIVATE FOCUSVLA_TORCH_VERSION="${FOCUSVLA_TORCH_VERSION}"
                                          FOCUSVLA_VERSION="${PROJECT_VERSION}")

@@ -40,11 +40,14 @@ void bind_codec(nb::module_& m) {
           observation = serve::decode_observation(frame.c_str(), frame.size(), spec);
         }
         nb::list images;
-        for (const auto& image : observation.images) images.append(to_numpy(image));
+        for (const auto& image : observation.images) images.append(numpy_tensor(image));
         nb::dict out;
         out["images"] = images;
         out["instruction"] = observation.instruction;
-        out["proprio"] = proprio_dim > 0 ? to_numpy(observation.proprio) : nb::none();
+        out["proprio"] = proprio_dim > 0 ? numpy_vector(Eigen::Map<const Eigen::VectorXd>(
+                                               observation.proprio.data(),
+                                               static_cast<Eigen::Index>(observation.proprio.size())))
+                                         : nb::none();
         return out;
       },
       "frame"_a, "image_keys"_a, "state_key"_a.none(), "prompt_key"_a, "proprio_dim"_a, "max_image_side"_a = 4096,

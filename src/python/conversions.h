@@ -1,21 +1,40 @@
 #pragma once
-// What the Python module's source files share (bindings.cpp defines these): a tensor or a vector
-// as a numpy array that owns a copy of the values.
+// What the Python module's files share: Python objects to the library's types and back.
+// conversions.cpp defines them; bindings.cpp (Policy), executor_bindings.cpp (ChunkExecutor) and
+// codec_bindings.cpp (the request decoder) use them.
 
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 
 #include <torch/torch.h>
 
+#include <Eigen/Core>
+
+#include <string>
 #include <vector>
+
+#include "focusvla/policy/policy.h"
 
 namespace focusvla::python {
 
-// A CPU copy of `value` (bf16 / fp16 as float32).
-nanobind::object to_numpy(const torch::Tensor& value);
-// A float64 array of `values`.
-nanobind::object to_numpy(const std::vector<double>& values);
+// Any array: numpy, torch (CPU or CUDA, via DLPack), anything with the buffer protocol. Made
+// C-contiguous by nanobind (a copy) when it is not; dtype and shape are checked by the library.
+using InputArray = nanobind::ndarray<nanobind::ro, nanobind::c_contig>;
 
-// Registers focusvla._core.decode_request and RequestError (codec_bindings.cpp).
+std::string py_type_name(nanobind::handle h);
+// Camera images (a list of arrays / tensors) as tensors viewing them; `keep` holds the arrays.
+std::vector<torch::Tensor> image_list(nanobind::handle images, std::vector<InputArray>& keep);
+// A robot state (None, a sequence of numbers or a 1-D array) as doubles (empty for None).
+std::vector<double> proprio_vector(nanobind::handle proprio);
+std::string instruction_string(nanobind::handle instruction);
+// Numpy arrays owning a copy of the values (a tensor's bf16 / fp16 as float32).
+nanobind::object numpy_matrix(ActionChunk::Matrix&& matrix);
+nanobind::object numpy_tensor(const torch::Tensor& value);
+nanobind::object numpy_vector(const Eigen::VectorXd& vector);
+
+// The module's parts beside Policy: focusvla._core.decode_request and RequestError
+// (codec_bindings.cpp), SimulatedClock and ChunkExecutor (executor_bindings.cpp).
 void bind_codec(nanobind::module_& m);
+void bind_executor(nanobind::module_& m);
 
 }  // namespace focusvla::python
