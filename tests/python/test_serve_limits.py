@@ -9,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import websockets.exceptions
 from openpi_client import msgpack_numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_serve import (FOCUS, HOST, _status_of, close_quietly, expect_good, expect_text_error,  # noqa: E402,F401
-                        observations, raw_connect, serve)
+from serve_process import FOCUS, HOST, close_quietly, raw_connect, serve  # noqa: E402,F401
+from test_serve import _status_of, expect_good, expect_text_error, observations  # noqa: E402,F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
@@ -109,7 +108,7 @@ def test_prompt_limits_are_the_requests_own_error(serve, observations):
     # Over the model's position limit: refused on the io thread, before the batcher. Each
     # "word<i>" is at least one token.
     long_prompt = " ".join(f"word{i}" for i in range(limit + 1))
-    reply = expect_text_error(ws, msgpack_numpy.packb(dict(obs[2], prompt=long_prompt)), "instruction",
+    expect_text_error(ws, msgpack_numpy.packb(dict(obs[2], prompt=long_prompt)), "instruction",
                               "positions", str(limit))
     assert server.stats()["batches"] == 0, "an over-long prompt reached the batcher"
     expect_good(ws, obs[2], expected[2])
