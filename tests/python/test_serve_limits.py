@@ -109,7 +109,7 @@ def test_prompt_limits_are_the_requests_own_error(serve, observations):
     # "word<i>" is at least one token.
     long_prompt = " ".join(f"word{i}" for i in range(limit + 1))
     expect_text_error(ws, msgpack_numpy.packb(dict(obs[2], prompt=long_prompt)), "instruction",
-                              "positions", str(limit))
+                      "positions", str(limit))
     assert server.stats()["batches"] == 0, "an over-long prompt reached the batcher"
     expect_good(ws, obs[2], expected[2])
     close_quietly(ws)
