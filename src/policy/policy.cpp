@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -159,6 +160,12 @@ struct Policy::Impl {
   policy::ProprioProjector proprio_projector{nullptr};
   std::optional<policy::Normalizer> action_normalizer, proprio_normalizer;
   int64_t max_positions = 0;
+  // The prompts of recent instructions, so an instruction is tokenized once however many calls
+  // (and validations: a server validates on its io thread, then acts) repeat it. A robot sends
+  // the same instruction every step. Cleared when full; its own lock (prompt() takes no other).
+  static constexpr size_t kPromptCacheSize = 64;
+  mutable std::mutex prompt_mutex;
+  mutable std::unordered_map<std::string, PromptText> prompt_cache;
   mutable std::mutex mutex;
   mutable std::unique_ptr<policy::GraphRunner> runner;
   bool tapped = false;
@@ -173,7 +180,8 @@ struct Policy::Impl {
 
   // One call: validate -> stage -> run -> unpack.
   std::vector<ActionChunk> run(const std::vector<Observation>& batch) const;
-  PromptText prompt(const std::string& instruction) const;
+  PromptText prompt(const std::string& instruction) const;  // cached (prompt_cache)
+  PromptText make_prompt(const std::string& instruction) const;
   struct Validated {
     ShapeKey key;
     std::vector<std::vector<int64_t>> ids;  // each sample's prompt token ids
@@ -190,6 +198,18 @@ struct Policy::Impl {
 };
 
 PromptText Policy::Impl::prompt(const std::string& instruction) const {
+  {
+    std::lock_guard<std::mutex> lock(prompt_mutex);
+    if (const auto hit = prompt_cache.find(instruction); hit != prompt_cache.end()) return hit->second;
+  }
+  PromptText out = make_prompt(instruction);  // throws for a bad instruction: nothing is cached
+  std::lock_guard<std::mutex> lock(prompt_mutex);
+  if (prompt_cache.size() >= kPromptCacheSize) prompt_cache.clear();
+  prompt_cache.emplace(instruction, out);
+  return out;
+}
+
+PromptText Policy::Impl::make_prompt(const std::string& instruction) const {
   bool blank = true;
   for (char c : instruction) blank = blank && std::isspace(static_cast<unsigned char>(c));
   check(!blank, "instruction", "is empty");

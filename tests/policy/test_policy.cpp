@@ -167,6 +167,15 @@ TEST(PolicyDefaults, PromptFormatFollowsTheBackbone) {
   const PromptText prompt = policy.prompt("Put the BOWL on the stove");
   EXPECT_EQ(prompt.text, "In: What action should the robot take to put the bowl on the stove?\nOut:");
   EXPECT_FALSE(prompt.ids.empty());
+  // Prompts are cached per instruction (64, then cleared): repeated and past the cache's size they
+  // are the same prompts; a bad instruction is an error every time (never cached).
+  for (int round = 0; round < 2; ++round)
+    for (int i = 0; i < 100; ++i)
+      EXPECT_EQ(policy.prompt("Put bowl " + std::to_string(i) + " on the stove").text,
+                "In: What action should the robot take to put bowl " + std::to_string(i) + " on the stove?\nOut:");
+  EXPECT_EQ(policy.prompt("Put the BOWL on the stove").ids, prompt.ids);
+  for (int round = 0; round < 2; ++round)
+    testing::expect_error([&] { policy.prompt(" \n"); }, {"instruction", "empty"});
   const Observation obs = observation(c["observations"][0]);
   o.center_crop = false;
   o.dtype = torch::kFloat32;
