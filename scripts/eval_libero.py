@@ -373,7 +373,14 @@ def run_episode(env, initial_state, policy, task, args, max_steps, progress, lab
     }
 
 
-def summarize(name, episodes, describe, max_steps, num_steps_wait, env_build_s):
+def full_length_s(reset_s, step_ms, prep_ms, act_ms, steps, num_steps_wait):
+    """A failing episode (every episode of random weights) of `steps` policy steps: reset, the settle
+    steps and the policy steps at the mean sim step, the observation prep per step, ceil(steps / 8) acts."""
+    return (reset_s + (num_steps_wait + steps) * step_ms / 1e3 + steps * prep_ms / 1e3
+            + math.ceil(steps / CHUNK) * act_ms / 1e3)
+
+
+def summarize(name, episodes, describe, full_steps, num_steps_wait, env_build_s):
     act = np.concatenate([e["act_ms"] for e in episodes]) if episodes else np.zeros(0)
     step = np.concatenate([e["step_ms"] for e in episodes]) if episodes else np.zeros(0)
     prep = np.concatenate([e["prep_ms"] for e in episodes]) if episodes else np.zeros(0)
@@ -389,10 +396,7 @@ def summarize(name, episodes, describe, max_steps, num_steps_wait, env_build_s):
     step_mean = float(step.mean()) if len(step) else float("nan")
     prep_mean = float(prep.mean()) if len(prep) else 0.0
     reset_mean = float(np.mean([e["reset_s"] for e in episodes])) if episodes else float("nan")
-    # A failing episode (every episode of random weights) runs num_steps_wait + max_steps env steps and
-    # ceil(max_steps / 8) acts: its time from the measured means.
-    full_s = (reset_mean + (num_steps_wait + max_steps) * step_mean / 1e3 + max_steps * prep_mean / 1e3
-              + math.ceil(max_steps / CHUNK) * act_mean / 1e3)
+    full_s = full_length_s(reset_mean, step_mean, prep_mean, act_mean, full_steps, num_steps_wait)
     return {
         "policy": name, "settings": describe,
         "episodes": n, "successes": int(successes), "success_rate": successes / n if n else float("nan"),
@@ -423,7 +427,7 @@ def table(report):
             ("act first (ms)", "act_ms_first", "{:.0f}"),
             ("sim step mean (ms)", "sim_step_ms_mean", "{:.0f}"), ("episode mean (s)", "episode_s_mean", "{:.1f}"),
             ("episodes / hour (measured)", "episodes_per_hour_measured", "{:.1f}"),
-            (f"full {report['max_steps']}-step episode (s)", "full_length_episode_s", "{:.1f}"),
+            (f"full {report['full_length_steps']}-step episode (s)", "full_length_episode_s", "{:.1f}"),
             ("episodes / hour (full length)", "episodes_per_hour_full_length", "{:.1f}")]
     names = list(report["policies"])
     out = [f"{'':32s}" + "".join(f"{n:>16s}" for n in names)]
@@ -594,7 +598,7 @@ def main(argv=None):
 
     report = {
         "suite": args.suite, "checkpoint": os.path.abspath(args.checkpoint), "unnorm_key": unnorm_key,
-        "max_steps": max_steps, "num_steps_wait": args.num_steps_wait, "chunk": CHUNK, "seed": args.seed,
+        "max_steps": max_steps, "full_length_steps": TASK_MAX_STEPS[args.suite], "num_steps_wait": args.num_steps_wait, "chunk": CHUNK, "seed": args.seed,
         "tasks": {str(t): e for t, e in plan.items()},
         "weights": {"random": is_random, "why": random_why,
                     "note": ("RANDOM WEIGHTS: success is 0% by construction and measures nothing about the library; "
@@ -605,10 +609,11 @@ def main(argv=None):
                     "load_avg_after": [round(x, 2) for x in load_avg_after], "python": platform.python_version()},
         "load_s": {k: round(v, 2) for k, v in load_s.items()},
         "wall_s": round(total_wall, 2),
-        "extrapolation": ("full_length_episode_s = reset + (num_steps_wait + max_steps) x mean sim step + "
-                          "max_steps x mean observation prep + ceil(max_steps / 8) x mean act, from this run's "
-                          "measured means: a failing episode's length (every episode with random weights)"),
-        "policies": {pol.name: summarize(pol.name, results[pol.name], pol.describe, max_steps, args.num_steps_wait,
+        "extrapolation": (f"full_length_episode_s: a failing episode of the suite's {TASK_MAX_STEPS[args.suite]} "
+                          "steps (every episode with random weights) from this run's means: reset + (num_steps_wait + "
+                          "steps) x sim step + steps x observation prep + ceil(steps / 8) x act"),
+        "policies": {pol.name: summarize(pol.name, results[pol.name], pol.describe, TASK_MAX_STEPS[args.suite],
+                                         args.num_steps_wait,
                                          env_build[pol.name][0] if env_build[pol.name] else float("nan"))
                      for pol in policies},
     }
