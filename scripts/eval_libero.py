@@ -370,6 +370,7 @@ def run_episode(env, initial_state, policy, task, args, max_steps, progress, lab
         "success": success, "policy_steps": policy_steps, "env_steps": len(step_ms), "acts": len(act_ms),
         "wall_s": time.perf_counter() - t_start, "reset_s": reset_s, "act_ms": act_ms, "step_ms": step_ms,
         "prep_ms": prep_ms, "gripper_values": sorted(grippers), "error": error, "first_chunk": first_chunk,
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),  # other work on the machine slows the acts
     }
 
 
