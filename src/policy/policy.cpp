@@ -477,7 +477,9 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   lap("tokenizer");
   vision::PreprocessOptions pre;
   pre.center_crop = options.center_crop;
-  pre.libero_resize = options.center_crop;
+  // The reference's get_vla_action resizes every camera image that is not the model's size
+  // (resize_image_for_policy), whether or not it then center-crops (SPEC 3.1).
+  pre.libero_resize = true;
   pre.jpeg_roundtrip = options.jpeg_roundtrip;
   pre.device = options.device;
   impl->preprocessor = std::make_unique<vision::ImagePreprocessor>(*ckpt.preprocessor, pre);
@@ -542,7 +544,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.head = impl->head->name();
   settings.prompt_format = to_string(impl->prompt_format);
   settings.center_crop = options.center_crop;
-  settings.jpeg_roundtrip = options.center_crop && options.jpeg_roundtrip;
+  settings.jpeg_roundtrip = options.jpeg_roundtrip;
   settings.dtype = impl->dtype;
   settings.device = options.device;
   settings.matmul = options.device.is_cuda()              ? "cuda"

@@ -323,13 +323,13 @@ def resize_image_for_policy(img_u8, size=224, jpeg=True):
     return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8).numpy()
 
 
-def prepare_image_for_vla(img_u8, jpeg=True):
-    """prepare_images_for_vla with cfg.center_crop for one camera: resize_image_for_policy when the
-    image is not 224x224 (only then: 224x224 images skip the JPEG round trip too), then OpenVLA's
-    center crop."""
+def prepare_image_for_vla(img_u8, jpeg=True, crop=True):
+    """prepare_images_for_vla for one camera: resize_image_for_policy when the image is not 224x224
+    (only then: 224x224 images skip the JPEG round trip too; always, whatever cfg.center_crop
+    says), then OpenVLA's center crop when `crop` (cfg.center_crop)."""
     if img_u8.shape != (224, 224, 3):
         img_u8 = resize_image_for_policy(img_u8, 224, jpeg)
-    return tf_center_crop(img_u8)
+    return tf_center_crop(img_u8) if crop else img_u8
 
 
 def smooth_image(h, w, rng):

@@ -120,17 +120,17 @@ class ReferencePolicy:
         """images: list of (H, W, 3) uint8; proprio: list of floats or None. Returns a dict with
         actions (8, 7) float64, normalized, fused features, hidden states. lm_head: also compute
         the logits over every position, as the released model's forward does (its Qwen2 LM head is
-        the tied embedding); the policy does not use them (for benchmarks only). center_crop: the
-        LIBERO evaluation's prepare_images_for_vla (cfg.center_crop): resize_image_for_policy run by
-        TensorFlow (JPEG encode / decode, Lanczos-3 resize to 224) when the image is not 224x224, then
-        the 0.9 center crop; jpeg_roundtrip=False leaves the JPEG step out (focusvla's option).
+        the tied embedding); the policy does not use them (for benchmarks only). Images go through
+        the LIBERO evaluation's prepare_images_for_vla: resize_image_for_policy run by TensorFlow
+        (JPEG encode / decode, Lanczos-3 resize to 224) when the image is not 224x224, whatever
+        center_crop says, then the 0.9 center crop when center_crop (cfg.center_crop);
+        jpeg_roundtrip=False leaves the JPEG step out (focusvla's option).
         zero: ablations of `focusvla explain` (policy/explain.h), any of "visual_tokens" (the
         projector output, before it enters the sequence), "head_visual" (the head's visual states
         of every layer), "head_queries" (the head's action-query states). diagnostics: a dict the
         head fills (reference_heads.head_forward)."""
         device = getattr(self, "device", torch.device("cpu"))
-        if center_crop:
-            images = [prepare_image_for_vla(im, jpeg_roundtrip) for im in images]
+        images = [prepare_image_for_vla(im, jpeg_roundtrip, crop=center_crop) for im in images]
         pixels = prismatic_processor(images, self.preprocessor).to(device, self.dtype)  # (N, 6, 224, 224)
         dino = featurize(self.dino, pixels[:, :3])
         sig = featurize(self.siglip, pixels[:, 3:])

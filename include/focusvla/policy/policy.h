@@ -59,10 +59,10 @@ struct PolicyOptions {
   // evaluation (GenerateConfig.center_crop = True); off for policies trained without crop
   // augmentation.
   bool center_crop = true;
-  // With the LIBERO pipeline (center_crop on), camera images that are not the model's size (LIBERO
-  // renders 256x256) go through TF's JPEG encode / decode round trip before the Lanczos-3 resize,
-  // as in the reference's `resize_image_for_policy` (vision/jpeg.h); off for policies whose
-  // training frames were never JPEG-compressed (then: the resize alone).
+  // Camera images that are not the model's size (LIBERO renders 256x256) are resized as the
+  // reference's `resize_image_for_policy` does, with or without the center crop: TF's JPEG encode /
+  // decode round trip (vision/jpeg.h), then the Lanczos-3 resize. Off: the resize alone, for
+  // policies whose training frames were never JPEG-compressed.
   bool jpeg_roundtrip = true;
   // "bounds_q99" (LIBERO) or "bounds" (min/max).
   std::string normalization = "bounds_q99";
@@ -97,7 +97,7 @@ struct PolicySettings {
   std::string prompt_format_source;  // e.g. "checkpoint: llm_backbone_id qwen25-0_5b-extra" or "option"
   bool center_crop = true;
   // Whether images that are not the model's size go through the JPEG round trip before the resize
-  // (center_crop and PolicyOptions::jpeg_roundtrip).
+  // (PolicyOptions::jpeg_roundtrip).
   bool jpeg_roundtrip = true;
   torch::ScalarType dtype = torch::kFloat32;
   std::string dtype_source;          // e.g. "checkpoint bfloat16, CPU with native bf16" or "option"
