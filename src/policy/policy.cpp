@@ -10,9 +10,6 @@
 #include <tuple>
 #include <utility>
 
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
@@ -22,6 +19,7 @@
 #include "focusvla/policy/graph_runner.h"
 #include "focusvla/policy/normalization.h"
 #include "focusvla/policy/proprio_projector.h"
+#include "quantize_plan.h"
 #include "focusvla/policy/sequence.h"
 #include "focusvla/text/bpe_tokenizer.h"
 #include "focusvla/text/prompt.h"
@@ -66,79 +64,6 @@ std::pair<torch::ScalarType, std::string> resolve_dtype(const std::optional<torc
   return {torch::kFloat32, checkpoint + ", float32 on a CPU without native " + dtype_name(stored)};
 }
 
-// The quantized layers' mode on `device` (PolicyOptions::quantize): int8 -> W8A8 on the CPU,
-// weight-only int8 on CUDA; fp8 -> CUDA 8.9+, weight-only int8 on older GPUs (warned), an Error on
-// a CPU. Checked before any I/O.
-nn::MatmulMode resolve_quantize(nn::Quantize quantize, const torch::Device& device) {
-  switch (quantize) {
-    case nn::Quantize::kNone:
-      return nn::MatmulMode::kNative;
-    case nn::Quantize::kInt8:
-      return device.is_cuda() ? nn::MatmulMode::kInt8WeightOnly : nn::MatmulMode::kInt8;
-    case nn::Quantize::kFp8: {
-      std::string why;
-      if (nn::fp8_supported(device, &why)) return nn::MatmulMode::kFp8;
-      check(device.is_cuda(), "PolicyOptions::quantize fp8", why + "; on a CPU use int8");
-      log_warn("quantize fp8: " + why + "; running int8 weight-only instead");
-      return nn::MatmulMode::kInt8WeightOnly;
-    }
-  }
-  return nn::MatmulMode::kNative;
-}
-
-// The quantization plan (docs/QUANTIZATION.md): every linear layer of the vision encoders and the
-// decoder (the projector, the patch embeddings (convolutions) and the head are not asked).
-// fp8 GEMMs need both dimensions to be multiples of 16: other layers keep the compute dtype.
-bool quantize_layer(nn::MatmulMode mode, const std::string& /*path*/, const nn::LinearImpl& layer) {
-  if (mode == nn::MatmulMode::kFp8) return layer.weight.size(0) % 16 == 0 && layer.weight.size(1) % 16 == 0;
-  return true;
-}
-
-// Hands freed heap memory back to the system. The float weights a quantization releases were
-// allocated in one go by the load; glibc keeps them in its heap after free (its mmap threshold
-// grows with the first large free), so without this the process would keep their pages.
-void return_freed_memory() {
-#ifdef __GLIBC__
-  ::malloc_trim(0);
-#endif
-}
-
-// Quantizes `component`'s planned layers; returns how many. The released float weights go back to
-// the system every few layers, not only at the end: the load's peak memory is then the component's
-// float weights plus a few layers, not float and quantized weights of the whole component
-// (measured, full-size FocusVLA, int8: peak RSS 3.15 -> see docs/QUANTIZATION.md).
-int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode) {
-  if (!nn::is_quantized(mode)) return 0;
-  constexpr int64_t kTrimEvery = 8;  // layers; a trim of a GB-sized heap costs about a millisecond
-  int64_t asked = 0;
-  const int64_t count =
-      nn::set_matmul_mode(component, mode, [mode, &asked](const std::string& path, const nn::LinearImpl& layer) {
-        // Asked just before each layer is quantized: the layers quantized so far have released theirs.
-        if (++asked % kTrimEvery == 0) return_freed_memory();
-        return quantize_layer(mode, path, layer);
-      });
-  return_freed_memory();
-  return count;
-}
-
-// What the quantized layers are, for settings().quantize_detail.
-std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,
-                            torch::ScalarType dtype) {
-  std::string what;
-  switch (mode) {
-    case nn::MatmulMode::kInt8:
-      what = nn::cpu_has_int8_dot()
-                 ? "W8A8, 8-bit weights (CPU int8 dot products)"
-                 : "W8A8, 7-bit weights (no int8 dot products on this CPU: its u8 x s8 instruction saturates 8-bit ones)";
-      break;
-    case nn::MatmulMode::kInt8WeightOnly: what = "int8 weight-only"; break;
-    case nn::MatmulMode::kFp8: what = "fp8 e4m3 weights and activations, row-wise scales"; break;
-    default: return "";
-  }
-  return what + "; linear layers: vision encoders " + std::to_string(vision) + ", projector " +
-         std::to_string(projector) + ", llm " + std::to_string(llm) + "; projector, head, norms, embeddings, patch " +
-         "embeddings in " + dtype_name(dtype);
-}
 
 }  // namespace
 
@@ -440,7 +365,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   check(!options.dtype || *options.dtype == torch::kFloat32 || *options.dtype == torch::kBFloat16 ||
             *options.dtype == torch::kFloat16,
         "PolicyOptions::dtype", "must be float32, bfloat16 or float16");
-  const nn::MatmulMode quantized_mode = resolve_quantize(options.quantize, options.device);
+  const nn::MatmulMode quantized_mode = policy::resolve_quantize(options.quantize, options.device);
 
   const io::Checkpoint ckpt = io::Checkpoint::open(directory);
   lap("checkpoint files");
@@ -494,7 +419,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   lap("vision");
   // Quantized right after loading, so that the vision tower's float weights are released before
   // the decoder's load.
-  const int64_t quantized_vision = quantize_component(*impl->vision->vision_backbone, quantized_mode);
+  const int64_t quantized_vision = policy::quantize_component(*impl->vision->vision_backbone, quantized_mode);
   // The projector stays in the compute dtype (docs/QUANTIZATION.md): one per-token scale over the
   // concatenated DINOv2 + SigLIP features (two encoders' ranges in one token) tripled its output
   // error (3.8e-2 vs bf16's 1.1e-2 of fp32 at full size), for ~1.5% of an act's time.
@@ -511,7 +436,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   // captured CUDA graph.
   (void)impl->llm->rope_tables(impl->max_positions, options.device, impl->dtype);
   lap("llm");
-  const int64_t quantized_llm = quantize_component(*impl->llm->layers, quantized_mode);
+  const int64_t quantized_llm = policy::quantize_component(*impl->llm->layers, quantized_mode);
   if (nn::is_quantized(quantized_mode)) lap("quantize llm");
   impl->head = policy::load_head(ckpt.action_head, ckpt.config, tensor_options);
   check(impl->head->action_dim() == static_cast<int64_t>(impl->action_normalizer->dim()), directory,
@@ -560,7 +485,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.action_dim = impl->head->action_dim();
   settings.quantize = nn::is_quantized(quantized_mode) ? nn::matmul_mode_name(quantized_mode) : "none";
   settings.quantized_layers = quantized_vision + quantized_projector + quantized_llm;
-  settings.quantize_detail = quantize_detail(quantized_mode, quantized_vision, quantized_projector, quantized_llm, impl->dtype);
+  settings.quantize_detail = policy::quantize_detail(quantized_mode, quantized_vision, quantized_projector, quantized_llm, impl->dtype);
   if (quantized_mode == nn::MatmulMode::kInt8 && !nn::cpu_has_int8_dot())
     log_warn("quantize int8 on a CPU without int8 dot products (AVX512-VNNI / AVX-VNNI / AMX): weights are 7-bit "
              "(8-bit ones saturate its u8 x s8 instruction) and int8 GEMMs gain less over float ones here; see "

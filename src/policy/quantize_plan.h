@@ -1,0 +1,29 @@
+#pragma once
+// The quantization plan of Policy::load (PolicyOptions::quantize; docs/QUANTIZATION.md): which
+// mode the quantized layers run on a device, which layers of a component are quantized, and what
+// settings().quantize_detail says. Internal to src/policy/.
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+#include "focusvla/nn/linear.h"
+#include "focusvla/nn/matmul.h"
+#include "focusvla/nn/quantize.h"
+
+namespace focusvla::policy {
+
+// int8 -> W8A8 on the CPU, weight-only int8 on CUDA; fp8 -> CUDA 8.9+, weight-only int8 on older
+// GPUs (warned), an Error on a CPU. Checked before any I/O.
+nn::MatmulMode resolve_quantize(nn::Quantize quantize, const torch::Device& device);
+
+// Quantizes `component`'s planned layers (every linear layer; fp8 only those whose dimensions are
+// multiples of 16) and hands the released float weights back to the system; returns how many.
+int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode);
+
+// "W8A8, 8-bit weights (...); linear layers: vision encoders N, projector N, llm N; ... in <dtype>".
+std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,
+                            torch::ScalarType dtype);
+
+}  // namespace focusvla::policy
