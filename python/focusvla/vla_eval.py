@@ -38,7 +38,7 @@ Run it in one process with the simulator (`eval`), or as a server for `vla-eval 
     python -m focusvla.vla_eval serve --config examples/vla_eval/model_server.yaml --port 8000
     vla-eval run -c examples/vla_eval/libero_spatial.yaml   # the benchmark, against that server
 
-README "Evaluation in simulation" has the one command per LIBERO suite.
+docs/SIMULATION.md has the one command per LIBERO suite.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Two deployments make the application (`build_app`, the import path of a Serve co
                      max_wait_ms), run on a worker thread (the binding releases the GIL).
 
 Start it with `focusvla-ray serve CONFIG` (this module's `main`) or Ray's own `serve run CONFIG`;
-examples/ray/serve_config.yaml documents every argument, README "Fleet scale: Ray Serve" the path
+examples/ray/serve_config.yaml documents every argument, docs/SERVING.md "Fleet scale: Ray Serve" the path
 from one machine to a cluster.
 """
 try:  # the message is the point: the dependencies of every module below

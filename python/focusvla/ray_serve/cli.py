@@ -21,7 +21,7 @@ from .options import PolicyOptions  # noqa: F401
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="focusvla-ray",
-        description="focusvla's openpi websocket policy server on a Ray Serve cluster (see README, "
+        description="focusvla's openpi websocket policy server on a Ray Serve cluster (see docs/SERVING.md, "
                     "'Fleet scale: Ray Serve').")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser(
