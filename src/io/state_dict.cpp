@@ -192,9 +192,20 @@ StateDict StateDict::from_safetensors(const std::string& path) {
 StateDict StateDict::from_torch_file(const std::string& path) {
   check(fs::is_regular_file(path), path, "no such file");
   StateDict state;
-  for (auto& [stored, tensor] : read_torch_state_dict(path)) {
+  std::shared_ptr<MappedFile> mapping;
+  for (auto& [stored, tensor] : read_torch_state_dict(path, &mapping)) {
     const std::string name = starts_with(stored, "module.") ? stored.substr(7) : stored;
     state.insert(name, std::move(tensor), path);
+    // A contiguous view into the mapped file can drop its pages once loaded (release_pages).
+    Entry& e = state.entries_.at(name);
+    if (!mapping || !e.tensor.is_contiguous() || e.tensor.nbytes() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(mapping->data());
+    const auto data = reinterpret_cast<uintptr_t>(e.tensor.const_data_ptr());
+    if (data >= begin && data - begin <= mapping->size() && e.tensor.nbytes() <= mapping->size() - (data - begin)) {
+      e.mapping = mapping;
+      e.offset = static_cast<size_t>(data - begin);
+      e.nbytes = e.tensor.nbytes();
+    }
   }
   return state;
 }
@@ -211,6 +222,26 @@ std::string LoadReport::describe() const {
   list("shape mismatch", mismatched);
   return out.str();
 }
+
+namespace {
+
+// The stages of LoadOptions::after_stage: every element of every ModuleList under `module`, by
+// path, in registration order (an element of a nested list is a stage of its own, not its
+// parent's: the outermost list's elements are taken whole).
+std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> stages_of(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> stages;
+  for (const auto& item : module.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    if (dynamic_cast<torch::nn::ModuleListImpl*>(item.value().get()) == nullptr) continue;
+    const bool inside_a_stage = std::any_of(stages.begin(), stages.end(), [&](const auto& stage) {
+      return starts_with(item.key(), stage.first + ".");
+    });
+    if (inside_a_stage) continue;
+    for (const auto& child : item.value()->named_children()) stages.emplace_back(item.key() + "." + child.key(), child.value());
+  }
+  return stages;
+}
+
+}  // namespace
 
 LoadReport check_module(const torch::nn::Module& module, const StateDict& state, const std::string& prefix,
                         const LoadOptions& options) {
@@ -252,8 +283,20 @@ LoadReport load_module(torch::nn::Module& module, const StateDict& state, const 
     target.copy_(scoped.at(name));
     if (options.release_pages) scoped.release_pages(name);
   };
-  for (auto& p : module.named_parameters()) copy(p.key(), p.value());
-  for (auto& b : module.named_buffers()) copy(b.key(), b.value());
+  std::set<std::string> written;
+  if (options.after_stage) {
+    for (auto& [path, stage] : stages_of(module)) {
+      for (auto& p : stage->named_parameters()) copy(path + "." + p.key(), p.value());
+      for (auto& b : stage->named_buffers()) copy(path + "." + b.key(), b.value());
+      for (const auto& name : stage->named_parameters().keys()) written.insert(path + "." + name);
+      for (const auto& name : stage->named_buffers().keys()) written.insert(path + "." + name);
+      options.after_stage(path, *stage);
+    }
+  }
+  for (auto& p : module.named_parameters())
+    if (written.count(p.key()) == 0) copy(p.key(), p.value());
+  for (auto& b : module.named_buffers())
+    if (written.count(b.key()) == 0) copy(b.key(), b.value());
   return report;
 }
 

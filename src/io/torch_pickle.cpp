@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "focusvla/core/error.h"
+#include "focusvla/io/mapped_file.h"
 #include "torch_pickle_archive.h"
 
 namespace focusvla::io {
@@ -101,9 +102,17 @@ torch::ScalarType storage_dtype(const std::string& name, const std::string& wher
 
 class Unpickler {
  public:
+  // `mapping` (may be null) is the file mapped, `stored` its uncompressed records: storages found
+  // there are views into the mapping instead of copies.
   Unpickler(const std::string& path, const std::string& bytes, caffe2::serialize::PyTorchStreamReader& reader,
-            std::string record_prefix)
-      : path_(path), data_(bytes), reader_(reader), prefix_(std::move(record_prefix)) {}
+            std::string record_prefix, std::shared_ptr<MappedFile> mapping = nullptr,
+            std::map<std::string, ArchiveSpan> stored = {})
+      : path_(path),
+        data_(bytes),
+        reader_(reader),
+        prefix_(std::move(record_prefix)),
+        mapping_(std::move(mapping)),
+        stored_(std::move(stored)) {}
 
   ValuePtr run() {
     for (;;) {
@@ -323,17 +332,40 @@ class Unpickler {
     const std::string record = prefix_ + "data/" + key;
     check(numel >= 0, where(), "negative storage size");
     check(reader_.hasRecord(record), path_, "storage record '" + record + "' is missing");
+    auto v = make(Value::Kind::storage);
+    if (torch::Tensor mapped = mapped_storage(record, numel, dtype); mapped.defined()) {
+      v->tensor = std::move(mapped);
+      storages_[key] = v;
+      return v;
+    }
     auto [data, size] = reader_.getRecord(record);
     const size_t element = c10::elementSize(dtype);
     check(static_cast<uint64_t>(numel) <= size / element, path_,
           "storage '" + key + "' claims " + std::to_string(numel) + " elements but its record holds " +
               std::to_string(size) + " bytes");
     auto holder = std::make_shared<at::DataPtr>(std::move(data));
-    auto v = make(Value::Kind::storage);
     v->tensor = numel == 0 ? torch::empty({0}, dtype)
                            : torch::from_blob(holder->get(), {numel}, [holder](void*) {}, torch::TensorOptions().dtype(dtype));
     storages_[key] = v;
     return v;
+  }
+
+  // The storage as a view into the mapped file (zero-copy, like a safetensors tensor): when the
+  // record is stored uncompressed where LibTorch's reader locates it, aligned for its type and
+  // large enough. Undefined otherwise (the caller copies it through the reader, which reports
+  // what is wrong).
+  torch::Tensor mapped_storage(const std::string& record, int64_t numel, torch::ScalarType dtype) {
+    if (mapping_ == nullptr || numel == 0) return {};
+    const auto it = stored_.find(record);
+    if (it == stored_.end()) return {};
+    const ArchiveSpan span = it->second;
+    const size_t element = c10::elementSize(dtype);
+    if (span.offset % element != 0 || static_cast<uint64_t>(numel) > span.size / element) return {};
+    if (reader_.getRecordOffset(record) != span.offset) return {};
+    std::shared_ptr<MappedFile> keep_alive = mapping_;
+    return torch::from_blob(
+        mapping_->mutable_data() + span.offset, {numel}, [keep_alive](void*) mutable { keep_alive.reset(); },
+        torch::TensorOptions().dtype(dtype));
   }
 
   std::vector<int64_t> int_tuple(const ValuePtr& v, const char* what) {
@@ -379,6 +411,8 @@ class Unpickler {
   const std::string& data_;
   caffe2::serialize::PyTorchStreamReader& reader_;
   std::string prefix_;
+  std::shared_ptr<MappedFile> mapping_;
+  std::map<std::string, ArchiveSpan> stored_;
   size_t pos_ = 0;
   std::vector<ValuePtr> stack_;
   std::vector<size_t> marks_;
@@ -473,7 +507,8 @@ std::unique_ptr<caffe2::serialize::PyTorchStreamReader> open_archive(const std::
 
 int64_t detail::live_pickle_values() { return live_values.load(); }
 
-std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path) {
+std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path,
+                                                                         std::shared_ptr<MappedFile>* mapping) {
   {
     std::ifstream in(path, std::ios::binary);
     check(static_cast<bool>(in), path, "cannot open");
@@ -488,7 +523,9 @@ std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const s
     check(reader.hasRecord("data.pkl"), path, "archive has no data.pkl (not a torch.save file)");
     auto [pkl, size] = reader.getRecord("data.pkl");
     const std::string bytes(static_cast<const char*>(pkl.get()), size);
-    Unpickler unpickler(path, bytes, reader, "");
+    auto file = MappedFile::open(path);
+    auto stored = torch_archive_stored_records(*file);
+    Unpickler unpickler(path, bytes, reader, "", file, std::move(stored));
     const ValuePtr root = unpickler.run();
     check(root->kind == Value::Kind::dict, path, std::string("not a state dict: the archive holds a ") + kind_name(root->kind));
     std::vector<std::pair<std::string, torch::Tensor>> out;
@@ -498,6 +535,7 @@ std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const s
             "not a state dict: entry '" + key->text + "' holds a " + kind_name(value->kind) + ", not a tensor");
       out.emplace_back(key->text, make_tensor(value->view, path + ": tensor '" + key->text + "'"));
     }
+    if (mapping != nullptr) *mapping = std::move(file);
     return out;
   } catch (const Error&) {
     throw;

@@ -124,5 +124,36 @@ std::optional<std::string> torch_archive_version_record(const std::string& path)
   return zip.text(data, record->size);
 }
 
+std::map<std::string, ArchiveSpan> torch_archive_stored_records(const MappedFile& file) {
+  const ZipView zip(file);
+  std::map<std::string, ArchiveSpan> records;
+  std::map<std::string, int> seen;
+  const auto directory = find_directory(zip);
+  if (!directory) return records;
+  uint64_t pos = directory->offset;
+  std::string folder;  // the first entry's, as LibTorch's reader takes it
+  for (uint64_t i = 0; i < directory->entries; ++i) {  // each entry takes >= 46 bytes: bounded by the file
+    const auto entry = read_entry(zip, pos);
+    if (!entry) return {};
+    if (i == 0) {
+      const size_t slash = entry->name.find('/');
+      if (slash == std::string::npos) return {};
+      folder = entry->name.substr(0, slash + 1);
+    }
+    if (entry->name.compare(0, folder.size(), folder) != 0) continue;
+    const std::string name = entry->name.substr(folder.size());
+    if (++seen[name] > 1) {
+      records.erase(name);
+      continue;
+    }
+    if (entry->method != 0 || entry->compressed != entry->size) continue;
+    const uint64_t local = entry->local_offset;
+    if (!zip.has(local, 30) || zip.le(local, 4) != kLocalHeader) continue;
+    const uint64_t data = local + 30 + zip.le(local + 26, 2) + zip.le(local + 28, 2);
+    if (!zip.has(data, entry->size)) continue;
+    records[name] = ArchiveSpan{data, entry->size};
+  }
+  return records;
+}
 
 }  // namespace focusvla::io

@@ -9,6 +9,8 @@
 // compared case-insensitively as miniz does). A layout this walk does not follow (a compressed
 // record, a directory it cannot read) is left to LibTorch.
 
+#include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -18,5 +20,21 @@ namespace focusvla::io {
 // walk cannot tell. Throws Error for what LibTorch's reader would throw on after opening the zip
 // (no entries, no folder, no version record), and when the file cannot be opened or mapped.
 std::optional<std::string> torch_archive_version_record(const std::string& path);
+
+class MappedFile;
+
+// Where a record stored without compression (as torch.save writes every record) lies in the file.
+struct ArchiveSpan {
+  uint64_t offset = 0;  // of the record's first byte, past its local header
+  uint64_t size = 0;
+};
+
+// Every record of the archive stored uncompressed, by its name inside the archive's folder (the
+// first entry's, as LibTorch's reader takes it: "data/0" for "archive/data/0"), with its
+// bytes inside the file (bounds-checked); deflated, malformed or out-of-bounds entries are left
+// out (LibTorch's reader copies those), and so is a name that occurs twice. Empty when the
+// directory cannot be read. read_torch_state_dict maps the storages found here instead of copying
+// them, after checking that LibTorch's reader locates each at the same offset.
+std::map<std::string, ArchiveSpan> torch_archive_stored_records(const MappedFile& file);
 
 }  // namespace focusvla::io

@@ -31,6 +31,8 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
   return out;
 }
 
+// The fused blocks of a layer are built before its weights are loaded: allocated, not copied.
+constexpr auto kUnloaded = nn::FusedLinearImpl::Init::kUninitialised;
 
 }  // namespace
 
@@ -68,7 +70,7 @@ Qwen2AttentionImpl::Qwen2AttentionImpl(const io::Qwen2Config& c, const torch::Te
       num_kv_heads_(c.num_key_value_heads),
       head_dim_(c.head_dim()),
       // Registered after its parts, so that Module::to() moves them before it re-fuses.
-      qkv_(register_module("qkv_proj", nn::FusedLinear(std::vector<nn::Linear>{q_proj, k_proj, v_proj}))) {}
+      qkv_(register_module("qkv_proj", nn::FusedLinear(std::vector<nn::Linear>{q_proj, k_proj, v_proj}, kUnloaded))) {}
 
 torch::Tensor Qwen2AttentionImpl::forward(const torch::Tensor& x, const RopeTables& rope, const AttentionMask& mask,
                                           const ForwardContext& context) const {
@@ -95,7 +97,7 @@ Qwen2MLPImpl::Qwen2MLPImpl(const io::Qwen2Config& c, const torch::TensorOptions&
     : gate_proj(register_module("gate_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
       up_proj(register_module("up_proj", nn::Linear(c.hidden_size, c.intermediate_size, false, options))),
       down_proj(register_module("down_proj", nn::Linear(c.intermediate_size, c.hidden_size, false, options))),
-      gate_up_(register_module("gate_up_proj", nn::FusedLinear(std::vector<nn::Linear>{gate_proj, up_proj}))) {}
+      gate_up_(register_module("gate_up_proj", nn::FusedLinear(std::vector<nn::Linear>{gate_proj, up_proj}, kUnloaded))) {}
 
 torch::Tensor Qwen2MLPImpl::forward(const torch::Tensor& x) const {
   const auto gate_up = gate_up_->forward(x);
@@ -272,12 +274,15 @@ torch::Tensor Qwen2ModelImpl::run(torch::Tensor& out, const torch::Tensor& input
 }
 
 Qwen2Model Qwen2ModelImpl::load(const io::StateDict& state, const io::Qwen2Config& config,
-                                 const torch::TensorOptions& options, const std::string& prefix) {
+                                 const torch::TensorOptions& options, const std::string& prefix,
+                                 const io::StageHook& after_stage) {
   int64_t rows = 0;
   const std::string key = prefix + ".embed_tokens.weight";
   if (state.contains(key) && state.at(key).dim() == 2) rows = state.at(key).size(0);
   Qwen2Model model(config, options, rows);
-  io::load_module(*model, state, prefix);
+  io::LoadOptions load_options;
+  load_options.after_stage = after_stage;
+  io::load_module(*model, state, prefix, load_options);
   model->eval();
   return model;
 }

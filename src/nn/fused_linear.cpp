@@ -5,10 +5,19 @@
 namespace focusvla::nn {
 namespace {
 
-// Copies `parts` into one tensor stacked along dim 0 and makes each part a view of its rows.
-torch::Tensor fuse_rows(const std::vector<torch::Tensor>& parts) {
+// Copies `parts` into one tensor stacked along dim 0 (or, without `copy`, allocates it) and makes
+// each part a view of its rows.
+torch::Tensor fuse_rows(const std::vector<torch::Tensor>& parts, bool copy) {
   torch::NoGradGuard no_grad;
-  auto whole = torch::cat(parts, 0);
+  torch::Tensor whole;
+  if (copy) {
+    whole = torch::cat(parts, 0);
+  } else {
+    std::vector<int64_t> shape = parts.front().sizes().vec();
+    shape.front() = 0;
+    for (const auto& part : parts) shape.front() += part.size(0);
+    whole = torch::empty(shape, parts.front().options());
+  }
   int64_t row = 0;
   for (auto part : parts) {
     const int64_t rows = part.size(0);
@@ -27,12 +36,15 @@ bool is_row_block(const torch::Tensor& part, const torch::Tensor& whole, int64_t
 
 }  // namespace
 
-FusedLinearImpl::FusedLinearImpl(std::vector<Linear> parts) : parts_(std::move(parts)) {
+FusedLinearImpl::FusedLinearImpl(std::vector<Linear> parts, Init init) : parts_(std::move(parts)) {
   check(!parts_.empty(), "FusedLinear", "no parts");
   for (const auto& p : parts_) {
     check(p->weight.size(1) == parts_.front()->weight.size(1), "FusedLinear", "the parts differ in in_features");
     check(p->bias.defined() == parts_.front()->bias.defined(), "FusedLinear", "some parts have a bias, some not");
+    check(p->weight.dtype() == parts_.front()->weight.dtype() && p->weight.device() == parts_.front()->weight.device(),
+          "FusedLinear", "the parts differ in dtype or device");
   }
+  fuse_weights(/*copy=*/init == Init::kCopy);
   fuse();
 }
 
@@ -84,15 +96,15 @@ void FusedLinearImpl::share_with_parts() {
   }
 }
 
-void FusedLinearImpl::fuse_weights() {
+void FusedLinearImpl::fuse_weights(bool copy) {
   if (rows_fused()) return;
   std::vector<torch::Tensor> weights, biases;
   for (const auto& p : parts_) {
     weights.push_back(p->weight);
     biases.push_back(p->bias);
   }
-  auto weight = fuse_rows(weights);
-  auto bias = biases.front().defined() ? fuse_rows(biases) : torch::Tensor();
+  auto weight = fuse_rows(weights, copy);
+  auto bias = biases.front().defined() ? fuse_rows(biases, copy) : torch::Tensor();
   linear_ = Linear(std::move(weight), std::move(bias));
 }
 

@@ -408,7 +408,11 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   pre.jpeg_roundtrip = options.jpeg_roundtrip;
   pre.device = options.device;
   impl->preprocessor = std::make_unique<vision::ImagePreprocessor>(*ckpt.preprocessor, pre);
-  impl->vision = vision::VisionTower::load(ckpt.model, ckpt.config, tensor_options);
+  // Quantized block by block as the encoders load, so that their float weights are never all held
+  // at once, and released before the decoder's load (docs/QUANTIZATION.md, Memory).
+  int64_t quantized_vision = 0;
+  impl->vision = vision::VisionTower::load(ckpt.model, ckpt.config, tensor_options,
+                                           policy::quantize_while_loading(quantized_mode, &quantized_vision));
   check(impl->preprocessor->num_encoders() == static_cast<int64_t>(impl->vision->num_encoders()) &&
             impl->preprocessor->image_size() == impl->vision->config.image_size(),
         directory,
@@ -416,16 +420,17 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
             std::to_string(impl->preprocessor->image_size()) + "px, config.json has " +
             std::to_string(impl->vision->num_encoders()) + " vision encoders of " +
             std::to_string(impl->vision->config.image_size()) + "px");
+  quantized_vision += policy::quantize_component(*impl->vision->vision_backbone, quantized_mode);
   lap("vision");
-  // Quantized right after loading, so that the vision tower's float weights are released before
-  // the decoder's load.
-  const int64_t quantized_vision = policy::quantize_component(*impl->vision->vision_backbone, quantized_mode);
   // The projector stays in the compute dtype (docs/QUANTIZATION.md): one per-token scale over the
   // concatenated DINOv2 + SigLIP features (two encoders' ranges in one token) tripled its output
   // error (3.8e-2 vs bf16's 1.1e-2 of fp32 at full size), for ~1.5% of an act's time.
   const int64_t quantized_projector = 0;
-  if (nn::is_quantized(quantized_mode)) lap("quantize vision");
-  impl->llm = llm::Qwen2ModelImpl::load(ckpt.model, ckpt.config.text_config, tensor_options);
+  int64_t quantized_llm = 0;  // layer by layer as the decoder loads, as the encoders
+  impl->llm = llm::Qwen2ModelImpl::load(ckpt.model, ckpt.config.text_config, tensor_options,
+                                        llm::Qwen2ModelImpl::kCheckpointPrefix,
+                                        policy::quantize_while_loading(quantized_mode, &quantized_llm));
+  quantized_llm += policy::quantize_component(*impl->llm->layers, quantized_mode);
   impl->max_positions = ckpt.config.text_config.max_position_embeddings;
   const torch::Tensor& queries = ckpt.model.at("action_queries.weight");
   check(queries.dim() == 2 && queries.size(1) == ckpt.config.text_config.hidden_size, "action_queries.weight",
@@ -436,8 +441,6 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   // captured CUDA graph.
   (void)impl->llm->rope_tables(impl->max_positions, options.device, impl->dtype);
   lap("llm");
-  const int64_t quantized_llm = policy::quantize_component(*impl->llm->layers, quantized_mode);
-  if (nn::is_quantized(quantized_mode)) lap("quantize llm");
   impl->head = policy::load_head(ckpt.action_head, ckpt.config, tensor_options);
   check(impl->head->action_dim() == static_cast<int64_t>(impl->action_normalizer->dim()), directory,
         "the action head predicts " + std::to_string(impl->head->action_dim()) + " dims but '" +

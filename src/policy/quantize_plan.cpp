@@ -60,12 +60,20 @@ int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode) {
   int64_t asked = 0;
   const int64_t count =
       nn::set_matmul_mode(component, mode, [mode, &asked](const std::string& path, const nn::LinearImpl& layer) {
+        if (layer.weight_released()) return false;  // quantized already (quantize_while_loading)
         // Asked just before each layer is quantized: the layers quantized so far have released theirs.
         if (++asked % kTrimEvery == 0) return_freed_memory();
         return quantize_layer(mode, path, layer);
       });
-  return_freed_memory();
+  if (asked > 0) return_freed_memory();
   return count;
+}
+
+io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count) {
+  if (!nn::is_quantized(mode)) return {};
+  return [mode, count](const std::string& /*path*/, torch::nn::Module& stage) {
+    *count += quantize_component(stage, mode);
+  };
 }
 
 // What the quantized layers are, for settings().quantize_detail.

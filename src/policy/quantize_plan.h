@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "focusvla/io/state_dict.h"
 #include "focusvla/nn/linear.h"
 #include "focusvla/nn/matmul.h"
 #include "focusvla/nn/quantize.h"
@@ -19,8 +20,15 @@ namespace focusvla::policy {
 nn::MatmulMode resolve_quantize(nn::Quantize quantize, const torch::Device& device);
 
 // Quantizes `component`'s planned layers (every linear layer; fp8 only those whose dimensions are
-// multiples of 16) and hands the released float weights back to the system; returns how many.
+// multiples of 16) that are not quantized yet and hands the released float weights back to the
+// system; returns how many it quantized.
 int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode);
+
+// The io::StageHook that quantizes each stage of a component (a block, a layer) as soon as it is
+// loaded, adding the count to `*count`; empty when `mode` is not quantized. A load then holds the
+// float weights of one stage at a time, not of the whole component (docs/QUANTIZATION.md,
+// Memory); quantize_component afterwards takes whatever no stage held.
+io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count);
 
 // "W8A8, 8-bit weights (...); linear layers: vision encoders N, projector N, llm N; ... in <dtype>".
 std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,

@@ -215,12 +215,12 @@ io::LoadReport VisionTowerImpl::check(const io::StateDict& state) const {
 }
 
 VisionTower VisionTowerImpl::load(const io::StateDict& state, const io::VlaConfig& config,
-                                  const torch::TensorOptions& options) {
-  return load(state, VisionTowerConfig::from_vla_config(config).fitted_to(state), options);
+                                  const torch::TensorOptions& options, const io::StageHook& after_stage) {
+  return load(state, VisionTowerConfig::from_vla_config(config).fitted_to(state), options, after_stage);
 }
 
 VisionTower VisionTowerImpl::load(const io::StateDict& state, const VisionTowerConfig& config,
-                                  const torch::TensorOptions& options) {
+                                  const torch::TensorOptions& options, const io::StageHook& after_stage) {
   VisionTower tower(config, options);
   const io::LoadReport report = tower->check(state);
   if (!report.ok()) {
@@ -242,7 +242,12 @@ VisionTower VisionTowerImpl::load(const io::StateDict& state, const VisionTowerC
   }
   for (size_t i = 0; i < config.encoders.size(); ++i) {
     const EncoderConfig& e = config.encoders[i];
-    io::load_module(*tower->vision_backbone->encoder(i), state, prefix_of(e.name), e.load_options());
+    io::LoadOptions load_options = e.load_options();
+    if (after_stage)
+      load_options.after_stage = [&](const std::string& path, torch::nn::Module& stage) {
+        after_stage(e.name + "." + path, stage);
+      };
+    io::load_module(*tower->vision_backbone->encoder(i), state, prefix_of(e.name), load_options);
   }
   io::load_module(*tower->projector, state, kProjector);
   return tower;

@@ -123,7 +123,27 @@ TEST(TorchFile, StateDictWithModulePrefixExact) {
   EXPECT_FALSE(state.contains("module.model.fc1.weight"));
   EXPECT_EQ(state.at("model.fc1.bias").scalar_type(), torch::kBFloat16);
   EXPECT_EQ(state.at("model.count").scalar_type(), torch::kInt64);
-  EXPECT_FALSE(state.is_mapped("model.fc1.weight"));
+  // torch.save stores its records uncompressed: contiguous tensors view the mapped file.
+  EXPECT_TRUE(state.is_mapped("model.fc1.weight"));
+  EXPECT_TRUE(state.is_mapped("model.fc1.bias"));
+  EXPECT_FALSE(state.is_mapped("model.view"));  // a transposed view: not one span of the file
+}
+
+// Dropping a mapped tensor's pages after a load: a later read faults them back from the file.
+TEST(TorchFile, ReleasedPagesReadBackTheSameValues) {
+  const auto state = StateDict::from_torch_file(data_path("io", "state_dict.pt"));
+  const torch::Tensor before = state.at("model.fc1.weight").clone();
+  for (const auto& name : state.keys()) state.release_pages(name);
+  EXPECT_TRUE(torch::equal(state.at("model.fc1.weight"), before));
+  expect_matches_manifest(state, "state_dict_expected");
+}
+
+// Deflated records (not what torch.save writes, but a valid archive): copied through LibTorch's
+// reader, the same values, nothing mapped.
+TEST(TorchFile, DeflatedRecordsAreCopied) {
+  const auto state = StateDict::from_torch_file(data_path("io", "state_dict_deflated.pt"));
+  expect_matches_manifest(state, "state_dict_expected");
+  for (const auto& name : state.keys()) EXPECT_FALSE(state.is_mapped(name)) << name;
 }
 
 TEST(TorchFile, ModuleStateDictWithMetadata) {
@@ -318,6 +338,53 @@ TEST(StateDictLoad, LoadingFromAMappedFileReleasesPagesButKeepsValues) {
   io::load_module(*one, state.subset("block.2"), "");
   EXPECT_TRUE(torch::equal(one->weight, before));
   EXPECT_TRUE(torch::equal(state.at("block.2.weight"), before));
+}
+
+// LoadOptions::after_stage: each element of a ModuleList (here two stacks of Tiny, one nested
+// inside a stage) is a stage, called in order once its own tensors are written and before the
+// next stage's; the tensors outside every stage are written after the last stage.
+TEST(StateDictLoad, AfterStageSeesEachStageLoadedInOrder) {
+  struct StackImpl : torch::nn::Module {
+    StackImpl() {
+      layers = register_module("layers", torch::nn::ModuleList());
+      for (int i = 0; i < 3; ++i) layers->push_back(Tiny());
+      head = register_module("head", Tiny());
+    }
+    torch::nn::ModuleList layers{nullptr};
+    Tiny head{nullptr};
+  };
+  auto stack = std::make_shared<StackImpl>();
+  StateDict state;
+  for (const std::string prefix : {"layers.0.", "layers.1.", "layers.2.", "head."}) state.merge(tiny_state(prefix));
+  for (const auto& p : stack->named_parameters()) p.value().detach().fill_(std::numeric_limits<float>::quiet_NaN());
+  std::vector<std::string> seen;
+  io::LoadOptions options;
+  options.after_stage = [&](const std::string& path, torch::nn::Module& stage) {
+    seen.push_back(path);
+    for (const auto& p : stage.named_parameters())
+      EXPECT_TRUE(torch::equal(p.value(), state.at(path + "." + p.key()))) << path << "." << p.key() << " not loaded yet";
+    const int next = static_cast<int>(seen.size());  // the next stage is still unwritten
+    if (next < 3)
+      EXPECT_TRUE(stack->layers[next]->named_parameters()["fc1.weight"].isnan().all().item<bool>()) << path;
+    EXPECT_TRUE(stack->head->fc1->weight.isnan().all().item<bool>()) << "written before the stages: " << path;
+  };
+  EXPECT_TRUE(io::load_module(*stack, state, "", options).ok());
+  EXPECT_EQ(seen, (std::vector<std::string>{"layers.0", "layers.1", "layers.2"}));
+  for (const auto& p : stack->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), state.at(p.key()))) << p.key();
+}
+
+// A failed check calls no stage and writes nothing, with or without after_stage.
+TEST(StateDictLoad, AfterStageIsNotCalledWhenTheCheckFails) {
+  auto list = std::make_shared<torch::nn::Module>();
+  auto layers = list->register_module("layers", torch::nn::ModuleList(Tiny()));
+  StateDict state = tiny_state("layers.0.");
+  state.insert("layers.0.extra", torch::randn({1}), "test");
+  io::LoadOptions options;
+  int calls = 0;
+  options.after_stage = [&](const std::string&, torch::nn::Module&) { ++calls; };
+  expect_error([&] { io::load_module(*list, state, "", options); }, {"unexpected (1)", "layers.0.extra"});
+  EXPECT_EQ(calls, 0);
 }
 
 TEST(StateDictApi, SubsetPrefixAndErrors) {

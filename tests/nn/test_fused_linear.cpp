@@ -189,6 +189,29 @@ TEST(FusedLinear, PartsThatCannotBeFusedAreRefused) {
                {"FusedLinear", "in_features"});
   expect_error([] { FusedLinear f(std::vector<Linear>{Linear(8, 2, true, kF32), Linear(8, 2, false, kF32)}); },
                {"FusedLinear", "bias"});
+  expect_error([] { FusedLinear f(std::vector<Linear>{Linear(8, 2, true, kF32), Linear(8, 2, true, torch::kBFloat16)}); },
+               {"FusedLinear", "dtype"});
+}
+
+// Init::kUninitialised (a model built before its load): the block is allocated, not copied from
+// the parts; the parts view its rows, so writing them (a load) fills the block and the fused
+// forward equals each part's.
+TEST(FusedLinear, UninitialisedBlockIsFilledThroughTheParts) {
+  std::vector<Linear> parts;
+  for (const int64_t rows : {12, 4, 4}) parts.push_back(Linear(16, rows, true, kF32));
+  FusedLinear fused(parts, FusedLinearImpl::Init::kUninitialised);
+  ASSERT_TRUE(fused->fused());
+  const auto values = random_parts(/*bias=*/true);
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < parts.size(); ++i) {
+      parts[i]->weight.copy_(values[i]->weight);
+      parts[i]->bias.copy_(values[i]->bias);
+    }
+  }
+  ASSERT_TRUE(fused->fused());
+  const auto x = torch::randn({5, 16});
+  expect_parts_equal(fused->forward(x), values, x);
 }
 
 }  // namespace

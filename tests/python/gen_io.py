@@ -236,6 +236,12 @@ def main():
     torch.save(state, os.path.join(out, "state_dict.pt"))
     write_expected(os.path.join(out, "state_dict_expected"),
                    OrderedDict((k[len("module."):], v) for k, v in state.items()))
+    # The same archive with its records deflated (torch.save stores them; LibTorch's reader
+    # inflates either): read through the reader's copy instead of the file mapping.
+    with zipfile.ZipFile(os.path.join(out, "state_dict.pt")) as src, \
+            zipfile.ZipFile(os.path.join(out, "state_dict_deflated.pt"), "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info), compress_type=zipfile.ZIP_DEFLATED)
     # A module's own state_dict() (carries `_metadata`), without prefix.
     lin = torch.nn.Linear(3, 2)
     torch.save(lin.state_dict(), os.path.join(out, "linear.pt"))

@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -64,12 +65,22 @@ class StateDict {
   std::map<std::string, Entry> entries_;
 };
 
+// See LoadOptions::after_stage.
+using StageHook = std::function<void(const std::string& path, torch::nn::Module& stage)>;
+
 struct LoadOptions {
   // Keys under the prefix that the module does not have are an error unless they start with one
   // of these (relative to the prefix), e.g. {"attn_pool.", "norm."} for encoder heads never run.
   std::vector<std::string> ignored_prefixes;
   // Drop each source tensor's mapped pages once copied, so a load peaks at about one copy.
   bool release_pages = true;
+  // Called with each stage of the module (an element of a torch::nn::ModuleList anywhere in it:
+  // a transformer block, a decoder layer) once all of the stage's tensors are written, before the
+  // next stage's are read; the tensors outside every stage are written last. path is the stage's
+  // module path ("layers.3"). Policy::load quantizes each layer there, so that a quantized load
+  // never holds every float weight at once (docs/QUANTIZATION.md, Memory). An exception from it
+  // propagates (the module is then partly loaded: the caller discards it).
+  StageHook after_stage;
 };
 
 struct LoadReport {

@@ -10,11 +10,14 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace focusvla::io {
+
+class MappedFile;
 
 // The (name, tensor) entries of the state dict in file order, names as stored. Throws Error
 // naming the file for a file that is not a zip archive, a pickle that is truncated or malformed,
@@ -22,7 +25,13 @@ namespace focusvla::io {
 // for values nested deeper than 100 levels and for self-referencing (cyclic) pickles; and, naming
 // the key too, for a tensor whose size, stride or offset arithmetic overflows int64 or reaches
 // past its storage.
-std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path);
+//
+// Storages that the archive stores uncompressed (torch.save stores every one so) are zero-copy
+// views into the file mapped private (copy-on-write, as safetensors tensors: io/mapped_file.h),
+// so a load holds the file's pages, not a copy of them, and can drop them once copied;
+// `mapping`, when given, receives that mapping. Others are copied out through LibTorch's reader.
+std::vector<std::pair<std::string, torch::Tensor>> read_torch_state_dict(const std::string& path,
+                                                                         std::shared_ptr<MappedFile>* mapping = nullptr);
 
 namespace detail {
 // How many unpickled values are alive in this process; the tests check that a load, failed or

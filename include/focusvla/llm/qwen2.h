@@ -192,9 +192,13 @@ class Qwen2ModelImpl : public torch::nn::Module {
   // Builds a model in `options` (dtype, device) sized from `state` (the embedding table's row
   // count is read from `prefix + ".embed_tokens.weight"`) and loads every tensor under `prefix`
   // name for name (io::load_module: missing, unexpected and mis-shaped keys are reported
-  // together, by name). Weights are converted to the options' dtype.
+  // together, by name). Weights are converted to the options' dtype. `after_stage` runs on each
+  // decoder layer as soon as it is loaded (io::LoadOptions::after_stage).
   static Qwen2Model load(const io::StateDict& state, const io::Qwen2Config& config,
-                         const torch::TensorOptions& options = {}, const std::string& prefix = "language_model.model");
+                         const torch::TensorOptions& options = {}, const std::string& prefix = kCheckpointPrefix,
+                         const io::StageHook& after_stage = {});
+  // Where a VLA-Adapter checkpoint keeps the decoder.
+  static constexpr const char* kCheckpointPrefix = "language_model.model";
 
   const io::Qwen2Config& config() const { return config_; }
   int64_t num_layers() const { return static_cast<int64_t>(layer_list_.size()); }

@@ -26,8 +26,13 @@ namespace focusvla::nn {
 
 class FusedLinearImpl : public torch::nn::Module {
  public:
+  // What the parts hold when the FusedLinear is made: values to keep (kCopy: copied into the fused
+  // block), or nothing yet (kUninitialised: parts just constructed, a load follows; the block is
+  // only allocated, so that building a model does not write, and make resident, memory the load
+  // is about to overwrite).
+  enum class Init { kCopy, kUninitialised };
   // The parts share in_features; all have a bias or none has. Fuses them.
-  explicit FusedLinearImpl(std::vector<Linear> parts);
+  explicit FusedLinearImpl(std::vector<Linear> parts, Init init = Init::kCopy);
 
   // Makes the parts row blocks of one Linear again (a copy; a no-op when they already are) and
   // gives that Linear the parts' mode (when they agree) with the parts viewing its derived rows.
@@ -56,8 +61,9 @@ class FusedLinearImpl : public torch::nn::Module {
  private:
   // Whether the parts' weights and biases are row blocks of linear_'s.
   bool rows_fused() const;
-  // Makes them so (a copy into a new linear_) unless they are.
-  void fuse_weights();
+  // Makes them so (a copy into a new linear_, or with `copy` false a new uninitialised block)
+  // unless they are.
+  void fuse_weights(bool copy = true);
   // Sets `mode` on linear_ (deriving its tensors from the fused weights, once) and shares it.
   void derive(MatmulMode mode);
   // Gives each part its rows of linear_'s derived tensors and linear_'s mode.

@@ -141,11 +141,13 @@ class VisionTowerImpl : public torch::nn::Module {
 
   // Builds the tower a checkpoint holds: VisionTowerConfig::from_vla_config(config).fitted_to(state).
   static VisionTower load(const io::StateDict& state, const io::VlaConfig& config,
-                          const torch::TensorOptions& options = {});
+                          const torch::TensorOptions& options = {}, const io::StageHook& after_stage = {});
   // Builds `config` and loads it name for name. Every missing, unexpected (outside the
   // unused parts of the encoders) or mis-shaped key of every part is reported in one Error.
+  // `after_stage` runs on each encoder block as soon as it is loaded, with its path under the
+  // backbone ("featurizer.blocks.3"; io::LoadOptions::after_stage).
   static VisionTower load(const io::StateDict& state, const VisionTowerConfig& config,
-                          const torch::TensorOptions& options = {});
+                          const torch::TensorOptions& options = {}, const io::StageHook& after_stage = {});
   // What `load` would report, without writing anything.
   io::LoadReport check(const io::StateDict& state) const;
 
@@ -166,12 +168,12 @@ class VisionTower : public torch::nn::ModuleHolder<VisionTowerImpl> {
   using Impl = VisionTowerImpl;
 
   static VisionTower load(const io::StateDict& state, const io::VlaConfig& config,
-                          const torch::TensorOptions& options = {}) {
-    return VisionTowerImpl::load(state, config, options);
+                          const torch::TensorOptions& options = {}, const io::StageHook& after_stage = {}) {
+    return VisionTowerImpl::load(state, config, options, after_stage);
   }
   static VisionTower load(const io::StateDict& state, const VisionTowerConfig& config,
-                          const torch::TensorOptions& options = {}) {
-    return VisionTowerImpl::load(state, config, options);
+                          const torch::TensorOptions& options = {}, const io::StageHook& after_stage = {}) {
+    return VisionTowerImpl::load(state, config, options, after_stage);
   }
 };
 
