@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest serve: tests/python/test_serve.py (pytest) drives `focusvla serve` with openpi's websocket
+# ctest serve_openpi / serve_asan: tests/python/test_serve*.py (pytest) drive `focusvla serve` with openpi's websocket
 # client from PyPI (openpi-client, which needs numpy<2: its own virtual environment .venv-openpi,
 # made by scripts/setup from scripts/requirements-openpi.txt) and checks it against `focusvla act`.
 #   run_serve.sh SOURCE_DIR BUILD_DIR [TEST_DATA]
@@ -22,5 +22,9 @@ export FOCUSVLA_CLI="${FOCUSVLA_CLI:-$build_dir/focusvla}"
 export PYTHONDONTWRITEBYTECODE=1
 cd "$build_dir"
 # The tests bound every wait themselves; the outer limit only guards against the unforeseen.
-exec timeout -k 10 840 "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs \
-  "$source_dir/tests/python/test_serve.py" "$source_dir/tests/python/test_serve_limits.py" "${@:4}"
+# FOCUSVLA_SERVE_TESTS: the pytest node ids to run, relative to tests/python (default: all three files).
+tests=()
+for t in ${FOCUSVLA_SERVE_TESTS:-test_serve.py test_serve_limits.py test_serve_stress.py}; do
+  tests+=("$source_dir/tests/python/$t")
+done
+exec timeout -k 10 840 "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs "${tests[@]}" "${@:4}"

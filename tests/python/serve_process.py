@@ -26,6 +26,7 @@ FOCUS = DATA / "focus_f32"  # FocusVLA head, 2 cameras, proprio 8, fp32
 PRO_1CAM = DATA / "pro_f32_1cam"  # VLA-Adapter-Pro head, 1 camera, no proprio projector
 HOST = "127.0.0.1"
 LISTEN_TIMEOUT_S = 60
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:", "WARNING: ThreadSanitizer")
 WATCHDOG_S = 420  # a server older than this is killed: anything blocked on it then fails, never hangs
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +104,14 @@ class Server:
         self.watchdog.cancel()
         self.kill()
 
+    def sanitizer_reports(self):
+        """Lines where AddressSanitizer, UBSan or LeakSanitizer reported (the serve_asan build)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if any(mark in line for mark in SANITIZER_MARKS)]
+
 
 @pytest.fixture
 def serve(tmp_path):
@@ -123,6 +132,8 @@ def serve(tmp_path):
     yield start
     for server in servers:
         server.close()
+    reports = [f"{server.log_path.name}: {line}" for server in servers for line in server.sanitizer_reports()]
+    assert not reports, "sanitizer reports:\n" + "\n".join(reports[:20])
 
 
 def openpi_client(server, **kwargs):
