@@ -12,6 +12,8 @@
 
 #include <cstring>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -73,12 +75,25 @@ rt::InferFn python_infer(nb::handle callable) {
   };
 }
 
+// Every open executor, so that interpreter exit can close them first (close_all_executors).
+struct PyExecutor;
+std::mutex live_mutex;
+std::set<PyExecutor*> live_executors;
+
 // The Python object: closing (and destruction) releases the GIL, which a worker running a Python
 // policy needs to finish.
 struct PyExecutor {
   std::unique_ptr<rt::ChunkExecutor> executor;
 
-  ~PyExecutor() { close(); }
+  explicit PyExecutor(std::unique_ptr<rt::ChunkExecutor> e) : executor(std::move(e)) {
+    std::lock_guard<std::mutex> lock(live_mutex);
+    live_executors.insert(this);
+  }
+  ~PyExecutor() {
+    close();
+    std::lock_guard<std::mutex> lock(live_mutex);
+    live_executors.erase(this);
+  }
   void close() {
     if (!executor) return;
     nb::gil_scoped_release release;
@@ -144,7 +159,25 @@ nb::dict options_dict(const rt::ExecutorOptions& o) {
 
 }  // namespace
 
+// Closes every open executor (atexit, registered below). An executor left open at interpreter exit
+// may have its worker inside a Python policy: once finalization starts, that thread is ended when
+// it next takes the GIL (pthread_exit, unwinding through the policy call) and the process aborts.
+// atexit callbacks run before finalization, with the interpreter whole: each close() waits, GIL
+// released, for the call in flight to return.
+void close_all_executors() {
+  std::vector<nb::object> open;  // references: none is destroyed while another one closes
+  {
+    std::lock_guard<std::mutex> lock(live_mutex);  // the GIL is held and not released under it
+    for (PyExecutor* e : live_executors)
+      if (nb::object o = nb::find(e); o.is_valid()) open.push_back(std::move(o));
+  }
+  for (const nb::object& o : open) nb::inst_ptr<PyExecutor>(o)->close();
+}
+
 void bind_executor(nb::module_& m) {
+  m.def("_close_all_executors", &close_all_executors,
+        "Closes every open ChunkExecutor (registered with atexit by the module).");
+  nb::module_::import_("atexit").attr("register")(m.attr("_close_all_executors"));
   nb::class_<rt::SimulatedClock>(m, "SimulatedClock")
       .def(nb::init<double>(), "start"_a = 0.0)
       .def("now", &rt::SimulatedClock::now)
@@ -175,7 +208,7 @@ void bind_executor(nb::module_& m) {
             } else {
               throw nb::type_error(("policy: expected a focusvla.Policy or a callable, got " + py_type_name(policy)).c_str());
             }
-            new (self) PyExecutor{std::make_unique<rt::ChunkExecutor>(std::move(infer), o)};
+            new (self) PyExecutor(std::make_unique<rt::ChunkExecutor>(std::move(infer), o));
           },
           "policy"_a, "mode"_a = "async", "hz"_a = 20.0, "execute_steps"_a = 0, "threshold"_a = 4,
           "aggregate"_a = "replace", "new_weight"_a = 0.7, "ensemble_m"_a = 0.01, "clock"_a.none() = nb::none(),
