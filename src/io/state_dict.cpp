@@ -279,24 +279,21 @@ LoadReport load_module(torch::nn::Module& module, const StateDict& state, const 
                 ":" + report.describe());
   torch::NoGradGuard no_grad;
   const StateDict scoped = prefix.empty() ? state : state.subset(prefix);
+  std::set<std::string> written;  // a stage's tensors, written before the rest
   auto copy = [&](const std::string& name, torch::Tensor& target) {
+    if (!written.insert(name).second) return;
     target.copy_(scoped.at(name));
     if (options.release_pages) scoped.release_pages(name);
   };
-  std::set<std::string> written;
   if (options.after_stage) {
     for (auto& [path, stage] : stages_of(module)) {
       for (auto& p : stage->named_parameters()) copy(path + "." + p.key(), p.value());
       for (auto& b : stage->named_buffers()) copy(path + "." + b.key(), b.value());
-      for (const auto& name : stage->named_parameters().keys()) written.insert(path + "." + name);
-      for (const auto& name : stage->named_buffers().keys()) written.insert(path + "." + name);
       options.after_stage(path, *stage);
     }
   }
-  for (auto& p : module.named_parameters())
-    if (written.count(p.key()) == 0) copy(p.key(), p.value());
-  for (auto& b : module.named_buffers())
-    if (written.count(b.key()) == 0) copy(b.key(), b.value());
+  for (auto& p : module.named_parameters()) copy(p.key(), p.value());
+  for (auto& b : module.named_buffers()) copy(b.key(), b.value());
   return report;
 }
 
