@@ -5,15 +5,26 @@ install(TARGETS focusvla EXPORT focusvlaTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-# The C ABI (focusvla/focusvla.h) is in the library and installed with it. The server's headers
-# are not: its library (focusvla_serve, Boost + msgpack-cxx) is not installed.
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-  PATTERN serve EXCLUDE)
+# The C ABI (focusvla/focusvla.h) is in the library and installed with it. The server's library
+# and headers (focusvla::serve) are installed where the server is built.
+if(TARGET focusvla_serve)
+  install(TARGETS focusvla_serve EXPORT focusvlaTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+    LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+else()
+  install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+    PATTERN serve EXCLUDE)
+endif()
 if(TARGET focusvla_cli)
   install(TARGETS focusvla_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
 install(EXPORT focusvlaTargets NAMESPACE focusvla::
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)
+if(TARGET focusvla_serve)
+  set(FOCUSVLA_HAVE_SERVE ON)
+else()
+  set(FOCUSVLA_HAVE_SERVE OFF)
+endif()
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/focusvlaConfig.cmake.in
   ${PROJECT_BINARY_DIR}/focusvlaConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)

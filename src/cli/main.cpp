@@ -220,14 +220,9 @@ void run_act(ActArgs a) {
       std::vector<double> row(chunk.actions.row(r).data(), chunk.actions.row(r).data() + chunk.actions.cols());
       j["actions"].push_back(row);
     }
-    j["timing_ms"] = {{"load", load_ms},
-                      {"preprocess", chunk.timing.preprocess_ms},
-                      {"vision", chunk.timing.vision_ms},
-                      {"projector", chunk.timing.projector_ms},
-                      {"llm", chunk.timing.llm_ms},
-                      {"head", chunk.timing.head_ms},
-                      {"device", chunk.timing.device_ms},
-                      {"total", chunk.timing.total_ms}};
+    j["load_ms"] = load_ms;
+    for (const auto& [name, value] : focusvla::timing_fields(chunk.timing)) j["timing"][name] = value;
+    j["timing"]["cuda_graph"] = chunk.timing.cuda_graph;
     j["repeat"] = {{"calls", a.repeat},
                    {"total_ms", {{"min", quantile(totals, 0)}, {"p50", quantile(totals, 0.5)}, {"p99", quantile(totals, 0.99)}}}};
     j["execution"] = policy.last_execution();

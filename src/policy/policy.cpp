@@ -522,33 +522,6 @@ const std::string& Policy::unnorm_key() const { return impl_->unnorm_key; }
 const PolicyOptions& Policy::options() const { return impl_->options; }
 const PolicySettings& Policy::settings() const { return impl_->settings; }
 
-std::string dtype_name(torch::ScalarType dtype) {
-  switch (dtype) {
-    case torch::kFloat32: return "float32";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    default: return c10::toString(dtype);
-  }
-}
-nlohmann::json settings_json(const PolicySettings& s) {
-  return {{"head", s.head},
-          {"prompt_format", s.prompt_format},
-          {"prompt_format_source", s.prompt_format_source},
-          {"center_crop", s.center_crop},
-          {"jpeg_roundtrip", s.jpeg_roundtrip},
-          {"dtype", dtype_name(s.dtype)},
-          {"dtype_source", s.dtype_source},
-          {"device", s.device.str()},
-          {"matmul", s.matmul},
-          {"unnorm_key", s.unnorm_key},
-          {"normalization", s.normalization},
-          {"cameras", s.cameras},
-          {"proprio_dim", s.proprio_dim},
-          {"quantize", s.quantize},
-          {"quantized_layers", s.quantized_layers},
-          {"quantize_detail", s.quantize_detail}};
-}
-
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
 void Policy::validate(const Observation& observation) const { impl_->validate({observation}); }
 

@@ -104,13 +104,7 @@ nb::object py_json(const nlohmann::json& j) {
 
 nb::dict timing_dict(const focusvla::StageTiming& t) {
   nb::dict d;
-  d["preprocess_ms"] = t.preprocess_ms;
-  d["vision_ms"] = t.vision_ms;
-  d["projector_ms"] = t.projector_ms;
-  d["llm_ms"] = t.llm_ms;
-  d["head_ms"] = t.head_ms;
-  d["total_ms"] = t.total_ms;
-  d["device_ms"] = t.device_ms;
+  for (const auto& [name, value] : focusvla::timing_fields(t)) d[name.c_str()] = value;
   d["cuda_graph"] = t.cuda_graph;
   return d;
 }

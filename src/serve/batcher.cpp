@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <optional>
 #include <utility>
 
 #include "focusvla/core/error.h"
@@ -101,40 +102,44 @@ size_t Batcher::pending() const {
 // Waits for a first request, then until max_batch are queued or max_wait has passed since the
 // first arrived (at once when it has already waited that long, e.g. behind a running batch).
 // Empty only when stopping with nothing queued.
-std::vector<Batcher::Request> Batcher::next_batch() {
+Batcher::Batch Batcher::next_batch() {
   std::unique_lock<std::mutex> lock(mutex_);
   wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
   if (queue_.empty()) return {};
   const auto deadline = queue_.front().submitted + options_.max_wait;
   const auto max_batch = static_cast<size_t>(options_.max_batch);
-  const auto full = [&] {
-    if (queue_.size() >= max_batch) return true;
-    return options_.peers && queue_.size() >= options_.peers();
+  const auto why_now = [&]() -> std::optional<BatchStart> {
+    if (queue_.size() >= max_batch) return BatchStart::kFull;
+    if (options_.peers && queue_.size() >= options_.peers()) return BatchStart::kNoPeers;
+    if (stopping_) return BatchStart::kStopping;
+    return std::nullopt;
   };
-  wake_.wait_until(lock, deadline, [&] { return stopping_ || full(); });
+  std::optional<BatchStart> why;
+  wake_.wait_until(lock, deadline, [&] { return (why = why_now()).has_value(); });
+  Batch batch;
+  batch.started_by = why.value_or(BatchStart::kWaited);
   const size_t take = std::min(queue_.size(), max_batch);
-  std::vector<Request> batch;
-  batch.reserve(take);
+  batch.requests.reserve(take);
   for (size_t i = 0; i < take; ++i) {
-    batch.push_back(std::move(queue_.front()));
+    batch.requests.push_back(std::move(queue_.front()));
     queue_.pop_front();
   }
-  running_ = batch.size();
+  running_ = take;
   return batch;
 }
 
 void Batcher::loop() {
   for (;;) {
-    std::vector<Request> batch = next_batch();
-    if (batch.empty()) return;
-    batch = drop_cancelled(std::move(batch));
-    if (!batch.empty()) run_batch(batch);
+    Batch batch = next_batch();
+    if (batch.requests.empty()) return;
+    batch.requests = drop_cancelled(std::move(batch.requests));
+    if (!batch.requests.empty()) run_batch(batch.requests, batch.started_by);
     std::lock_guard<std::mutex> lock(mutex_);
     running_ = 0;
   }
 }
 
-void Batcher::run_batch(std::vector<Request>& batch) {
+void Batcher::run_batch(std::vector<Request>& batch, BatchStart started_by) {
   const auto start = Clock::now();
   std::vector<Observation> observations;
   observations.reserve(batch.size());
@@ -157,6 +162,7 @@ void Batcher::run_batch(std::vector<Request>& batch) {
       result.batch_size = static_cast<int>(batch.size());
       result.queue_ms = ms_between(batch[i].submitted, start);
       result.infer_ms = infer_ms;
+      result.started_by = started_by;
       deliver(batch[i].done, std::move(result));
     }
     return;
@@ -167,6 +173,7 @@ void Batcher::run_batch(std::vector<Request>& batch) {
     result.batch_size = 1;
     result.queue_ms = ms_between(batch[0].submitted, start);
     result.infer_ms = infer_ms;
+    result.started_by = started_by;
     deliver(batch[0].done, std::move(result));
     return;
   }
@@ -177,7 +184,7 @@ void Batcher::run_batch(std::vector<Request>& batch) {
     one.push_back(std::move(batch[i]));
     one[0].observation = std::move(observations[i]);
     one = drop_cancelled(std::move(one));
-    if (!one.empty()) run_batch(one);
+    if (!one.empty()) run_batch(one, started_by);
   }
 }
 

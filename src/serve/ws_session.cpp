@@ -165,13 +165,12 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     if (!result.chunk) return reply_error("policy: " + result.error);
     std::string frame;
     try {
-      const StageTiming& t = result.chunk->timing;
       std::vector<std::pair<std::string, double>> timing = {
-          {"infer_ms", result.infer_ms},      {"queue_ms", result.queue_ms},
-          {"decode_ms", decode_ms},           {"batch_size", static_cast<double>(result.batch_size)},
-          {"preprocess_ms", t.preprocess_ms}, {"vision_ms", t.vision_ms},
-          {"projector_ms", t.projector_ms},   {"llm_ms", t.llm_ms},
-          {"head_ms", t.head_ms}};
+          {"infer_ms", result.infer_ms},
+          {"queue_ms", result.queue_ms},
+          {"decode_ms", decode_ms},
+          {"batch_size", static_cast<double>(result.batch_size)}};
+      for (auto& field : timing_fields(result.chunk->timing)) timing.push_back(std::move(field));
       if (prev_total_ms_) timing.emplace_back("prev_total_ms", *prev_total_ms_);
       frame = encode_reply(result.chunk->actions, timing);
     } catch (const std::exception& e) {

@@ -12,7 +12,13 @@ cmake -S "$src/tests/cmake/consumer" -B "$work/find" -G Ninja -DCMAKE_BUILD_TYPE
 cmake --build "$work/find" >/dev/null
 "$work/find/consumer" "$config"
 "$work/find/consumer_c"
-test ! -e "$work/prefix/include/focusvla/serve" || { echo "serve headers installed without the server library" >&2; exit 1; }
+# focusvla::serve: installed with its headers exactly when the build has the server.
+if [ -e "$build/libfocusvla_serve.a" ]; then
+  test -e "$work/prefix/include/focusvla/serve/server.h" || { echo "the server library was installed without its headers" >&2; exit 1; }
+  "$work/find/consumer_serve"
+else
+  test ! -e "$work/prefix/include/focusvla/serve" || { echo "serve headers installed without the server library" >&2; exit 1; }
+fi
 cmake -S "$src/tests/cmake/consumer" -B "$work/subdir" -G Ninja -DFOCUSVLA_SOURCE_DIR="$src" \
   -DTorch_DIR="$torch_dir" >/dev/null
 grep -q "focusvla" "$work/subdir/build.ninja"

@@ -66,6 +66,9 @@ def check_defaults(cli, data, tensors, name):
     j = json.loads(out.stdout)
     err = relative_error(j["actions"], tensors[obs["key"] + ".actions"])
     check(err <= 1e-4, f"{name}: default settings vs the reference's LIBERO evaluation: relative error {err:.2e}")
+    stages = ["preprocess_ms", "vision_ms", "projector_ms", "llm_ms", "head_ms", "device_ms", "total_ms"]
+    check(set(j["timing"]) == set(stages + ["cuda_graph"]) and j["timing"]["total_ms"] > 0 and j["load_ms"] > 0,
+          f"{name}: --json names the stage times as every front end does (timing_fields): {j['timing']}")
     s = j["settings"]
     check(s["prompt_format"] == "qwen-chat" and "qwen25" in s["prompt_format_source"],
           f"{name}: settings name the prompt format and why: {s['prompt_format']} ({s['prompt_format_source']})")

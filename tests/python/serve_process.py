@@ -21,6 +21,8 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from serve_common import UNNORM, die_with_parent
 
 CLI = os.environ.get("FOCUSVLA_CLI", str(Path(__file__).resolve().parents[2] / "build" / "focusvla"))
+# The oracle's `focusvla act` (the release tool when CLI is a sanitized server build).
+ACT_CLI = os.environ.get("FOCUSVLA_ACT_CLI", CLI)
 DATA = Path(os.environ.get("FOCUSVLA_TEST_DATA", Path(CLI).parent / "test_data")) / "policy"
 FOCUS = DATA / "focus_f32"  # FocusVLA head, 2 cameras, proprio 8, fp32
 PRO_1CAM = DATA / "pro_f32_1cam"  # VLA-Adapter-Pro head, 1 camera, no proprio projector

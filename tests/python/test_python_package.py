@@ -122,6 +122,9 @@ def test_properties_prompt_and_info(focus, cases, tensors):
     actions, info = focus.act(images, instruction, proprio, return_info=True)
     assert relative_error(actions, tensors[o["key"] + ".actions"]) <= TOLERANCE
     assert set(info) >= {"timing", "normalized", "settings", "kept_indices", "gates"}
+    # The stage times under the names and in the order of every front end (timing_fields in policy.h).
+    assert list(info["timing"]) == ["preprocess_ms", "vision_ms", "projector_ms", "llm_ms", "head_ms", "device_ms",
+                                    "total_ms", "cuda_graph"], list(info["timing"])
     assert info["timing"]["total_ms"] > 0 and info["timing"]["cuda_graph"] is False
     assert info["normalized"].shape == (8, 7)
     assert info["settings"] == s

@@ -441,8 +441,11 @@ def test_metadata_health_and_errors(setup):
             reply = unpackb(reply)
             assert relative_error(reply["actions"], expected[3]) <= BATCHED_TOLERANCE
         assert set(reply) == {"actions", "server_timing", "replica"}, reply.keys()
-        for key in ("infer_ms", "queue_ms", "decode_ms", "batch_size", "preprocess_ms", "vision_ms", "projector_ms",
-                    "llm_ms", "head_ms", "prev_total_ms"):
+        # Named and ordered as `focusvla serve` names them (test_serve.py's TIMING_KEYS).
+        keys = ["infer_ms", "queue_ms", "decode_ms", "batch_size", "preprocess_ms", "vision_ms", "projector_ms",
+                "llm_ms", "head_ms", "device_ms", "total_ms", "prev_total_ms"]
+        assert list(reply["server_timing"]) == keys, list(reply["server_timing"])
+        for key in keys:
             assert isinstance(reply["server_timing"][key], float), (key, reply["server_timing"])
     status, body = cluster.http("/stats")
     stats = json.loads(body)

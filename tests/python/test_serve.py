@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import (IMAGE_KEYS, TASKS, UNNORM, relative_error,  # noqa: E402
                           smooth_image)
 from serve_common import act_cli as _act_cli  # noqa: E402
-from serve_process import (CLI, FOCUS, HOST, PRO_1CAM, RawSocketClient, close_quietly,  # noqa: E402,F401
+from serve_process import (ACT_CLI, CLI, FOCUS, HOST, PRO_1CAM, RawSocketClient, close_quietly,  # noqa: E402,F401
                            openpi_client, raw_connect, serve)
 
 
@@ -82,7 +82,7 @@ def libero_observation(rng, task):
 
 
 def act_cli(workdir, checkpoint, images, prompt, state):
-    return _act_cli(CLI, workdir, checkpoint, images, prompt, state)
+    return _act_cli(ACT_CLI, workdir, checkpoint, images, prompt, state)
 
 
 @pytest.fixture(scope="session")  # shared with test_serve_limits.py
@@ -115,8 +115,9 @@ def observations(tmp_path_factory):
 # 1. One client
 
 
+# The server's own fields, then the policy's stage times (timing_fields in policy.h), in order.
 TIMING_KEYS = ["infer_ms", "queue_ms", "decode_ms", "batch_size", "preprocess_ms", "vision_ms", "projector_ms",
-               "llm_ms", "head_ms"]
+               "llm_ms", "head_ms", "device_ms", "total_ms"]
 
 
 def check_reply(reply, first):
@@ -124,6 +125,7 @@ def check_reply(reply, first):
     actions = reply["actions"]
     assert isinstance(actions, np.ndarray) and actions.dtype == np.float64 and actions.shape == (8, 7)
     timing = reply["server_timing"]
+    assert list(timing)[:len(TIMING_KEYS)] == TIMING_KEYS, list(timing)
     for key in TIMING_KEYS:
         assert key in timing, f"server_timing lacks {key}: {timing}"
         assert math.isfinite(timing[key]) and timing[key] >= 0, f"server_timing {key} = {timing[key]}"
@@ -425,31 +427,33 @@ def test_bad_input_keeps_serving(serve, observations):
         RawSocketClient(server.port).close()
 
     # A client that pipelines 30 requests, then pings (each owed a pong), and never reads: small
-    # socket buffers, so the server's writes to it back up. The good clients keep their normal latency.
+    # socket buffers, so the server's writes to it back up. Checked by order, not by latency (a
+    # loaded machine may be slow, never out of order): the server stops reading the stalled client
+    # (its sender blocks), and while it stays blocked the good clients get 10 more replies.
     stalled = RawSocketClient(server.port, rcvbuf=4096)
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     stalled.sock.settimeout(60)
     small = dict(good, **{k: good[k][::8, ::8].copy() for k in IMAGE_KEYS})  # 28 x 28: cheap frames
     stalled_sender = StalledSender(stalled, [RawSocketClient.frame(pack(small))] * 30)
-    stall_start = time.monotonic()
     blocked = stalled_sender.wait_blocked(timeout=30)
-    background.wait_for(background.count() + 10)
-    stall_latencies = [dt for t0, dt in background.latencies if t0 >= stall_start]
+    assert blocked, (f"the server kept reading a client that never reads ({stalled_sender.sent / 1e6:.1f} MB "
+                     "taken): its replies and pongs pile up without bound")
+    sent_when_blocked, served_before = stalled_sender.sent, background.count()
+    background.wait_for(served_before + 10)
+    assert stalled_sender.sent == sent_when_blocked and stalled_sender.thread.is_alive(), \
+        "the stalled client was read again before the others were served"
+    stall_latencies = [dt for _, dt in background.latencies[served_before:]]
     with contextlib.suppress(OSError):
         stalled.sock.shutdown(socket.SHUT_RDWR)  # wakes the sender
     stalled.close()
     stalled_sender.thread.join(timeout=15)
     assert not stalled_sender.thread.is_alive()
-    print(f"stalled client: sent {stalled_sender.sent / 1e6:.1f} MB, "
-          f"{'then the server stopped reading it' if blocked else 'never blocked'}; good clients: baseline p50 "
-          f"{1e3 * baseline_p50:.1f} ms; meanwhile {len(stall_latencies)} requests, p50 "
+    print(f"stalled client: sent {stalled_sender.sent / 1e6:.1f} MB, then the server stopped reading it; good "
+          f"clients: baseline p50 {1e3 * baseline_p50:.1f} ms; meanwhile {len(stall_latencies)} requests, p50 "
           f"{1e3 * np.median(stall_latencies):.1f} ms, max {1e3 * max(stall_latencies):.1f} ms")
-    assert max(stall_latencies) < max(1.0, 10 * baseline_p50), "a client that stopped reading delayed the others"
 
     background.wait_for(background.count() + 10)
-    background.finish()
-    all_latencies = [dt for _, dt in background.latencies]
-    assert max(all_latencies) < 5.0, f"a good request took {max(all_latencies):.1f} s"
+    background.finish()  # every good request answered (each within its 30 s receive limit), none wrong
 
     # Still alive, healthy, and it said so in its log.
     assert server.alive(), server.log_tail()

@@ -77,8 +77,35 @@ TEST(Batcher, ConcurrentRequestsGetTheirOwnResults) {
     largest = std::max(largest, n);
   }
   EXPECT_EQ(total, static_cast<size_t>(kThreads * kEach));  // none lost, none run twice
-  EXPECT_LE(largest, 4u);
-  EXPECT_EQ(largest, 4u) << "12 threads each waiting on one request never filled a batch of 4";
+  EXPECT_LE(largest, 4u);  // that batches fill: AFullQueueLeavesAtOnceAsOneBatch, without timing
+}
+
+// Deterministic, with no timing: the first batch holds the worker until four more requests are
+// queued, so the next batch must take exactly max_batch of them at once, started by "full".
+TEST(Batcher, AFullQueueLeavesAtOnceAsOneBatch) {
+  FakePolicy policy;
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  const auto inner = policy.runner();
+  Batcher batcher([&](const std::vector<Observation>& batch) {
+    if (batch.front().instruction == "0") released.wait();
+    return inner(batch);
+  }, BatcherOptions{4, std::chrono::seconds(3600)});
+  std::vector<std::promise<BatchResult>> promises(6);
+  const auto submit = [&](int i) {
+    batcher.submit(numbered(i), [&promises, i](BatchResult r) { promises[i].set_value(std::move(r)); });
+  };
+  for (int i = 0; i <= 5; ++i) submit(i);  // 0 waits (an hour) for a full batch: 0..3 leave together
+  release.set_value();
+  const BatchResult first = promises[0].get_future().get();
+  EXPECT_EQ(first.batch_size, 4);  // 0..3 left together when 3 was queued: full
+  EXPECT_EQ(first.started_by, BatchStart::kFull);
+  for (int i = 1; i <= 3; ++i) EXPECT_EQ(promises[i].get_future().get().batch_size, 4);
+  batcher.stop();  // 4 and 5 were queued behind: stop() runs them without waiting the hour
+  const BatchResult rest = promises[4].get_future().get();
+  EXPECT_EQ(rest.batch_size, 2);
+  EXPECT_EQ(rest.started_by, BatchStart::kStopping);
+  ASSERT_TRUE(promises[5].get_future().get().chunk);
 }
 
 TEST(Batcher, MaxBatchOneRunsEachAlone) {
@@ -108,16 +135,17 @@ TEST(Batcher, ALoneRequestWaitsMaxWaitUnlessNoPeerCanJoin) {
     batcher.submit(numbered(1), [&p](BatchResult r) { p.set_value(std::move(r)); });
     const BatchResult r = p.get_future().get();
     EXPECT_GE(r.queue_ms, 59.0);  // a lower bound: the wait cannot end before its deadline
+    EXPECT_EQ(r.started_by, BatchStart::kWaited);
   }
   {
-    // The only connection's request is the only one that can come: no wait at all. (A bound of
-    // half the 10 s max_wait: only a stalled machine could break it.)
-    BatcherOptions options{8, std::chrono::seconds(10), [] { return size_t{1}; }};
+    // The only connection's request is the only one that can come: it leaves because no peer can
+    // join (had it waited, it would be an hour and say kWaited).
+    BatcherOptions options{8, std::chrono::seconds(3600), [] { return size_t{1}; }};
     Batcher batcher(policy.runner(), options);
     std::promise<BatchResult> p;
     batcher.submit(numbered(2), [&p](BatchResult r) { p.set_value(std::move(r)); });
     const BatchResult r = p.get_future().get();
-    EXPECT_LT(r.queue_ms, 5000.0);
+    EXPECT_EQ(r.started_by, BatchStart::kNoPeers);
     ASSERT_TRUE(r.chunk);
   }
 }

@@ -154,6 +154,12 @@ struct StageTiming {
   bool cuda_graph = false;  // this call replayed a CUDA graph
 };
 
+// A call's stage times under the names every front end reports them by, in this order:
+// preprocess_ms, vision_ms, projector_ms, llm_ms, head_ms, device_ms, total_ms (NaN where a CUDA
+// graph replay has no stage boundaries). `focusvla act --json` ("timing"), the server's
+// "server_timing", Python's info["timing"] and the Ray app's replies are these (docs/OPTIONS.md).
+std::vector<std::pair<std::string, double>> timing_fields(const StageTiming& timing);
+
 struct ActionChunk {
   using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Matrix actions;     // chunk x action_dim, un-normalized

@@ -34,6 +34,14 @@ struct BatcherOptions {
   std::function<size_t()> peers;
 };
 
+// Why a batch left the queue when it did.
+enum class BatchStart {
+  kFull,      // max_batch requests were queued
+  kNoPeers,   // every possible requester (BatcherOptions::peers) had one queued
+  kWaited,    // max_wait passed since the first of them arrived
+  kStopping,  // stop() runs what is queued
+};
+
 // What a request's callback receives.
 struct BatchResult {
   std::optional<ActionChunk> chunk;  // set on success
@@ -41,6 +49,7 @@ struct BatchResult {
   int batch_size = 0;                // observations in the forward that ran it
   double queue_ms = 0;               // submit -> its batch started
   double infer_ms = 0;               // the batch's forward (wall time)
+  BatchStart started_by = BatchStart::kWaited;
 };
 
 class Batcher {
@@ -79,9 +88,14 @@ class Batcher {
     Clock::time_point submitted;
   };
 
+  struct Batch {
+    std::vector<Request> requests;
+    BatchStart started_by = BatchStart::kWaited;
+  };
+
   void loop();
-  std::vector<Request> next_batch();
-  void run_batch(std::vector<Request>& batch);
+  Batch next_batch();
+  void run_batch(std::vector<Request>& batch, BatchStart started_by);
   std::vector<Request> drop_cancelled(std::vector<Request> batch);
 
   RunBatch run_;

@@ -245,9 +245,12 @@ class FocusVLAIngress:
             timing["decode_ms"] = decode_ms
             if prev_total_ms is not None:
                 timing["prev_total_ms"] = prev_total_ms
-            order = ["infer_ms", "queue_ms", "decode_ms", "batch_size", "preprocess_ms", "vision_ms", "projector_ms",
-                     "llm_ms", "head_ms", "prev_total_ms"]
-            timing = {k: timing[k] for k in order if k in timing}
+            # As `focusvla serve` orders server_timing: its own fields, the policy's stages, then
+            # the previous reply's total.
+            first = ["infer_ms", "queue_ms", "decode_ms", "batch_size"]
+            timing = {k: timing[k] for k in first + [k for k in timing if k not in first]}
+            if "prev_total_ms" in timing:
+                timing["prev_total_ms"] = timing.pop("prev_total_ms")
             try:
                 await ws.send_bytes(encode_reply(result["actions"], timing, result["replica"]))
             except Exception:  # noqa: BLE001 - the client went away

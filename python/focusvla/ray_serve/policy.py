@@ -79,9 +79,8 @@ class FocusVLAPolicy:
                 out.append({"error": f"policy: {r}", "replica": self.replica})
                 continue
             actions, info = r
-            t = info["timing"]
-            out.append({"actions": actions, "replica": self.replica, "timing": {
-                "infer_ms": infer_ms, "batch_size": float(len(observations)),
-                "preprocess_ms": t["preprocess_ms"], "vision_ms": t["vision_ms"],
-                "projector_ms": t["projector_ms"], "llm_ms": t["llm_ms"], "head_ms": t["head_ms"]}})
+            # The policy's stage times as the library names them (timing_fields in policy.h).
+            stages = {k: v for k, v in info["timing"].items() if k.endswith("_ms")}
+            out.append({"actions": actions, "replica": self.replica,
+                        "timing": {"infer_ms": infer_ms, "batch_size": float(len(observations)), **stages}})
         return out
