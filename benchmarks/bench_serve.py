@@ -9,7 +9,11 @@ the same run (the cost of one forward without a server). Run it through scripts/
 Each robot is a thread with its own WebsocketClientPolicy sending LIBERO-shaped observations
 (two 224 x 224 uint8 cameras, an 8-dim state, a prompt) back to back, as openpi's LIBERO example
 does; the first request of each robot is a warm-up and not timed. Latency is the client's wall
-time of infer(); actions/s counts 8 actions per reply over the wall time of the timed phase.
+time of infer(); actions/s counts 8 actions per reply over the wall time of the timed phase;
+added latency is each request's latency minus its batch's forward (server_timing infer_ms):
+decoding, queueing and batch wait, encoding and the transport, the server's own cost per request.
+On the tiny test checkpoint (`--checkpoint build/test_data/policy/focus_f32 --clients 1,16,64`)
+the forward is ~milliseconds, so replies/s and the added latency are the server's overhead.
 """
 import argparse
 import json
@@ -60,6 +64,7 @@ def run_clients(port, clients, requests, seed):
     for policy, obs in zip(policies, observations):  # warm-up (first shapes, first batch)
         policy.infer(obs)
     latencies = [[] for _ in range(clients)]
+    added = [[] for _ in range(clients)]  # latency minus the batch's forward (server_timing infer_ms)
     errors = []
     barrier = threading.Barrier(clients + 1)
 
@@ -70,6 +75,7 @@ def run_clients(port, clients, requests, seed):
                 start = time.perf_counter()
                 reply = policies[k].infer(observations[k])
                 latencies[k].append((time.perf_counter() - start) * 1000)
+                added[k].append(latencies[k][-1] - reply["server_timing"]["infer_ms"])
                 assert reply["actions"].shape == (8, 7)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
@@ -89,9 +95,11 @@ def run_clients(port, clients, requests, seed):
     if errors:
         sys.exit(f"bench_serve: client errors: {errors[:3]}")
     flat = np.array([x for per in latencies for x in per])
+    extra = np.array([x for per in added for x in per])
     batches = after["batches"] - before["batches"]
     return {"clients": clients, "requests": int(flat.size), "wall_s": wall,
             "p50_ms": float(np.percentile(flat, 50)), "p99_ms": float(np.percentile(flat, 99)),
+            "added_p50_ms": float(np.percentile(extra, 50)), "added_p99_ms": float(np.percentile(extra, 99)),
             "actions_per_s": flat.size * 8 / wall, "replies_per_s": flat.size / wall,
             "mean_batch": (after["replies"] - before["replies"]) / batches if batches else float("nan")}
 
@@ -143,16 +151,17 @@ def main():
                 r["batching"] = f"on (max {max_batch})" if max_batch > 1 else "off"
                 rows.append(r)
                 print(f"  {clients:>2} robots, batching {r['batching']:<10}: p50 {r['p50_ms']:8.1f} ms  "
-                      f"p99 {r['p99_ms']:8.1f} ms  {r['actions_per_s']:7.1f} actions/s  mean batch "
+                      f"p99 {r['p99_ms']:8.1f} ms  added p50 {r['added_p50_ms']:7.1f} p99 {r['added_p99_ms']:7.1f} ms  "
+                      f"{r['replies_per_s']:7.1f} replies/s  {r['actions_per_s']:7.1f} actions/s  mean batch "
                       f"{r['mean_batch']:.2f}  ({r['requests']} requests, {r['wall_s']:.1f} s)", flush=True)
         finally:
             proc.terminate()
             proc.wait(60)
-    print("\n| robots | batching | p50 ms | p99 ms | actions/s | mean batch |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("\n| robots | batching | p50 ms | p99 ms | added p50 ms | added p99 ms | replies/s | actions/s | mean batch |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['clients']} | {r['batching']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-              f"{r['actions_per_s']:.1f} | {r['mean_batch']:.2f} |")
+        print(f"| {r['clients']} | {r['batching']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['added_p50_ms']:.1f} | "
+              f"{r['added_p99_ms']:.1f} | {r['replies_per_s']:.1f} | {r['actions_per_s']:.1f} | {r['mean_batch']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"act_ms": act, "rows": rows, "device": args.device, "checkpoint": args.checkpoint}, f, indent=1)

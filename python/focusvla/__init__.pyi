@@ -95,10 +95,13 @@ class Policy:
         proprio of the wrong length or with NaN / Inf; TypeError on arguments of the wrong Python type."""
 
     def act_batch(self, observations: Sequence[Union[Observation, Tuple[Any, ...]]],
-                  return_info: bool = False) -> List[Any]:
+                  return_info: bool = False, isolate_errors: bool = False) -> List[Any]:
         """Several observations in one forward: dicts {"images", "instruction", "proprio"} or tuples
         (images, instruction[, proprio]). Returns one action array per observation (each equal to its
-        own act within rounding); with return_info, one (actions, info) pair each."""
+        own act within rounding); with return_info, one (actions, info) pair each. One bad observation
+        raises for the whole batch, unless isolate_errors: then the others run anyway (each alone,
+        after the batch failed) and its entry is the exception, returned not raised (TypeError for an
+        item that is not an observation, focusvla.Error for one the policy refused)."""
 
     def compare_quantize(self, quantized: "Policy", images: Sequence[ImageLike], instruction: str,
                          proprio: ProprioLike = None) -> Dict[str, Any]:

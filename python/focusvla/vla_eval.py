@@ -309,17 +309,10 @@ class FocusVLAModelServer(PredictModelServer):
             except ObservationError as exc:
                 results[i] = {_ERROR: exc}
         if todo:
-            try:
-                outs = self.policy.act_batch([t for _, t in todo]) if len(todo) > 1 else \
-                    [self.policy.act(*todo[0][1])]
-                for (i, _), actions in zip(todo, outs):
-                    results[i] = self._finish(actions)
-            except Exception:  # one request's problem must not fail the others: retry one by one
-                for i, t in todo:
-                    try:
-                        results[i] = self._finish(self.policy.act(*t))
-                    except Exception as exc:
-                        results[i] = {_ERROR: exc}
+            # One request's problem fails only that request (the library's batch-failure fallback).
+            outs = self.policy.act_batch([t for _, t in todo], isolate_errors=True)
+            for (i, _), out in zip(todo, outs):
+                results[i] = {_ERROR: out} if isinstance(out, Exception) else self._finish(out)
             self.counters["queries"] += len(todo)
         return results  # type: ignore[return-value]
 

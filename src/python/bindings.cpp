@@ -32,6 +32,7 @@
 #include "focusvla/policy/explain.h"
 #include "focusvla/policy/option_text.h"
 #include "focusvla/policy/quantize_audit.h"
+#include "focusvla/policy/isolated_batch.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/runtime/chunk_executor.h"
 
@@ -165,6 +166,38 @@ Observation observation(nb::handle item, size_t index, std::vector<InputArray>& 
   return obs;
 }
 
+// act_batch(isolate_errors=True): one bad observation fails only itself (run_isolated). Its entry
+// is the exception, returned, not raised: TypeError for an item that is not an observation,
+// focusvla.Error for one the policy refused.
+nb::list act_batch_isolated(const Policy& self, nb::handle observations, bool return_info) {
+  std::vector<nb::object> out(nb::len(observations));
+  std::vector<InputArray> keep;
+  std::vector<Observation> batch;
+  std::vector<size_t> where;  // batch[k] is observations[where[k]]
+  size_t i = 0;
+  for (nb::handle item : observations) {
+    try {
+      batch.push_back(observation(item, i, keep));
+      where.push_back(i);
+    } catch (const nb::builtin_exception& e) {
+      out[i] = nb::handle(PyExc_TypeError)(e.what());
+    }
+    ++i;
+  }
+  std::vector<focusvla::ActOutcome> outcomes;
+  {
+    nb::gil_scoped_release release;
+    outcomes = focusvla::run_isolated(batch, [&self](const std::vector<Observation>& b) { return self.act_batch(b); });
+  }
+  const nb::object error_type = nb::module_::import_("focusvla._core").attr("Error");
+  for (size_t k = 0; k < where.size(); ++k) {
+    focusvla::ActOutcome& o = outcomes[k];
+    out[where[k]] = o.chunk ? result(self, std::move(*o.chunk), return_info) : error_type(o.error);
+  }
+  nb::list list;
+  for (auto& entry : out) list.append(entry);
+  return list;
+}
 
 }  // namespace
 
@@ -226,11 +259,12 @@ NB_MODULE(_core, m) {
           "images"_a, "instruction"_a, "proprio"_a = nb::none(), "return_info"_a = false)
       .def(
           "act_batch",
-          [](const Policy& self, nb::handle observations, bool return_info) {
+          [](const Policy& self, nb::handle observations, bool return_info, bool isolate_errors) {
             if (!nb::isinstance<nb::list>(observations) && !nb::isinstance<nb::tuple>(observations)) {
               throw nb::type_error(("observations: expected a list of dicts or tuples, got " +
                                     py_type_name(observations)).c_str());
             }
+            if (isolate_errors) return act_batch_isolated(self, observations, return_info);
             std::vector<InputArray> keep;
             std::vector<Observation> batch;
             size_t i = 0;
@@ -244,7 +278,7 @@ NB_MODULE(_core, m) {
             for (auto& chunk : chunks) out.append(result(self, std::move(chunk), return_info));
             return out;
           },
-          "observations"_a, "return_info"_a = false)
+          "observations"_a, "return_info"_a = false, "isolate_errors"_a = false)
       .def(
           "explain",
           [](const Policy& self, nb::handle images, nb::handle instruction, nb::handle proprio, bool reliance,

@@ -7,6 +7,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
+#include "focusvla/policy/isolated_batch.h"
 
 namespace focusvla::serve {
 namespace {
@@ -69,20 +70,23 @@ std::vector<Batcher::Request> Batcher::drop_cancelled(std::vector<Request> batch
   std::vector<Request> keep;
   keep.reserve(batch.size());
   for (auto& r : batch) {
-    if (!r.cancelled || !r.cancelled()) {
+    if (!r.cancelled || !r.cancelled())
       keep.push_back(std::move(r));
-      continue;
-    }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++cancelled_;
-    }
-    BatchResult result;
-    result.error = "cancelled: the client is gone";
-    result.queue_ms = ms_between(r.submitted, Clock::now());
-    deliver(r.done, std::move(result));
+    else
+      answer_cancelled(r);
   }
   return keep;
+}
+
+void Batcher::answer_cancelled(Request& r) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++cancelled_;
+  }
+  BatchResult result;
+  result.error = "cancelled: the client is gone";
+  result.queue_ms = ms_between(r.submitted, Clock::now());
+  deliver(r.done, std::move(result));
 }
 
 void Batcher::stop() {
@@ -144,47 +148,23 @@ void Batcher::run_batch(std::vector<Request>& batch, BatchStart started_by) {
   std::vector<Observation> observations;
   observations.reserve(batch.size());
   for (auto& r : batch) observations.push_back(std::move(r.observation));
-  std::vector<ActionChunk> chunks;
-  std::string error;
-  try {
-    chunks = run_(observations);
-    if (chunks.size() != batch.size()) throw Error("serve: the policy returned " + std::to_string(chunks.size()) +
-                                                   " results for " + std::to_string(batch.size()) + " observations");
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  const double infer_ms = ms_between(start, Clock::now());
-
-  if (error.empty()) {
-    for (size_t i = 0; i < batch.size(); ++i) {
-      BatchResult result;
-      result.chunk = std::move(chunks[i]);
-      result.batch_size = static_cast<int>(batch.size());
-      result.queue_ms = ms_between(batch[i].submitted, start);
-      result.infer_ms = infer_ms;
-      result.started_by = started_by;
-      deliver(batch[i].done, std::move(result));
-    }
-    return;
-  }
-  if (batch.size() == 1) {
-    BatchResult result;
-    result.error = error;
-    result.batch_size = 1;
-    result.queue_ms = ms_between(batch[0].submitted, start);
-    result.infer_ms = infer_ms;
-    result.started_by = started_by;
-    deliver(batch[0].done, std::move(result));
-    return;
-  }
-  // One observation spoiled the batch: run each alone so the others still get their actions.
-  log_debug("serve: a batch of " + std::to_string(batch.size()) + " failed (" + error + "); running it one by one");
+  // One bad observation fails only itself (each runs alone, unless its client is gone by then).
+  std::vector<ActOutcome> outcomes =
+      run_isolated(observations, run_, [&batch](size_t i) { return batch[i].cancelled && batch[i].cancelled(); });
   for (size_t i = 0; i < batch.size(); ++i) {
-    std::vector<Request> one;
-    one.push_back(std::move(batch[i]));
-    one[0].observation = std::move(observations[i]);
-    one = drop_cancelled(std::move(one));
-    if (!one.empty()) run_batch(one, started_by);
+    ActOutcome& outcome = outcomes[i];
+    if (outcome.skipped) {
+      answer_cancelled(batch[i]);
+      continue;
+    }
+    BatchResult result;
+    result.chunk = std::move(outcome.chunk);
+    result.error = std::move(outcome.error);
+    result.batch_size = outcome.batch_size;
+    result.queue_ms = ms_between(batch[i].submitted, start);
+    result.infer_ms = outcome.infer_ms;
+    result.started_by = started_by;
+    deliver(batch[i].done, std::move(result));
   }
 }
 

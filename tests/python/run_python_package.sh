@@ -11,8 +11,10 @@ wheels="$build_dir/python-wheel"
 venv="$build_dir/python-venv"
 
 rm -rf "$wheels"
+# The module links this build's library (FOCUSVLA_PYTHON_CORE_BUILD: cmake/FocusvlaPrebuiltCore.cmake)
+# instead of compiling it again.
 (cd "$source_dir" && "$python" -m pip wheel . --no-deps --no-build-isolation --no-index -q \
-  -C build-dir="$build_dir/python-wheel-build" -w "$wheels")
+  -C build-dir="$build_dir/python-wheel-build" -C cmake.define.FOCUSVLA_PYTHON_CORE_BUILD="$build_dir" -w "$wheels")
 wheel="$(ls "$wheels"/focusvla-*.whl)"
 
 rm -rf "$venv"

@@ -35,7 +35,7 @@ venv="$build_dir/ray-venv"
   rm -rf "$wheels"
   cd "$source_dir"
   "$python" -m pip wheel . --no-deps --no-build-isolation --no-index -q \
-    -C build-dir="$build_dir/python-wheel-build" -w "$wheels"
+    -C build-dir="$build_dir/python-wheel-build" -C cmake.define.FOCUSVLA_PYTHON_CORE_BUILD="$build_dir" -w "$wheels"
 ) 9>"$build_dir/.python-wheel-build.lock"
 wheel="$(ls "$wheels"/focusvla-*.whl)"
 

@@ -22,9 +22,9 @@ export FOCUSVLA_CLI="${FOCUSVLA_CLI:-$build_dir/focusvla}"
 export PYTHONDONTWRITEBYTECODE=1
 cd "$build_dir"
 # The tests bound every wait themselves; the outer limit only guards against the unforeseen.
-# FOCUSVLA_SERVE_TESTS: the pytest node ids to run, relative to tests/python (default: all three files).
+# FOCUSVLA_SERVE_TESTS: the pytest node ids to run, relative to tests/python (default: all four files).
 tests=()
-for t in ${FOCUSVLA_SERVE_TESTS:-test_serve.py test_serve_limits.py test_serve_stress.py}; do
+for t in ${FOCUSVLA_SERVE_TESTS:-test_serve.py test_serve_ops.py test_serve_limits.py test_serve_stress.py}; do
   tests+=("$source_dir/tests/python/$t")
 done
 exec timeout -k 10 840 "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs "${tests[@]}" "${@:4}"

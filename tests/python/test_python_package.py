@@ -148,6 +148,25 @@ def test_act_batch_equals_act(focus, cases, tensors):
         assert info["normalized"].shape == (8, 7) and info["timing"]["total_ms"] > 0
 
 
+def test_act_batch_isolate_errors(focus, cases, tensors):
+    """One bad observation raises for the whole batch; with isolate_errors the others get their own
+    actions (the batch fails, each then runs alone) and its entry is the exception, returned."""
+    obs = [observation(o, tensors) for o in cases["focus_openvla"]["observations"]]
+    images, instruction, proprio = obs[0]
+    refused = (images, instruction, np.full(len(proprio), np.nan))  # the policy refuses NaN proprio
+    batch = [tuple(obs[0]), refused, 42, tuple(obs[1])]
+    expect_error(lambda: focus.act_batch(batch), "observations[2]", kind=TypeError)
+    expect_error(lambda: focus.act_batch([tuple(obs[0]), refused]), "proprio")
+    out = focus.act_batch(batch, isolate_errors=True)
+    assert len(out) == 4
+    assert isinstance(out[1], focusvla.Error) and "proprio" in str(out[1]), out[1]
+    assert isinstance(out[2], TypeError) and "observations[2]" in str(out[2]), out[2]
+    for k, single in ((0, focus.act(*obs[0])), (3, focus.act(*obs[1]))):
+        assert isinstance(out[k], np.ndarray) and relative_error(out[k], single) <= TOLERANCE
+    good = focus.act_batch([tuple(ob) for ob in obs[:2]], return_info=True, isolate_errors=True)
+    assert all(isinstance(r, tuple) and r[1]["timing"]["total_ms"] > 0 for r in good)
+
+
 def test_numpy_torch_and_strided_inputs(focus, cases, tensors):
     o = cases["focus_openvla"]["observations"][1]
     images, instruction, proprio = observation(o, tensors)

@@ -97,6 +97,7 @@ class Batcher {
   Batch next_batch();
   void run_batch(std::vector<Request>& batch, BatchStart started_by);
   std::vector<Request> drop_cancelled(std::vector<Request> batch);
+  void answer_cancelled(Request& request);
 
   RunBatch run_;
   BatcherOptions options_;
