@@ -8,10 +8,12 @@ install(TARGETS focusvla EXPORT focusvlaTargets
 # The C ABI (focusvla/focusvla.h) is in the library and installed with it. The server's library
 # and headers (focusvla::serve) are installed where the server is built.
 if(TARGET focusvla_serve)
+  set(FOCUSVLA_HAVE_SERVE ON)  # for focusvlaConfig.cmake.in
   install(TARGETS focusvla_serve EXPORT focusvlaTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 else()
+  set(FOCUSVLA_HAVE_SERVE OFF)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/focusvla DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
     PATTERN serve EXCLUDE)
 endif()
@@ -20,11 +22,6 @@ if(TARGET focusvla_cli)
 endif()
 install(EXPORT focusvlaTargets NAMESPACE focusvla::
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)
-if(TARGET focusvla_serve)
-  set(FOCUSVLA_HAVE_SERVE ON)
-else()
-  set(FOCUSVLA_HAVE_SERVE OFF)
-endif()
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/focusvlaConfig.cmake.in
   ${PROJECT_BINARY_DIR}/focusvlaConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/focusvla)

@@ -7,7 +7,6 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
-#include "focusvla/policy/isolated_batch.h"
 
 namespace focusvla::serve {
 namespace {

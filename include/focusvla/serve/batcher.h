@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "focusvla/policy/isolated_batch.h"
 #include "focusvla/policy/policy.h"
 
 namespace focusvla::serve {
@@ -54,7 +55,7 @@ struct BatchResult {
 
 class Batcher {
  public:
-  using RunBatch = std::function<std::vector<ActionChunk>(const std::vector<Observation>&)>;
+  using RunBatch = RunBatchFn;  // Policy::act_batch's shape (policy/isolated_batch.h)
   using Done = std::function<void(BatchResult)>;
   using Cancelled = std::function<bool()>;  // true: nobody waits for the result any more
 
