@@ -11,6 +11,13 @@
 #include "focusvla/core/error.h"
 
 namespace focusvla::io {
+namespace {
+
+int64_t mtime_ns(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + static_cast<int64_t>(st.st_mtim.tv_nsec);
+}
+
+}  // namespace
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -36,15 +43,24 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
     }
     data = static_cast<uint8_t*>(mapped);
   }
-  ::close(fd);  // the mapping keeps its own reference to the file
-  return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
+  return std::shared_ptr<MappedFile>(new MappedFile(path, fd, data, size, mtime_ns(st)));
 }
 
-MappedFile::MappedFile(std::string path, uint8_t* data, size_t size)
-    : path_(std::move(path)), data_(data), size_(size) {}
+MappedFile::MappedFile(std::string path, int fd, uint8_t* data, size_t size, int64_t mtime_ns)
+    : path_(std::move(path)), fd_(fd), data_(data), size_(size), mtime_ns_(mtime_ns) {}
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(data_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::string MappedFile::changed_on_disk() const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) return std::string("cannot stat it (") + std::strerror(errno) + ")";
+  if (static_cast<size_t>(st.st_size) != size_)
+    return "its size went from " + std::to_string(size_) + " to " + std::to_string(st.st_size) + " bytes";
+  if (mtime_ns(st) != mtime_ns_) return "it was written to";
+  return {};
 }
 
 void MappedFile::release(size_t offset, size_t length) const {

@@ -31,6 +31,11 @@ torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
   return out;
 }
 
+// A table that lookups can convert per element (not the float8 types, which embedding refuses).
+bool mappable_dtype(torch::ScalarType t) {
+  return t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kFloat16 || t == torch::kFloat64;
+}
+
 // The fused blocks of a layer are built before its weights are loaded: allocated, not copied.
 constexpr auto kUnloaded = nn::FusedLinearImpl::Init::kUninitialised;
 
@@ -51,7 +56,53 @@ torch::Tensor TokenEmbeddingImpl::forward(const torch::Tensor& ids) const {
     check(lo >= 0 && hi < rows, "embed",
           "token id " + std::to_string(lo < 0 ? lo : hi) + " outside the embedding table [0, " + std::to_string(rows) + ")");
   }
-  return torch::embedding(weight, ids.to(weight.device(), torch::kLong));
+  return lookup(ids.to(weight.device(), torch::kLong));
+}
+
+torch::Tensor TokenEmbeddingImpl::lookup(const torch::Tensor& ids) const {
+  if (file_) check_file();
+  const torch::Tensor rows = torch::embedding(weight, ids);
+  return rows.scalar_type() == dtype_ ? rows : rows.to(dtype_);
+}
+
+void TokenEmbeddingImpl::check_file() const {
+  const std::string change = file_->changed_on_disk();
+  check(change.empty(), file_->path(),
+        "changed on disk since the policy was loaded (" + change +
+            "); the token embeddings are read from it: load the policy again (write new checkpoints to a new "
+            "file or directory while a policy runs)");
+}
+
+void TokenEmbeddingImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  dtype_ = dtype;
+  if (file_ && device.is_cpu()) return;
+  if (file_) check_file();
+  file_.reset();
+  Module::to(device, dtype, non_blocking);
+}
+
+void TokenEmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
+  dtype_ = dtype;
+  if (!file_) Module::to(dtype, non_blocking);
+}
+
+void TokenEmbeddingImpl::to(torch::Device device, bool non_blocking) {
+  if (file_ && device.is_cpu()) return;
+  if (file_) check_file();
+  file_.reset();
+  Module::to(device, non_blocking);
+}
+
+void TokenEmbeddingImpl::use_mapped_table(const torch::Tensor& table, std::shared_ptr<const io::MappedFile> file) {
+  check(file != nullptr, "embed_tokens", "use_mapped_table needs the mapped file");
+  check(table.defined() && table.sizes() == weight.sizes() && table.is_cpu() && weight.is_cpu() &&
+            mappable_dtype(table.scalar_type()) && table.is_contiguous(),
+        "embed_tokens", "a mapped table must be a contiguous float CPU tensor of shape " +
+                            io::shape_string(weight.sizes()) + ", got " +
+                            (table.defined() ? io::shape_string(table.sizes()) : std::string("none")));
+  torch::NoGradGuard no_grad;
+  weight.set_data(table);
+  file_ = std::move(file);
 }
 
 torch::Tensor Qwen2RMSNormImpl::forward(const torch::Tensor& x) const {
@@ -280,6 +331,12 @@ Qwen2Model Qwen2ModelImpl::load(const io::StateDict& state, const io::Qwen2Confi
   const std::string key = prefix + ".embed_tokens.weight";
   if (state.contains(key) && state.at(key).dim() == 2) rows = state.at(key).size(0);
   Qwen2Model model(config, options, rows);
+  // Read in place, not copied (see TokenEmbeddingImpl). load_module below then copies the view
+  // onto itself, which ATen skips.
+  const bool on_cpu = !options.has_device() || options.device().is_cpu();
+  if (on_cpu && state.contains(key) && state.is_mapped(key) && mappable_dtype(state.at(key).scalar_type()) &&
+      state.at(key).sizes() == model->embed_tokens->weight.sizes())
+    model->embed_tokens->use_mapped_table(state.at(key), state.mapping(key));
   io::LoadOptions load_options;
   load_options.after_stage = after_stage;
   io::load_module(*model, state, prefix, load_options);

@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +15,7 @@
 #include "focusvla/core/error.h"
 #include "focusvla/io/checkpoint.h"
 #include "focusvla/io/json_file.h"
+#include "focusvla/io/mapped_file.h"
 #include "focusvla/io/state_dict.h"
 #include "focusvla/io/torch_pickle.h"
 #include "focusvla/nn/layers.h"
@@ -338,6 +342,42 @@ TEST(StateDictLoad, LoadingFromAMappedFileReleasesPagesButKeepsValues) {
   io::load_module(*one, state.subset("block.2"), "");
   EXPECT_TRUE(torch::equal(one->weight, before));
   EXPECT_TRUE(torch::equal(state.at("block.2.weight"), before));
+}
+
+// MappedFile::changed_on_disk: a file rewritten in place (new size, or new bytes and mtime) is a
+// change; one replaced by a rename, or deleted, is not (the mapping keeps the old file).
+TEST(MappedFile, ChangedOnDiskNamesWhatChanged) {
+  const std::string dir = scratch_dir("mapped_file");
+  const std::string path = dir + "/a.bin";
+  const auto write = [](const std::string& p, const std::string& bytes) {
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  write(path, "abcdefgh");
+  auto file = io::MappedFile::open(path);
+  EXPECT_EQ(file->changed_on_disk(), "");
+
+  write(dir + "/b.bin", "12345678");
+  std::filesystem::rename(dir + "/b.bin", path);
+  EXPECT_EQ(file->changed_on_disk(), "");
+  std::filesystem::remove(path);
+  EXPECT_EQ(file->changed_on_disk(), "");
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(file->data()), 8), "abcdefgh");
+
+  write(path, "abcdefgh");
+  file = io::MappedFile::open(path);
+  write(path, "abcdefghi");
+  EXPECT_EQ(file->changed_on_disk(), "its size went from 8 to 9 bytes");
+
+  write(path, "abcdefgh");
+  file = io::MappedFile::open(path);
+  write(path, "ABCDEFGH");
+  // The same size: the mtime tells. Set it one second on, as the file system's clock may not
+  // have ticked since the mapping was made.
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  const struct timespec times[2] = {st.st_atim, {st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+  EXPECT_EQ(file->changed_on_disk(), "it was written to");
 }
 
 // LoadOptions::after_stage: each element of a ModuleList (here two stacks of Tiny, one nested

@@ -230,6 +230,38 @@ TEST(Qwen2Load, EmbedMatchesTransformers) {
   }
 }
 
+// On a CPU the table is the file's own bytes (a view into the mapping), for a model in the file's
+// dtype and in another (the rows are converted per lookup); the embeddings equal those of a
+// model that owns a copy, also after to(dtype) (converted from the file's values). From owned tensors the model owns its table.
+TEST(Qwen2Load, EmbeddingTableIsReadInPlaceFromTheFile) {
+  const auto config = load_config("gqa");
+  const auto weights = load_weights("gqa");
+  const std::string key = "language_model.model.embed_tokens.weight";
+  ASSERT_TRUE(weights.is_mapped(key));
+  StateDict owned;
+  for (const auto& name : weights.keys()) owned.insert(name, weights.at(name).clone(), "owned");
+  const auto ids = load_cases("gqa").at("embed_ids");
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    const auto options = torch::TensorOptions().dtype(dtype);
+    auto mapped = focusvla::llm::Qwen2ModelImpl::load(weights, config, options);
+    auto copied = focusvla::llm::Qwen2ModelImpl::load(owned, config, options);
+    ASSERT_NE(mapped->embed_tokens->mapped_file(), nullptr);
+    EXPECT_EQ(mapped->embed_tokens->weight.data_ptr(), weights.at(key).data_ptr());
+    EXPECT_EQ(copied->embed_tokens->mapped_file(), nullptr);
+    const auto out = mapped->embed(ids);
+    EXPECT_EQ(out.scalar_type(), dtype);
+    EXPECT_TRUE(torch::equal(out, copied->embed(ids)));
+    // After to(): the file's rows converted to the new dtype, as a model loaded in that dtype.
+    const auto other = dtype == torch::kFloat32 ? torch::kBFloat16 : torch::kFloat32;
+    mapped->to(other);
+    EXPECT_NE(mapped->embed_tokens->mapped_file(), nullptr);
+    EXPECT_EQ(mapped->embed(ids).scalar_type(), other);
+    const auto loaded_as_other = focusvla::llm::Qwen2ModelImpl::load(owned, config, torch::TensorOptions().dtype(other));
+    EXPECT_TRUE(torch::equal(mapped->embed(ids), loaded_as_other->embed(ids)));
+  }
+}
+
 TEST(Qwen2Load, ReportsMissingAndMisshapedKeys) {
   const auto config = load_config("gqa");
   const auto weights = load_weights("gqa");

@@ -415,6 +415,39 @@ TEST(PolicyErrors, BrokenCheckpoints) {
   testing::remove_tree(wrong_head);
 }
 
+// On a CPU the token embeddings are read in place from model.safetensors (llm/qwen2.h). A
+// checkpoint rewritten in place under a loaded policy is an Error naming the file at the next
+// act, not a SIGBUS; one replaced by a rename or deleted keeps working (the mapping holds the old
+// file).
+TEST(PolicyErrors, CheckpointChangedOnDiskUnderALoadedPolicy) {
+  const auto c = find_case("focus_openvla");
+  const auto& o = c["observations"][0];
+  const Observation obs = observation(o);
+  const torch::Tensor expected = tensors().at(o["key"].get<std::string>() + ".actions");
+  const std::string dir = broken_copy("policy_changed_on_disk", "focus_f32");
+  const std::string weights = dir + "/model.safetensors";
+  const Policy policy = Policy::load(dir, options_for(c));
+  EXPECT_LE(relative_error(policy.act(obs.images, obs.instruction, obs.proprio).actions, expected), 1e-4);
+
+  // Replaced by a rename, then deleted: the policy still reads the file it loaded.
+  fs::copy_file(weights, dir + "/new.safetensors");
+  fs::rename(dir + "/new.safetensors", weights);
+  EXPECT_LE(relative_error(policy.act(obs.images, obs.instruction, obs.proprio).actions, expected), 1e-4);
+  const Policy second = Policy::load(dir, options_for(c));
+  fs::remove(weights);
+  EXPECT_LE(relative_error(second.act(obs.images, obs.instruction, obs.proprio).actions, expected), 1e-4);
+
+  // Rewritten in place (what torch.save or safetensors' save_file to the same path do): a named
+  // error on every later call.
+  fs::copy_file(data_path("policy", "focus_f32") + "/model.safetensors", weights);
+  const Policy fourth = Policy::load(dir, options_for(c));
+  std::ofstream(weights, std::ios::binary | std::ios::app) << '\0';
+  for (int call = 0; call < 2; ++call)
+    expect_error([&] { fourth.act(obs.images, obs.instruction, obs.proprio); },
+                 {weights, "changed on disk", "size went from", "load the policy again"});
+  testing::remove_tree(dir);
+}
+
 // A copy of a tiny checkpoint whose config.json has no num_images_in_input, as the released
 // VLA-Adapter checkpoints.
 std::string without_camera_count(const std::string& name, const std::string& from) {

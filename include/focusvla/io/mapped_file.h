@@ -28,11 +28,22 @@ class MappedFile {
   // at about one copy of the file. Private modifications in that range are discarded.
   void release(size_t offset, size_t length) const;
 
+  // Empty while the mapped file is as it was when mapped; otherwise what changed ("its size went
+  // from A to B bytes", "it was written to"). A file rewritten in place (truncated: what
+  // `torch.save` or `safetensors.save_file` to the same path do) takes the mapping's pages away:
+  // reading one that is not resident then kills the process with SIGBUS. A caller that keeps
+  // reading a mapping after the load (the token embeddings, llm/qwen2.h) asks this first and
+  // throws a named error instead. A file replaced by a rename or deleted is not a change: the
+  // mapping keeps the old file. One fstat (~1 us).
+  std::string changed_on_disk() const;
+
  private:
-  MappedFile(std::string path, uint8_t* data, size_t size);
+  MappedFile(std::string path, int fd, uint8_t* data, size_t size, int64_t mtime_ns);
   std::string path_;
+  int fd_ = -1;  // kept open for changed_on_disk()
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int64_t mtime_ns_ = 0;
 };
 
 }  // namespace focusvla::io

@@ -48,6 +48,8 @@ class StateDict {
 
   // True when the tensor is a zero-copy view into a memory-mapped file.
   bool is_mapped(const std::string& name) const { return entry(name).mapping != nullptr; }
+  // The file a zero-copy view reads from; null for owned tensors.
+  const std::shared_ptr<MappedFile>& mapping(const std::string& name) const { return entry(name).mapping; }
 
   // For a tensor that views a mapped file: drops its resident pages (see MappedFile::release).
   // A later read of the tensor re-reads the file. No-op for owned tensors.

@@ -38,18 +38,43 @@
 namespace focusvla::llm {
 
 // Token embedding table (rows x hidden), registered uninitialised as "weight" like nn::Linear.
+// On a CPU the table can instead be read in place from the checkpoint file (use_mapped_table):
+// an act reads ~20 of its 151,936 rows, so only those pages become resident, where a copy holds
+// the whole table (0.27 GB in bf16, 0.54 GB in fp32) in memory for good. docs/SPEED.md, Memory.
 class TokenEmbeddingImpl : public torch::nn::Module {
  public:
   TokenEmbeddingImpl(int64_t rows, int64_t dim, const torch::TensorOptions& options)
-      : weight(register_parameter("weight", torch::empty({rows, dim}, options), false)) {}
+      : weight(register_parameter("weight", torch::empty({rows, dim}, options), false)),
+        dtype_(options.dtype().toScalarType()) {}
   // ids: integer tensor of any shape with values in [0, rows); throws Error naming a bad id
   // (checking reads the ids back: a host sync on a GPU).
   torch::Tensor forward(const torch::Tensor& ids) const;
   // forward() for int64 ids on the weight's device that the caller has already checked against
-  // the table (no read-back, so it can run inside a CUDA graph).
-  torch::Tensor lookup(const torch::Tensor& ids) const { return torch::embedding(weight, ids); }
+  // the table (no read-back, so it can run inside a CUDA graph). Rows of a mapped table are
+  // converted to the module's dtype after the lookup (the same values as converting the table:
+  // the conversion is per element).
+  torch::Tensor lookup(const torch::Tensor& ids) const;
+
+  // Makes `table` (rows x dim, any float dtype, on the CPU: a zero-copy view into `file`) the
+  // weight, replacing the module's own storage. Every lookup first checks that the file is
+  // unchanged on disk (io::MappedFile::changed_on_disk) and throws Error naming it otherwise.
+  void use_mapped_table(const torch::Tensor& table, std::shared_ptr<const io::MappedFile> file);
+  // The file the table is read from; null when the table is the module's own.
+  const std::shared_ptr<const io::MappedFile>& mapped_file() const { return file_; }
+
+  // Module::to. A mapped table stays mapped for a dtype change on the CPU (the lookups convert
+  // the file's values, so bf16 -> fp32 gives the file's fp32 rows, not bf16-rounded ones); moved
+  // to another device it becomes the module's own copy.
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
 
   torch::Tensor weight;
+
+ private:
+  void check_file() const;
+  torch::ScalarType dtype_;  // the dtype of the lookups' output
+  std::shared_ptr<const io::MappedFile> file_;
 };
 TORCH_MODULE(TokenEmbedding);
 
@@ -193,7 +218,8 @@ class Qwen2ModelImpl : public torch::nn::Module {
   // count is read from `prefix + ".embed_tokens.weight"`) and loads every tensor under `prefix`
   // name for name (io::load_module: missing, unexpected and mis-shaped keys are reported
   // together, by name). Weights are converted to the options' dtype. `after_stage` runs on each
-  // decoder layer as soon as it is loaded (io::LoadOptions::after_stage).
+  // decoder layer as soon as it is loaded (io::LoadOptions::after_stage). On a CPU the embedding
+  // table is read in place from the file when `state` maps it (TokenEmbedding::use_mapped_table).
   static Qwen2Model load(const io::StateDict& state, const io::Qwen2Config& config,
                          const torch::TensorOptions& options = {}, const std::string& prefix = kCheckpointPrefix,
                          const io::StageHook& after_stage = {});
