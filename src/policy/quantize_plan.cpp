@@ -7,6 +7,7 @@
 #include "focusvla/core/error.h"
 #include "focusvla/core/log.h"
 #include "focusvla/policy/policy.h"
+#include "focusvla/vision/vit.h"
 
 namespace focusvla::policy {
 namespace {
@@ -76,6 +77,18 @@ io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count) {
   };
 }
 
+int64_t patch_embeddings_as_gemm(torch::nn::Module& vision, nn::MatmulMode mode) {
+  if (!nn::is_quantized(mode)) return 0;
+  int64_t count = 0;
+  for (const auto& module : vision.modules()) {
+    if (auto* embed = dynamic_cast<vision::PatchEmbedImpl*>(module.get())) {
+      embed->as_gemm = true;
+      ++count;
+    }
+  }
+  return count;
+}
+
 // What the quantized layers are, for settings().quantize_detail.
 std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,
                             torch::ScalarType dtype) {
@@ -92,7 +105,7 @@ std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t project
   }
   return what + "; linear layers: vision encoders " + std::to_string(vision) + ", projector " +
          std::to_string(projector) + ", llm " + std::to_string(llm) + "; projector, head, norms, embeddings, patch " +
-         "embeddings in " + dtype_name(dtype);
+         "embeddings (as GEMMs) in " + dtype_name(dtype);
 }
 
 }  // namespace focusvla::policy

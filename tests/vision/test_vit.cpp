@@ -124,16 +124,20 @@ TEST(VitNames, FullSizeNamesAreTimmNames) {
 }
 
 void expect_encoders_match(const std::string& dir, VitConfig dino, VitConfig siglip, torch::Dtype dtype,
-                           const std::string& suffix, double tolerance) {
+                           const std::string& suffix, double tolerance, bool patch_gemm = false) {
   const auto state = io::StateDict::from_safetensors(data_path("vision", dir + "/model.safetensors"));
   const auto io = io::StateDict::from_safetensors(data_path("vision", dir + "/io.safetensors"));
   const auto pixels = io.at("pixels");
-  const auto a = load_encoder(state, dino, "vision_backbone.featurizer", dtype)->forward(half(pixels, false));
-  const auto b = load_encoder(state, siglip, "vision_backbone.fused_featurizer", dtype)->forward(half(pixels, true));
+  auto dino_vit = load_encoder(state, dino, "vision_backbone.featurizer", dtype);
+  auto siglip_vit = load_encoder(state, siglip, "vision_backbone.fused_featurizer", dtype);
+  dino_vit->patch_embed->as_gemm = siglip_vit->patch_embed->as_gemm = patch_gemm;
+  const auto a = dino_vit->forward(half(pixels, false));
+  const auto b = siglip_vit->forward(half(pixels, true));
   EXPECT_EQ(a.scalar_type(), dtype);
   const double err_dino = relative_error(a, io.at("dino" + suffix));
   const double err_siglip = relative_error(b, io.at("siglip" + suffix));
-  std::cout << "[ measured ] " << dir << " " << c10::toString(dtype) << " relative error: DINOv2 " << err_dino
+  std::cout << "[ measured ] " << dir << " " << c10::toString(dtype) << (patch_gemm ? " patch GEMM" : "")
+            << " relative error: DINOv2 " << err_dino
             << ", SigLIP " << err_siglip << "\n";
   EXPECT_LE(err_dino, tolerance);
   EXPECT_LE(err_siglip, tolerance);
@@ -145,6 +149,30 @@ TEST(VitTiny, Fp32MatchesTimm) {
 
 TEST(VitTiny, Bf16MatchesTimmBf16) {
   expect_encoders_match("tiny16", tiny_dino(), tiny_siglip(), torch::kBFloat16, "_bf16", 2e-2);
+}
+
+// The patch embedding as one GEMM (what quantized policies run) against timm, at the tolerances
+// of the convolution.
+TEST(VitTiny, PatchGemmMatchesTimm) {
+  expect_encoders_match("tiny16", tiny_dino(), tiny_siglip(), torch::kFloat32, "", 1e-4, true);
+  expect_encoders_match("tiny16", tiny_dino(), tiny_siglip(), torch::kBFloat16, "_bf16", 2e-2, true);
+}
+
+// forward_gemm is the convolution's arithmetic: in float64 equal to torch::conv2d up to the
+// summation order, including images that are not a whole number of patches (the rest dropped).
+TEST(VitPatchGemm, EqualsTheConvolution) {
+  for (const auto& [h, w] : std::vector<std::pair<int64_t, int64_t>>{{28, 42}, {31, 45}, {14, 14}}) {
+    vision::PatchConv conv(3, 5, 14, torch::TensorOptions().dtype(torch::kFloat64));
+    conv->weight.normal_();
+    conv->bias.normal_();
+    const auto x = torch::randn({2, 3, h, w}, torch::kFloat64);
+    const auto expected = conv->forward(x).flatten(2).transpose(1, 2);
+    const auto actual = conv->forward_gemm(x);
+    ASSERT_EQ(actual.sizes(), expected.sizes()) << h << "x" << w;
+    EXPECT_LE((actual - expected).abs().max().item<double>(), 1e-12 * expected.abs().max().item<double>()) << h << "x" << w;
+  }
+  vision::PatchConv conv(3, 5, 14, torch::TensorOptions());
+  expect_error([&] { conv->forward_gemm(torch::zeros({2, 4, 28, 28})); }, {"patch_embed", "[2, 4, 28, 28]"});
 }
 
 TEST(VitTiny, FourHeadsMatchTimm) {
