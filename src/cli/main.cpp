@@ -26,6 +26,7 @@
 #include <sstream>
 
 #include "focusvla/core/error.h"
+#include "focusvla/core/heap.h"
 #include "focusvla/core/log.h"
 #include "focusvla/io/checkpoint.h"
 #include "focusvla/io/json_file.h"
@@ -285,6 +286,8 @@ CLI::App* add_act_command(CLI::App& app, ActArgs& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Large activations reused call after call instead of mapped afresh (core/heap.h).
+  focusvla::use_heap_for_large_allocations();
   CLI::App app{"focusvla: FocusVLA / VLA-Adapter robot policies on LibTorch", "focusvla"};
   app.require_subcommand(1);
   app.fallthrough();  // global options after the command too: focusvla act --log-level info ...
