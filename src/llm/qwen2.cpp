@@ -86,12 +86,8 @@ void TokenEmbeddingImpl::to(torch::Dtype dtype, bool non_blocking) {
   if (!file_) Module::to(dtype, non_blocking);
 }
 
-void TokenEmbeddingImpl::to(torch::Device device, bool non_blocking) {
-  if (file_ && device.is_cpu()) return;
-  if (file_) check_file();
-  file_.reset();
-  Module::to(device, non_blocking);
-}
+// The table keeps (or, leaving a mapping, takes) the lookups' dtype: one path, the one above.
+void TokenEmbeddingImpl::to(torch::Device device, bool non_blocking) { to(device, dtype_, non_blocking); }
 
 void TokenEmbeddingImpl::use_mapped_table(const torch::Tensor& table, std::shared_ptr<const io::MappedFile> file) {
   check(file != nullptr, "embed_tokens", "use_mapped_table needs the mapped file");
