@@ -421,7 +421,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
             std::to_string(impl->vision->num_encoders()) + " vision encoders of " +
             std::to_string(impl->vision->config.image_size()) + "px");
   quantized_vision += policy::quantize_component(*impl->vision->vision_backbone, quantized_mode);
-  policy::patch_embeddings_as_gemm(*impl->vision->vision_backbone, quantized_mode);
+  policy::use_fast_vision_kernels(*impl->vision->vision_backbone, quantized_mode);
   lap("vision");
   // The projector stays in the compute dtype (docs/QUANTIZATION.md): one per-token scale over the
   // concatenated DINOv2 + SigLIP features (two encoders' ranges in one token) tripled its output

@@ -77,16 +77,8 @@ io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count) {
   };
 }
 
-int64_t patch_embeddings_as_gemm(torch::nn::Module& vision, nn::MatmulMode mode) {
-  if (!nn::is_quantized(mode)) return 0;
-  int64_t count = 0;
-  for (const auto& module : vision.modules()) {
-    if (auto* embed = dynamic_cast<vision::PatchEmbedImpl*>(module.get())) {
-      embed->as_gemm = true;
-      ++count;
-    }
-  }
-  return count;
+int64_t use_fast_vision_kernels(torch::nn::Module& vision, nn::MatmulMode mode) {
+  return nn::is_quantized(mode) ? vision::use_fast_kernels(vision) : 0;
 }
 
 // What the quantized layers are, for settings().quantize_detail.

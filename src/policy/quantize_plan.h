@@ -30,11 +30,13 @@ int64_t quantize_component(torch::nn::Module& component, nn::MatmulMode mode);
 // Memory); quantize_component afterwards takes whatever no stage held.
 io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count);
 
-// A quantized policy (not bit for bit with the reference anyway) runs the vision encoders' patch
-// embeddings as GEMMs instead of the reference's convolution kernel (vision::PatchConvImpl::
-// forward_gemm: the same products; ~3 instead of 39 ms per encoder in bf16 on a CPU). Returns
-// how many it switched; none when `mode` is not quantized.
-int64_t patch_embeddings_as_gemm(torch::nn::Module& vision, nn::MatmulMode mode);
+// A quantized policy (not bit for bit with the reference anyway) runs faster kernels than the
+// reference's in the vision encoders: the patch embeddings as GEMMs instead of a convolution
+// (vision::PatchConvImpl::forward_gemm: the same products; ~3 instead of 39 ms per encoder in bf16
+// on a CPU), and self-attention over keys padded to a multiple of 16 (vision::AttentionImpl::
+// pad_keys_to: the same attention; DINOv2's 261 keys ~2x slower than 272 in LibTorch's CPU SDPA).
+// Returns how many modules it switched; none when `mode` is not quantized.
+int64_t use_fast_vision_kernels(torch::nn::Module& vision, nn::MatmulMode mode);
 
 // "W8A8, 8-bit weights (...); linear layers: vision encoders N, projector N, llm N; ... in <dtype>".
 std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,

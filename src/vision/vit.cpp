@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "focusvla/core/error.h"
+#include "focusvla/nn/matmul.h"
 
 namespace focusvla::vision {
 namespace {
@@ -100,6 +102,36 @@ VitConfig VitConfig::fitted_to(const io::StateDict& state, const std::string& pr
     if (grid > 0 && grid * grid == patches) c.image_size = grid * c.patch_size;
   }
   return c;
+}
+
+torch::Tensor AttentionImpl::attend_padded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
+  const int64_t keys = k.size(2);
+  const int64_t padded = (keys + pad_keys_to - 1) / pad_keys_to * pad_keys_to;
+  if (padded == keys) return torch::scaled_dot_product_attention(q, k, v);
+  namespace F = torch::nn::functional;
+  const auto pad = F::PadFuncOptions({0, 0, 0, padded - keys});
+  // Additive mask over the key positions: 0 for the real ones, -inf for the padding.
+  auto mask = torch::zeros({1, 1, 1, padded}, q.options());
+  mask.narrow(-1, keys, padded - keys).fill_(-std::numeric_limits<float>::infinity());
+  return torch::scaled_dot_product_attention(q, F::pad(k, pad), F::pad(v, pad), mask);
+}
+
+int64_t use_fast_kernels(torch::nn::Module& root) {
+  constexpr int64_t kKeyMultiple = 16;  // 261 -> 272 keys: the measured fast case (docs/SPEED.md)
+  int64_t count = 0;
+  for (const auto& module : root.modules()) {
+    if (auto* embed = dynamic_cast<PatchEmbedImpl*>(module.get())) {
+      embed->as_gemm = true;
+      ++count;
+    } else if (auto* attention = dynamic_cast<AttentionImpl*>(module.get())) {
+      const auto& w = attention->qkv->weight;
+      if (w.is_cpu() && w.scalar_type() == torch::kBFloat16 && nn::cpu_has_native_bf16()) {
+        attention->pad_keys_to = kKeyMultiple;
+        ++count;
+      }
+    }
+  }
+  return count;
 }
 
 // timm/models/vision_transformer.py, `vit_large_patch14_reg4_dinov2`: patch 14, 1024 wide, 24 blocks,

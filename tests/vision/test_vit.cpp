@@ -10,6 +10,7 @@
 #include "focusvla/core/error.h"
 #include "focusvla/io/json_file.h"
 #include "focusvla/io/state_dict.h"
+#include "focusvla/nn/matmul.h"
 #include "focusvla/vision/vision_tower.h"
 #include "focusvla/vision/vit.h"
 #include "tensor_util.h"
@@ -124,19 +125,24 @@ TEST(VitNames, FullSizeNamesAreTimmNames) {
 }
 
 void expect_encoders_match(const std::string& dir, VitConfig dino, VitConfig siglip, torch::Dtype dtype,
-                           const std::string& suffix, double tolerance, bool patch_gemm = false) {
+                           const std::string& suffix, double tolerance, bool fast_kernels = false) {
   const auto state = io::StateDict::from_safetensors(data_path("vision", dir + "/model.safetensors"));
   const auto io = io::StateDict::from_safetensors(data_path("vision", dir + "/io.safetensors"));
   const auto pixels = io.at("pixels");
   auto dino_vit = load_encoder(state, dino, "vision_backbone.featurizer", dtype);
   auto siglip_vit = load_encoder(state, siglip, "vision_backbone.fused_featurizer", dtype);
-  dino_vit->patch_embed->as_gemm = siglip_vit->patch_embed->as_gemm = patch_gemm;
+  if (fast_kernels) {
+    // The patch embedding, and the attentions where padding pays (bf16, native bf16 CPU).
+    const bool pad = dtype == torch::kBFloat16 && nn::cpu_has_native_bf16();
+    EXPECT_EQ(vision::use_fast_kernels(*dino_vit), 1 + (pad ? dino.stop_after_block + 1 : 0));
+    vision::use_fast_kernels(*siglip_vit);
+  }
   const auto a = dino_vit->forward(half(pixels, false));
   const auto b = siglip_vit->forward(half(pixels, true));
   EXPECT_EQ(a.scalar_type(), dtype);
   const double err_dino = relative_error(a, io.at("dino" + suffix));
   const double err_siglip = relative_error(b, io.at("siglip" + suffix));
-  std::cout << "[ measured ] " << dir << " " << c10::toString(dtype) << (patch_gemm ? " patch GEMM" : "")
+  std::cout << "[ measured ] " << dir << " " << c10::toString(dtype) << (fast_kernels ? " fast kernels" : "")
             << " relative error: DINOv2 " << err_dino
             << ", SigLIP " << err_siglip << "\n";
   EXPECT_LE(err_dino, tolerance);
@@ -151,11 +157,31 @@ TEST(VitTiny, Bf16MatchesTimmBf16) {
   expect_encoders_match("tiny16", tiny_dino(), tiny_siglip(), torch::kBFloat16, "_bf16", 2e-2);
 }
 
-// The patch embedding as one GEMM (what quantized policies run) against timm, at the tolerances
-// of the convolution.
-TEST(VitTiny, PatchGemmMatchesTimm) {
+// The fast kernels (what quantized policies run: the patch embedding as one GEMM, attention over
+// padded keys) against timm, at the tolerances of the reference's kernels.
+TEST(VitTiny, FastKernelsMatchTimm) {
   expect_encoders_match("tiny16", tiny_dino(), tiny_siglip(), torch::kFloat32, "", 1e-4, true);
   expect_encoders_match("tiny16", tiny_dino(), tiny_siglip(), torch::kBFloat16, "_bf16", 2e-2, true);
+}
+
+// Attention over keys padded to a multiple (the padding masked out) is the same attention: in
+// float64 equal to SDPA over the real keys up to the summation order, for key counts below, at
+// and above a multiple.
+TEST(VitAttention, PaddedKeysEqualTheUnpadded) {
+  VitConfig config = tiny_dino();
+  auto options = torch::TensorOptions().dtype(torch::kFloat64);
+  vision::Attention attention(config, options);
+  for (auto* p : {&attention->qkv->weight, &attention->qkv->bias, &attention->proj->weight, &attention->proj->bias})
+    if (p->defined()) p->normal_(0, 0.2);
+  for (const int64_t tokens : {5, 16, 21, 33}) {
+    const auto x = torch::randn({2, tokens, config.dim}, options);
+    attention->pad_keys_to = 0;
+    const auto expected = attention->forward(x);
+    attention->pad_keys_to = 16;
+    const auto actual = attention->forward(x);
+    ASSERT_EQ(actual.sizes(), expected.sizes()) << tokens;
+    EXPECT_LE((actual - expected).abs().max().item<double>(), 1e-12 * expected.abs().max().item<double>()) << tokens;
+  }
 }
 
 // forward_gemm is the convolution's arithmetic: in float64 equal to torch::conv2d up to the

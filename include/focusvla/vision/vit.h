@@ -132,17 +132,34 @@ class AttentionImpl : public torch::nn::Module {
     // (B, T, 3D) -> (3, B, heads, T, head_dim)
     const auto q_k_v =
         qkv->forward(x).view({batch, tokens, 3, num_heads_, dim / num_heads_}).permute({2, 0, 3, 1, 4});
-    const auto heads = torch::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
+    const auto heads = pad_keys_to > 1 ? attend_padded(q_k_v[0], q_k_v[1], q_k_v[2])
+                                       : torch::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
     return proj->forward(heads.transpose(1, 2).reshape({batch, tokens, dim}));
   }
 
   nn::Linear qkv;
   nn::Linear proj;
+  // When > 1: keys and values padded to a multiple of this many positions, the padding masked
+  // out (-inf), before SDPA. The same attention in exact arithmetic, but not bit for bit (the
+  // kernel blocks the sum differently), so off by default; use_fast_kernels turns it on where it
+  // pays (docs/QUANTIZATION.md).
+  int64_t pad_keys_to = 0;
 
  private:
+  // SDPA over keys / values padded as pad_keys_to says (q, k, v: (B, heads, T, head_dim)).
+  torch::Tensor attend_padded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
+
   int64_t num_heads_;
 };
 TORCH_MODULE(Attention);
+
+// Switches every ViT module under `root` to the kernels that are faster than the reference's
+// but not bit for bit with it, for the dtype and device its weights have now: PatchEmbed::as_gemm;
+// Attention::pad_keys_to = 16 for bf16 on a CPU with native bf16, where LibTorch's flash kernel
+// runs DINOv2's 261 keys (256 patches + cls + 4 registers) ~1.8x slower than 272 masked ones (in
+// fp32 no faster, with AVX2 slower: measured, docs/SPEED.md). Quantized policies run them
+// (policy/quantize_plan); returns how many modules it switched.
+int64_t use_fast_kernels(torch::nn::Module& root);
 
 // fc1 -> exact (erf) GELU -> fc2 (timm `Mlp`).
 class MlpImpl : public torch::nn::Module {
