@@ -128,9 +128,9 @@ nb::object result(const Policy& policy, ActionChunk&& chunk, bool return_info) {
 }
 
 // A str, or a torch.device / torch.dtype (their str()); None is "".
-std::string option_text(nb::handle value) {
+std::string option_text(nb::handle value, const std::string& what) {
   if (value.is_none()) return "";
-  return nb::isinstance<nb::str>(value) ? nb::cast<std::string>(value) : nb::cast<std::string>(nb::str(value));
+  return utf8_text(nb::isinstance<nb::str>(value) ? nb::borrow<nb::str>(value) : nb::str(value), what);
 }
 
 Observation observation(nb::handle item, size_t index, std::vector<InputArray>& keep) {
@@ -138,10 +138,12 @@ Observation observation(nb::handle item, size_t index, std::vector<InputArray>& 
   if (nb::isinstance<nb::dict>(item)) {
     nb::dict d = nb::borrow<nb::dict>(item);
     for (auto [key, value] : d) {
-      const std::string k = nb::isinstance<nb::str>(key) ? nb::cast<std::string>(key) : std::string("?");
-      if (k != "images" && k != "instruction" && k != "proprio") {
-        throw nb::type_error(("observations[" + std::to_string(index) + "]: unknown key '" +
-                              nb::cast<std::string>(nb::repr(key)) + "' (expected images, instruction, proprio)").c_str());
+      const bool known = nb::isinstance<nb::str>(key) &&
+                         (nb::str("images").equal(key) || nb::str("instruction").equal(key) || nb::str("proprio").equal(key));
+      if (!known) {
+        // repr() is ASCII-safe for any key (a lone surrogate shows as '\udcff').
+        throw nb::type_error(("observations[" + std::to_string(index) + "]: unknown key " +
+                              utf8_text(nb::repr(key), "key") + " (expected images, instruction, proprio)").c_str());
       }
     }
     if (!d.contains("images") || !d.contains("instruction")) {
@@ -174,6 +176,7 @@ nb::list act_batch_isolated(const Policy& self, nb::handle observations, bool re
   std::vector<InputArray> keep;
   std::vector<Observation> batch;
   std::vector<size_t> where;  // batch[k] is observations[where[k]]
+  const nb::object error_type = nb::module_::import_("focusvla._core").attr("Error");
   size_t i = 0;
   for (nb::handle item : observations) {
     try {
@@ -181,6 +184,10 @@ nb::list act_batch_isolated(const Policy& self, nb::handle observations, bool re
       where.push_back(i);
     } catch (const nb::builtin_exception& e) {
       out[i] = nb::handle(PyExc_TypeError)(e.what());
+    } catch (const nb::python_error& e) {  // raised by the item's own Python code: that exception
+      out[i] = nb::borrow(e.value());
+    } catch (const Error& e) {
+      out[i] = error_type(e.what());
     }
     ++i;
   }
@@ -189,7 +196,6 @@ nb::list act_batch_isolated(const Policy& self, nb::handle observations, bool re
     nb::gil_scoped_release release;
     outcomes = focusvla::run_isolated(batch, [&self](const std::vector<Observation>& b) { return self.act_batch(b); });
   }
-  const nb::object error_type = nb::module_::import_("focusvla._core").attr("Error");
   for (size_t k = 0; k < where.size(); ++k) {
     focusvla::ActOutcome& o = outcomes[k];
     out[where[k]] = o.chunk ? result(self, std::move(*o.chunk), return_info) : error_type(o.error);
@@ -222,8 +228,8 @@ NB_MODULE(_core, m) {
              const std::string& quantize,
              bool jpeg_roundtrip) {
             focusvla::PolicyOptions o;
-            o.device = focusvla::parse_device(option_text(device), "device");
-            o.dtype = focusvla::parse_dtype(option_text(dtype), "dtype");
+            o.device = focusvla::parse_device(option_text(device, "device"), "device");
+            o.dtype = focusvla::parse_dtype(option_text(dtype, "dtype"), "dtype");
             o.unnorm_key = unnorm_key.value_or("");
             o.prompt_format = focusvla::check_prompt_format(prompt_format, "prompt_format");
             o.center_crop = center_crop;

@@ -119,7 +119,17 @@ std::string instruction_string(nb::handle instruction) {
   if (!nb::isinstance<nb::str>(instruction)) {
     throw nb::type_error(("instruction: expected a str, got " + py_type_name(instruction)).c_str());
   }
-  return nb::cast<std::string>(instruction);
+  return utf8_text(instruction, "instruction");
+}
+
+std::string utf8_text(nb::handle str, const std::string& what) {
+  Py_ssize_t size = 0;
+  const char* utf8 = PyUnicode_AsUTF8AndSize(str.ptr(), &size);
+  if (utf8 == nullptr) {
+    const nb::python_error error;  // takes (and clears) Python's UnicodeEncodeError
+    throw nb::type_error((what + ": not encodable as UTF-8 text (" + std::string(error.what()) + ")").c_str());
+  }
+  return std::string(utf8, static_cast<size_t>(size));
 }
 
 // A numpy array owning a copy of `matrix` (moved to the heap, freed with the array).

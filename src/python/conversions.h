@@ -27,6 +27,9 @@ std::vector<torch::Tensor> image_list(nanobind::handle images, std::vector<Input
 // A robot state (None, a sequence of numbers or a 1-D array) as doubles (empty for None).
 std::vector<double> proprio_vector(nanobind::handle proprio);
 std::string instruction_string(nanobind::handle instruction);
+// A Python str as UTF-8. A str that has none (a lone surrogate, e.g. from a file name decoded
+// with surrogateescape) is a TypeError naming `what`, not the std::bad_cast nanobind's cast gives.
+std::string utf8_text(nanobind::handle str, const std::string& what);
 // Numpy arrays owning a copy of the values (a tensor's bf16 / fp16 as float32).
 nanobind::object numpy_matrix(ActionChunk::Matrix&& matrix);
 nanobind::object numpy_tensor(const torch::Tensor& value);

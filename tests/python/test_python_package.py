@@ -167,6 +167,21 @@ def test_act_batch_isolate_errors(focus, cases, tensors):
     assert all(isinstance(r, tuple) and r[1]["timing"]["total_ms"] > 0 for r in good)
 
 
+def test_text_without_utf8_is_a_named_error(focus, cases, tensors):
+    """A str with a lone surrogate (what os.fsdecode makes of a non-UTF-8 file name) has no UTF-8
+    form: a TypeError naming the argument, for that observation only, never a std::bad_cast that
+    fails the whole batch."""
+    images, instruction, proprio = observation(cases["focus_openvla"]["observations"][0], tensors)
+    surrogate = "pick \udcff up"
+    expect_error(lambda: focus.act(images, surrogate, proprio), "instruction", "UTF-8", kind=TypeError)
+    out = focus.act_batch([(images, instruction, proprio), (images, surrogate, proprio),
+                           {"images": images, "instruction": instruction, "\udcff": 1}], isolate_errors=True)
+    assert isinstance(out[0], np.ndarray)
+    assert isinstance(out[1], TypeError) and "instruction" in str(out[1]) and "UTF-8" in str(out[1]), out[1]
+    assert isinstance(out[2], TypeError) and "unknown key '\\udcff'" in str(out[2]), out[2]
+    expect_error(lambda: load_case(cases["focus_openvla"], dtype="bf\udcff16"), "dtype", "UTF-8", kind=TypeError)
+
+
 def test_numpy_torch_and_strided_inputs(focus, cases, tensors):
     o = cases["focus_openvla"]["observations"][1]
     images, instruction, proprio = observation(o, tensors)
