@@ -79,11 +79,20 @@ void set_counters(benchmark::State& state, double flops, double cpu_start) {
   state.counters["threads"] = static_cast<double>(torch::get_num_threads());
 }
 
-void BM_Encoder(benchmark::State& state, Encoder e, torch::ScalarType dtype, bool bf16_in_fp32 = false) {
+// How the encoder's linear layers multiply: the dtype's own kernels, bf16 as fp32 matmuls, or int8
+// (W8A8, with the fast kernels quantized policies run: vision::use_fast_kernels).
+enum class Matmul { kNative, kBf16AsFp32, kInt8 };
+
+void BM_Encoder(benchmark::State& state, Encoder e, torch::ScalarType dtype, Matmul matmul = Matmul::kNative) {
   // Built per run (one call: fixed iterations), so that only one model is resident at a time.
   VisionTransformer vit(config_of(e), torch::TensorOptions().dtype(dtype));
   randomize(*vit);
-  focusvla::nn::set_cpu_bf16_matmul(*vit, bf16_in_fp32 ? CpuBf16Matmul::kFloat32 : CpuBf16Matmul::kNative);
+  if (matmul == Matmul::kInt8) {
+    focusvla::nn::set_matmul_mode(*vit, focusvla::nn::MatmulMode::kInt8);
+    focusvla::vision::use_fast_kernels(*vit);
+  } else {
+    focusvla::nn::set_cpu_bf16_matmul(*vit, matmul == Matmul::kBf16AsFp32 ? CpuBf16Matmul::kFloat32 : CpuBf16Matmul::kNative);
+  }
   torch::manual_seed(1);
   const auto pixels = torch::randn({1, 3, 224, 224}).to(dtype);
   vit->forward(pixels);  // warm-up: allocator, oneDNN primitives
@@ -177,9 +186,14 @@ BENCHMARK_CAPTURE(BM_Encoder, dino_bf16, Encoder::dino, torch::kBFloat16)
 BENCHMARK_CAPTURE(BM_Encoder, siglip_bf16, Encoder::siglip, torch::kBFloat16)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
 // bf16 with the linear layers as fp32 matmuls (nn::set_cpu_bf16_matmul kFloat32), for CPUs without bf16.
-BENCHMARK_CAPTURE(BM_Encoder, dino_bf16_f32mm, Encoder::dino, torch::kBFloat16, true)
+BENCHMARK_CAPTURE(BM_Encoder, dino_bf16_f32mm, Encoder::dino, torch::kBFloat16, Matmul::kBf16AsFp32)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
-BENCHMARK_CAPTURE(BM_Encoder, siglip_bf16_f32mm, Encoder::siglip, torch::kBFloat16, true)
+BENCHMARK_CAPTURE(BM_Encoder, siglip_bf16_f32mm, Encoder::siglip, torch::kBFloat16, Matmul::kBf16AsFp32)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
+// int8 W8A8 in bf16 (what --quantize int8 runs in the encoders; docs/QUANTIZATION.md).
+BENCHMARK_CAPTURE(BM_Encoder, dino_bf16_int8, Encoder::dino, torch::kBFloat16, Matmul::kInt8)
+    ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
+BENCHMARK_CAPTURE(BM_Encoder, siglip_bf16_int8, Encoder::siglip, torch::kBFloat16, Matmul::kInt8)
     ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
 BENCHMARK_CAPTURE(BM_Tower, fp32, torch::kFloat32)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);
 BENCHMARK_CAPTURE(BM_Tower, bf16, torch::kBFloat16)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1)->Repetitions(3);

@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -157,6 +158,23 @@ void rescale_bf16(uint16_t* y, int64_t n, const float* x_scales, const float* bi
       for (int64_t j = 0; j < n; ++j) row[j] = float_to_bf16(bf16_to_float(row[j]) * xs + bias[j]);
     } else {
       for (int64_t j = 0; j < n; ++j) row[j] = float_to_bf16(bf16_to_float(row[j]) * xs);
+    }
+  }
+}
+
+// out (M, N) bf16 = bf16(t * x_scale[m] + bias[n]) for a float32 t (the packed GEMM's output
+// where it cannot write bf16 fast: int8_gemm_writes_bf16).
+FOCUSVLA_CPU_CLONES
+void rescale_f32_to_bf16(const float* t, int64_t n, const float* x_scales, const float* bias, uint16_t* out,
+                         int64_t begin, int64_t end) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float xs = x_scales[m];
+    const float* row = t + m * n;
+    uint16_t* y = out + m * n;
+    if (bias != nullptr) {
+      for (int64_t j = 0; j < n; ++j) y[j] = float_to_bf16(row[j] * xs + bias[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) y[j] = float_to_bf16(row[j] * xs);
     }
   }
 }
@@ -342,6 +360,23 @@ const c10::OperatorHandle* qlinear_op() {
 
 bool int8_packed_gemm_available() { return qlinear_prepack_op() != nullptr && qlinear_op() != nullptr; }
 
+bool int8_gemm_writes_bf16() {
+  static const bool writes = [] {
+    if (!cpu_has_native_bf16()) return false;
+    for (const char* name : {"ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"}) {
+      const char* cap = std::getenv(name);
+      if (cap == nullptr) continue;
+      std::string isa(cap);
+      for (auto& c : isa) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      // oneDNN's ISA names below AVX512_CORE_BF16 (docs: dev_guide_cpu_dispatcher_control).
+      for (const char* below : {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+        if (isa == below) return false;
+    }
+    return true;
+  }();
+  return writes;
+}
+
 QuantizedWeight pack_int8(QuantizedWeight weight, int64_t tokens) {
   check(weight.values.defined() && weight.values.dim() == 2 && weight.values.scalar_type() == torch::kInt8 &&
             weight.values.is_cpu(),
@@ -393,11 +428,20 @@ torch::Tensor int8_linear(const torch::Tensor& x, const QuantizedWeight& weight,
   if (weight.packed.defined()) {
     // oneDNN: t = acc * w_scale in the output dtype (fp16: float32, converted at the end).
     const QuantizedWeight xq = quantize_tokens_int8(x2, /*offset=*/128);
-    const auto dtype = x.scalar_type() == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat32;
+    const bool bf16 = x.scalar_type() == torch::kBFloat16;
+    const auto dtype = bf16 && int8_gemm_writes_bf16() ? torch::kBFloat16 : torch::kFloat32;
     torch::Tensor t = packed_gemm(xq.values, weight, dtype);
     check(t.sizes() == torch::IntArrayRef({m, n}) && t.is_contiguous() && t.scalar_type() == dtype, "int8_linear",
           "unexpected output of onednn::qlinear_pointwise");
     const float* x_scales = xq.scales.const_data_ptr<float>();
+    if (bf16 && dtype == torch::kFloat32) {
+      torch::Tensor out = torch::empty({m, n}, x.options());
+      at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+        rescale_f32_to_bf16(t.const_data_ptr<float>(), n, x_scales, bias, static_cast<uint16_t*>(out.data_ptr()), begin,
+                            end);
+      });
+      return out.view(out_shape);
+    }
     at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
       if (dtype == torch::kBFloat16)
         rescale_bf16(static_cast<uint16_t*>(t.data_ptr()), n, x_scales, bias, begin, end);

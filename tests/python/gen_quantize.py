@@ -11,6 +11,8 @@ W8A8 int8, weight-only int8 and fp8 quantization, computed with PyTorch's own op
                                           in float32, rounded once to x's dtype
       <case>.w{127,63}.int8_packed        the same through the packed GEMM (oneDNN's epilogue t = acc *
                                           w_scale in the output dtype, then t * x_scale + bias)
+      <case>.w{127,63}.int8_packed_f32out the packed GEMM writing float32 for a bf16 x (CPUs without
+                                          native bf16: t not rounded to bf16, the result once)
       <case>.weight_only                  int8_weight_only_linear (weight quantized with qmax 127)
       <case>.float                        the float layer, F.linear in float64 (the error baseline)
 
@@ -72,14 +74,14 @@ def int8_linear(x, values, scales, bias):
     return y.to(x.dtype).reshape(*x.shape[:-1], values.shape[0])
 
 
-def int8_linear_packed(x, values, scales, bias):
+def int8_linear_packed(x, values, scales, bias, f32_out=False):
     """The packed path: oneDNN's epilogue t = acc * w_scale rounded to the output dtype (bf16 for
-    bf16 inputs, else float32), then t * x_scale + bias rounded once more."""
+    bf16 inputs, else float32; float32 with f32_out), then t * x_scale + bias rounded once more."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k)
     xq, xs = quantize_tokens_int8(x2)
     acc = (xq.long() @ values.long().t()).to(torch.int32)
-    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+    dtype = torch.bfloat16 if x.dtype == torch.bfloat16 and not f32_out else torch.float32
     t = (acc.float() * scales[None, :]).to(dtype)
     y = t.float() * xs[:, None]
     if bias is not None:
@@ -121,6 +123,8 @@ def generate(out_dir):
             out[f"{name}.w{qmax}.scales"] = scales
             out[f"{name}.w{qmax}.int8"] = int8_linear(x, values, scales, None if bias is None else bias.float())
             out[f"{name}.w{qmax}.int8_packed"] = int8_linear_packed(x, values, scales, None if bias is None else bias.float())
+            out[f"{name}.w{qmax}.int8_packed_f32out"] = int8_linear_packed(
+                x, values, scales, None if bias is None else bias.float(), f32_out=True)
         values, scales = quantize_rows_int8(weight, 127)
         out[f"{name}.weight_only"] = weight_only(x, values, scales, bias)
         tv, ts = quantize_tokens_int8(x.reshape(-1, k))

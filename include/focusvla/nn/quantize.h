@@ -74,10 +74,17 @@ QuantizedWeight quantize_tokens_int8(const torch::Tensor& x, int offset = 0);
 // LibTorch has no such op. Whether it does: int8_packed_gemm_available().
 QuantizedWeight pack_int8(QuantizedWeight weight, int64_t tokens = 512);
 bool int8_packed_gemm_available();
+// Whether the packed GEMM writes bf16 for a bf16 x: only where oneDNN has a fast kernel for it
+// (native bf16: AVX512-BF16 / AMX, and oneDNN not capped below it by ONEDNN_MAX_CPU_ISA /
+// DNNL_MAX_CPU_ISA). Elsewhere (AVX2, AVX512 without BF16) oneDNN's only int8 GEMM with bf16
+// output is its reference kernel (`ref_int8`: measured ~1,000x slower than its `gemm:jit` on the
+// decoder's gate/up block), so it writes float32 and the rescale rounds to bf16 once.
+bool int8_gemm_writes_bf16();
 
 // W8A8 on the CPU: x (..., K) float -> (..., N) in x's dtype. weight: int8 (N, K) with scales
 // (N), packed or not; bias (N) float32 or undefined. Packed (see above): t = x's dtype(float(acc)
-// * w_scale) from oneDNN, then y = x's dtype(float(t) * x_scale + bias). Not packed: at::_int_mm,
+// * w_scale) from oneDNN (float32 for bf16 x where !int8_gemm_writes_bf16()), then
+// y = x's dtype(float(t) * x_scale + bias). Not packed: at::_int_mm,
 // then y = float(acc) * x_scale * w_scale + bias, rounded once. Float32 operations in that order,
 // no fused multiply-add.
 torch::Tensor int8_linear(const torch::Tensor& x, const QuantizedWeight& weight, const torch::Tensor& bias_fp32);
