@@ -1,6 +1,7 @@
 // Speed of the vision encoders (SPEC 4, 12): one 224x224 image through DINOv2-L/14-reg4 (blocks
-// 0..22) and SigLIP-SO400M/14 (blocks 0..25) at full size, fp32 and bf16, plus the whole tower
-// (both encoders and the projector), the image preprocessing and the LIBERO resize's JPEG round trip.
+// 0..22) and SigLIP-SO400M/14 (blocks 0..25) at full size, fp32, bf16 and bf16 with int8 linear
+// layers (what --quantize int8 runs), plus the whole tower (both encoders and the projector), the
+// image preprocessing and the LIBERO resize's JPEG round trip.
 //
 //   focusvla_bench_vision [--benchmark_filter=...] [google benchmark flags]
 //

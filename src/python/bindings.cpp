@@ -186,8 +186,6 @@ nb::list act_batch_isolated(const Policy& self, nb::handle observations, bool re
       out[i] = nb::handle(PyExc_TypeError)(e.what());
     } catch (const nb::python_error& e) {  // raised by the item's own Python code: that exception
       out[i] = nb::borrow(e.value());
-    } catch (const Error& e) {
-      out[i] = error_type(e.what());
     }
     ++i;
   }

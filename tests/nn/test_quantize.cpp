@@ -92,15 +92,16 @@ TEST(Quantize, Int8LinearEqualsPyTorchW8A8) {
   }
 }
 
-// The packed GEMM (oneDNN's int8 matmul through onednn::qlinear_pointwise): its epilogue rounds
-// acc * w_scale to the output dtype, then ours applies the token scale and bias.
 // The packed path's oracle for case `c`: the GEMM writes bf16 for a bf16 x only where that is
-// fast (int8_gemm_writes_bf16), else float32 (one rounding less).
+// fast (int8_gemm_writes_bf16), else float32 (one rounding less). The AVX2 group (llm_int8_avx2,
+// oneDNN capped at AVX2) and AVX2-only CPUs check the float32 branch, native-bf16 CPUs the other.
 std::string packed_oracle(const char* c) {
   const bool bf16 = get(std::string(c) + ".x").scalar_type() == torch::kBFloat16;
   return bf16 && !int8_gemm_writes_bf16() ? ".int8_packed_f32out" : ".int8_packed";
 }
 
+// The packed GEMM (oneDNN's int8 matmul through onednn::qlinear_pointwise): its epilogue rounds
+// acc * w_scale to the output dtype, then ours applies the token scale and bias.
 TEST(Quantize, PackedInt8LinearEqualsPyTorchW8A8) {
   ASSERT_TRUE(int8_packed_gemm_available()) << "this LibTorch has no onednn::qlinear_pointwise";
   const int qmax = cpu_int8_weight_max();

@@ -166,6 +166,15 @@ def test_act_batch_isolate_errors(focus, cases, tensors):
     good = focus.act_batch([tuple(ob) for ob in obs[:2]], return_info=True, isolate_errors=True)
     assert all(isinstance(r, tuple) and r[1]["timing"]["total_ms"] > 0 for r in good)
 
+    class Odd(tuple):  # an item whose own Python code raises while it is read
+        def __len__(self):
+            raise ValueError("Odd has no length")
+
+    expect_error(lambda: focus.act_batch([tuple(obs[0]), Odd(obs[0])]), "Odd has no length", kind=ValueError)
+    out = focus.act_batch([tuple(obs[0]), Odd(obs[0])], isolate_errors=True)
+    assert isinstance(out[0], np.ndarray)
+    assert isinstance(out[1], ValueError) and "Odd has no length" in str(out[1]), out[1]
+
 
 def test_text_without_utf8_is_a_named_error(focus, cases, tensors):
     """A str with a lone surrogate (what os.fsdecode makes of a non-UTF-8 file name) has no UTF-8
