@@ -97,7 +97,7 @@ std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t project
   }
   return what + "; linear layers: vision encoders " + std::to_string(vision) + ", projector " +
          std::to_string(projector) + ", llm " + std::to_string(llm) + "; projector, head, norms, embeddings, patch " +
-         "embeddings (as GEMMs) in " + dtype_name(dtype);
+         "embeddings (as GEMMs) in " + dtype_name(dtype) + "; vision encoders side by side when threads = encoders";
 }
 
 }  // namespace focusvla::policy

@@ -1,5 +1,8 @@
 #include "focusvla/vision/vision_tower.h"
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
 #include <cmath>
 
 #include "focusvla/core/error.h"
@@ -47,13 +50,31 @@ int64_t VisionBackboneImpl::in_channels() const {
   return out;
 }
 
+bool VisionBackboneImpl::runs_side_by_side(const torch::Tensor& pixels) const {
+  if (!side_by_side || encoders_.size() < 2 || !pixels.is_cpu() || at::in_parallel_region()) return false;
+  for (const auto& e : encoders_)
+    if (e->has_tap()) return false;
+  return at::get_num_threads() == static_cast<int>(encoders_.size());
+}
+
 torch::Tensor VisionBackboneImpl::forward(const torch::Tensor& pixels) const {
   if (encoders_.size() == 1) return encoders_.front()->forward(pixels);
-  std::vector<torch::Tensor> features;
-  int64_t channel = 0;
-  for (const auto& e : encoders_) {
-    features.push_back(e->forward(pixels.slice(1, channel, channel + e->in_channels())));
-    channel += e->in_channels();
+  std::vector<int64_t> first_channel{0};
+  for (const auto& e : encoders_) first_channel.push_back(first_channel.back() + e->in_channels());
+  std::vector<torch::Tensor> features(encoders_.size());
+  const auto run = [&](size_t i) {
+    features[i] = encoders_[i]->forward(pixels.slice(1, first_channel[i], first_channel[i + 1]));
+  };
+  if (runs_side_by_side(pixels)) {
+    // One thread per encoder. The caller's thread-local state (inference mode, grad mode) goes
+    // with each; the first exception is rethrown here.
+    const at::ThreadLocalState state;
+    at::parallel_for(0, static_cast<int64_t>(encoders_.size()), 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(state);
+      for (int64_t i = begin; i < end; ++i) run(static_cast<size_t>(i));
+    });
+  } else {
+    for (size_t i = 0; i < encoders_.size(); ++i) run(i);
   }
   return torch::cat(features, 2);
 }

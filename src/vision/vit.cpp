@@ -7,6 +7,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/nn/matmul.h"
+#include "focusvla/vision/vision_tower.h"
 
 namespace focusvla::vision {
 namespace {
@@ -120,7 +121,10 @@ int64_t use_fast_kernels(torch::nn::Module& root) {
   constexpr int64_t kKeyMultiple = 16;  // 261 -> 272 keys: the measured fast case (docs/SPEED.md)
   int64_t count = 0;
   for (const auto& module : root.modules()) {
-    if (auto* embed = dynamic_cast<PatchEmbedImpl*>(module.get())) {
+    if (auto* backbone = dynamic_cast<VisionBackboneImpl*>(module.get())) {
+      backbone->side_by_side = true;
+      ++count;
+    } else if (auto* embed = dynamic_cast<PatchEmbedImpl*>(module.get())) {
       embed->as_gemm = true;
       ++count;
     } else if (auto* attention = dynamic_cast<AttentionImpl*>(module.get())) {

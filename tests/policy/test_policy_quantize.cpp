@@ -113,6 +113,7 @@ TEST(PolicyQuantize, SettingsSayWhatIsQuantized) {
   EXPECT_NE(s.quantize_detail.find("W8A8"), std::string::npos) << s.quantize_detail;
   EXPECT_NE(s.quantize_detail.find("head"), std::string::npos) << s.quantize_detail;
   EXPECT_NE(s.quantize_detail.find("patch embeddings (as GEMMs)"), std::string::npos) << s.quantize_detail;
+  EXPECT_NE(s.quantize_detail.find("vision encoders side by side"), std::string::npos) << s.quantize_detail;
   const auto j = settings_json(s);
   EXPECT_EQ(j["quantize"], "int8");
   EXPECT_EQ(j["quantized_layers"], expected);

@@ -6,8 +6,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
+#include <mutex>
+#include <vector>
 
 #include "focusvla/core/error.h"
 #include "focusvla/io/checkpoint_config.h"
@@ -172,12 +177,28 @@ struct ProjImpl : torch::nn::Module {
 };
 TORCH_MODULE(Proj);
 
+// What each PoolEncoder run saw (for the side-by-side test): its thread, whether it ran inside a
+// parallel region, whether the caller's inference mode reached it; and a switch that makes it fail.
+struct PoolRun {
+  int thread;
+  bool in_parallel;
+  bool inference;
+};
+std::mutex pool_runs_mutex;
+std::vector<PoolRun> pool_runs;
+std::atomic<bool> pool_fails{false};
+
 class PoolEncoder : public ImageEncoder {
  public:
   PoolEncoder(const PoolParams& params, std::string name, const torch::TensorOptions& options)
       : ImageEncoder(std::move(name)), params_(params), proj(register_module("proj", Proj(3, params.width, options))) {}
 
   torch::Tensor forward(const torch::Tensor& pixels) const override {
+    {
+      const std::lock_guard<std::mutex> lock(pool_runs_mutex);
+      pool_runs.push_back({at::get_thread_num(), at::in_parallel_region(), c10::InferenceMode::is_enabled()});
+    }
+    check(!pool_fails, "toy pool encoder '" + checkpoint_name() + "'", "asked to fail");
     const c10::InferenceMode inference;
     const auto pooled =
         torch::avg_pool2d(pixels.to(proj->weight.scalar_type()), params_.patch).flatten(2).transpose(1, 2);
@@ -284,6 +305,68 @@ TEST(VisionEncoders, RegisteredToyEncoderBuildsATowerWithAViT) {
   expect_error([] { EncoderConfig::from_timm_id("toy_pool_big", 224, "featurizer"); }, {"toy_pool_big", "toy pool id"});
   expect_error([] { EncoderConfig::from_timm_id("resnet50.a1_in1k", 224, "featurizer"); },
                {"resnet50.a1_in1k", "no registered vision encoder", "vit_* (timm ViT)", "toy_pool_* (toy pool)"});
+}
+
+// Side by side (what quantized policies run on as many threads as encoders): each encoder on its
+// own thread of one parallel region, the caller's inference mode with it, the features those of
+// the sequential run, an encoder's error rethrown to the caller. One after the other otherwise.
+TEST(VisionEncoders, SideBySideRunsEachEncoderOnItsOwnThread) {
+  register_encoder(pool_registration());
+  VisionTowerConfig config;
+  config.encoders[0] = EncoderConfig::from_timm_id("toy_pool_p14_w8", 224, "featurizer");
+  config.encoders[1] = EncoderConfig::from_timm_id("toy_pool_p14_w4", 224, "fused_featurizer");
+  config.projector = {12, 48, 16};
+  VisionTower tower(config, torch::TensorOptions());
+  {
+    const torch::NoGradGuard no_grad;
+    torch::manual_seed(3);
+    for (auto& p : tower->parameters()) p.normal_(0.0, 0.1);
+  }
+  const auto pixels = torch::rand({1, 2, 6, 224, 224});
+  auto& backbone = *tower->vision_backbone;
+  const int threads = at::get_num_threads();
+  torch::set_num_threads(2);
+  const auto sequential = tower->features(pixels);
+  EXPECT_FALSE(backbone.runs_side_by_side(pixels));  // off by default
+
+  backbone.side_by_side = true;
+  EXPECT_TRUE(backbone.runs_side_by_side(pixels));
+  EXPECT_TRUE(torch::equal(tower->features(pixels), sequential));
+  pool_runs.clear();  // no encoder runs now: the lock is for the encoders' threads
+  {
+    const c10::InferenceMode mode;
+    tower->features(pixels);
+  }
+  std::vector<PoolRun> seen;
+  {
+    const std::lock_guard<std::mutex> lock(pool_runs_mutex);
+    seen = pool_runs;
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[0].in_parallel && seen[1].in_parallel);
+  EXPECT_NE(seen[0].thread, seen[1].thread);
+  EXPECT_TRUE(seen[0].inference && seen[1].inference);
+
+  pool_fails = true;
+  expect_error([&] { tower->features(pixels); }, {"toy pool encoder", "asked to fail"});
+  pool_fails = false;
+  EXPECT_TRUE(torch::equal(tower->features(pixels), sequential));  // and it runs on
+
+  // One thread; more threads than encoders; a tap (taps come in run order): one after the other.
+  torch::set_num_threads(1);
+  EXPECT_FALSE(backbone.runs_side_by_side(pixels));
+  torch::set_num_threads(3);
+  EXPECT_FALSE(backbone.runs_side_by_side(pixels));
+  torch::set_num_threads(2);
+  std::vector<std::string> tapped;
+  tower->set_tap([&](const std::string& name, const torch::Tensor&) { tapped.push_back(name); });
+  EXPECT_FALSE(backbone.runs_side_by_side(pixels));
+  pool_runs.clear();
+  EXPECT_TRUE(torch::equal(tower->features(pixels), sequential));
+  EXPECT_EQ(tapped.front(), "featurizer.pooled");
+  EXPECT_EQ(pool_runs.size(), 2u);
+  for (const auto& run : pool_runs) EXPECT_FALSE(run.in_parallel);
+  torch::set_num_threads(threads);
 }
 
 // Encoders that do not fit together are named.

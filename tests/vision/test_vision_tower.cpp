@@ -2,12 +2,14 @@
 // name, they reproduce Prismatic's fused features and projector output (timm + torch with the
 // same weights), at test sizes in fp32 and bf16 and at the full released size in fp32.
 
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "focusvla/core/error.h"
 #include "focusvla/io/checkpoint_config.h"
 #include "focusvla/io/state_dict.h"
+#include "focusvla/nn/matmul.h"
 #include "focusvla/vision/vision_tower.h"
 #include "tensor_util.h"
 #include "test_util.h"
@@ -143,6 +145,26 @@ TEST(VisionTower, BatchEqualsPerSample) {
   // Camera order is token order: camera 1 alone gives tokens 256..511.
   const auto camera1 = tower->features(pixels[0].slice(0, 1, 2));
   EXPECT_LE(relative_error(camera1[0], tower->features(pixels)[0].slice(0, 256, 512)), 1e-6);
+}
+
+// A quantized policy's tower (int8 layers, vision::use_fast_kernels) on as many threads as
+// encoders runs them side by side, one thread each: the features of the sequential run, bit for
+// bit (integer sums; the float operations are per row or per element).
+TEST(VisionTower, Int8EncodersSideBySideEqualTheSequentialRun) {
+  const Case c = read_case("tiny16");
+  auto tower = VisionTower::load(c.model, c.config, torch::TensorOptions().dtype(torch::kBFloat16));
+  auto& backbone = *tower->vision_backbone;
+  ASSERT_GT(nn::set_matmul_mode(backbone, nn::MatmulMode::kInt8), 0);
+  EXPECT_GT(use_fast_kernels(backbone), 0);
+  EXPECT_TRUE(backbone.side_by_side);
+  const auto pixels = c.io.at("pixels");
+  const int threads = at::get_num_threads();
+  torch::set_num_threads(2);
+  ASSERT_TRUE(backbone.runs_side_by_side(pixels));
+  const auto side_by_side = tower->features(pixels);
+  backbone.side_by_side = false;
+  EXPECT_TRUE(torch::equal(side_by_side, tower->features(pixels)));
+  torch::set_num_threads(threads);
 }
 
 TEST(VisionTower, TapsNameTheIntermediates) {

@@ -57,6 +57,7 @@ class ImageEncoder : public torch::nn::Module {
 
   // Named intermediates (core/tap.h), names relative to the encoder ("blocks.22", "output").
   void set_tap(Tap tap) { tap_ = std::move(tap); }
+  bool has_tap() const { return static_cast<bool>(tap_); }
 
  protected:
   void tap(const std::string& name, const torch::Tensor& value) const {

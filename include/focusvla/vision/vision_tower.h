@@ -67,6 +67,18 @@ class VisionBackboneImpl : public torch::nn::Module {
 
   torch::Tensor forward(const torch::Tensor& pixels) const;
 
+  // When true, CPU pixels and the calling thread has exactly as many threads as there are encoders
+  // (at::get_num_threads(): 2 for DINOv2 + SigLIP): the encoders run side by side, one thread each
+  // (at::parallel_for over the encoders; LibTorch's and oneDNN's own loops inside then run on that
+  // one thread), instead of one after the other on all threads. Measured on 2 cores: one int8
+  // encoder runs 1.4x (DINOv2) / 1.6x (SigLIP) faster on 2 threads than on 1, so side by side the
+  // pair takes ~14% less (docs/QUANTIZATION.md). Never with a tap set (taps come in run order).
+  // Bit for bit the sequential result for int8 encoders; bf16 GEMMs block their sums differently
+  // on one thread, so off by default; vision::use_fast_kernels turns it on (quantized policies).
+  bool side_by_side = false;
+  // Whether forward(pixels) would run the encoders side by side now (see above).
+  bool runs_side_by_side(const torch::Tensor& pixels) const;
+
   size_t size() const { return encoders_.size(); }
   const std::shared_ptr<ImageEncoder>& encoder(size_t index) const { return encoders_.at(index); }
   const std::vector<std::shared_ptr<ImageEncoder>>& encoders() const { return encoders_; }
