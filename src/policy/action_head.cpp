@@ -301,7 +301,12 @@ torch::Tensor FocusBlockImpl::forward(const torch::Tensor& x, const torch::Tenso
   s_visual = s_visual / scale;
   if (context.tap) context.tap("visual_logits", s_visual);
   if (f.top_k > 0) {  // patch-level focus: the rest of each row -> -inf
-    const auto kept = std::get<1>(torch::topk(s_visual, f.top_k, -1, /*largest=*/true, /*sorted=*/true));
+    // The scores depend on the kept set only; its order matters to whoever reads the indices (the
+    // reference's are sorted). LibTorch's CPU topk picks the set by nth_element whether or not it
+    // sorts it after (k * 64 > n here), so unsorted is the reference's set, bf16 ties included,
+    // and ~2.5x faster (tested: ActionHeadFocus.UnsortedTopKKeepsTheReferenceSet).
+    const bool sorted = context.diagnostics != nullptr || static_cast<bool>(context.tap) || !s_visual.is_cpu();
+    const auto kept = std::get<1>(torch::topk(s_visual, f.top_k, -1, /*largest=*/true, sorted));
     s_visual = torch::full_like(s_visual, -std::numeric_limits<double>::infinity())
                    .scatter(-1, kept, s_visual.gather(-1, kept));
     if (context.diagnostics) context.diagnostics->kept_indices.push_back(kept);

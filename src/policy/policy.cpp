@@ -489,7 +489,8 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.action_dim = impl->head->action_dim();
   settings.quantize = nn::is_quantized(quantized_mode) ? nn::matmul_mode_name(quantized_mode) : "none";
   settings.quantized_layers = quantized_vision + quantized_projector + quantized_llm;
-  settings.quantize_detail = policy::quantize_detail(quantized_mode, quantized_vision, quantized_projector, quantized_llm, impl->dtype);
+  settings.quantize_detail = policy::quantize_detail(quantized_mode, quantized_vision, quantized_projector, quantized_llm,
+                                                     impl->dtype, impl->vision->vision_backbone->side_by_side);
   if (quantized_mode == nn::MatmulMode::kInt8 && !nn::cpu_has_int8_dot())
     log_warn("quantize int8 on a CPU without int8 dot products (AVX512-VNNI / AVX-VNNI / AMX): weights are 7-bit "
              "(8-bit ones saturate its u8 x s8 instruction) and int8 GEMMs gain less over float ones here; see "

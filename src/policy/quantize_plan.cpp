@@ -83,7 +83,7 @@ int64_t use_fast_vision_kernels(torch::nn::Module& vision, nn::MatmulMode mode) 
 
 // What the quantized layers are, for settings().quantize_detail.
 std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,
-                            torch::ScalarType dtype) {
+                            torch::ScalarType dtype, bool encoders_side_by_side) {
   std::string what;
   switch (mode) {
     case nn::MatmulMode::kInt8:
@@ -97,7 +97,8 @@ std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t project
   }
   return what + "; linear layers: vision encoders " + std::to_string(vision) + ", projector " +
          std::to_string(projector) + ", llm " + std::to_string(llm) + "; projector, head, norms, embeddings, patch " +
-         "embeddings (as GEMMs) in " + dtype_name(dtype) + "; vision encoders side by side when threads = encoders";
+         "embeddings (as GEMMs) in " + dtype_name(dtype) +
+         (encoders_side_by_side ? "; vision encoders side by side when threads = encoders" : "");
 }
 
 }  // namespace focusvla::policy

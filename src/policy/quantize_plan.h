@@ -39,8 +39,9 @@ io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count);
 // (vision::VisionBackboneImpl::side_by_side; ~14% less vision time on 2 cores). Returns how many modules it switched; none when `mode` is not quantized.
 int64_t use_fast_vision_kernels(torch::nn::Module& vision, nn::MatmulMode mode);
 
-// "W8A8, 8-bit weights (...); linear layers: vision encoders N, projector N, llm N; ... in <dtype>".
+// "W8A8, 8-bit weights (...); linear layers: vision encoders N, projector N, llm N; ... in <dtype>"
+// (and "; vision encoders side by side ..." when they run so).
 std::string quantize_detail(nn::MatmulMode mode, int64_t vision, int64_t projector, int64_t llm,
-                            torch::ScalarType dtype);
+                            torch::ScalarType dtype, bool encoders_side_by_side);
 
 }  // namespace focusvla::policy

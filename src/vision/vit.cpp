@@ -122,8 +122,12 @@ int64_t use_fast_kernels(torch::nn::Module& root) {
   int64_t count = 0;
   for (const auto& module : root.modules()) {
     if (auto* backbone = dynamic_cast<VisionBackboneImpl*>(module.get())) {
-      backbone->side_by_side = true;
-      ++count;
+      const auto params = backbone->parameters();
+      if (!params.empty() && params.front().is_cpu() && params.front().scalar_type() == torch::kBFloat16 &&
+          nn::cpu_has_native_bf16()) {
+        backbone->side_by_side = true;
+        ++count;
+      }
     } else if (auto* embed = dynamic_cast<PatchEmbedImpl*>(module.get())) {
       embed->as_gemm = true;
       ++count;

@@ -227,6 +227,26 @@ TEST(ActionHeadFocus, MixedScalarLayerWithoutTopKIsTheProHead) {
   EXPECT_TRUE(diag.gates.empty());
 }
 
+// Without diagnostics or taps the patch-level focus asks topk for an unsorted set (faster): the
+// same kept set as the sorted call (LibTorch's selection does not depend on the sort), so the same
+// actions bit for bit, in bf16 too, where tied logits are common.
+TEST(ActionHeadFocus, UnsortedTopKKeepsTheReferenceSet) {
+  for (const std::string name : {"focus_cascaded_k16_element_emb", "focus_mixed_k24_none_emb", "full_focus"}) {
+    const auto c = load_case(name);
+    for (const auto& options : {kF32, kBf16}) {
+      const auto head = ActionHeadImpl::load(c.head, c.focus, options);
+      const auto visual = c.data.at("b1.visual").to(options.dtype());
+      const auto queries = c.data.at("b1.queries").to(options.dtype());
+      const auto proprio = c.data.at("b1.proprio").to(options.dtype());
+      HeadDiagnostics diag;
+      const auto sorted = head->forward(visual, queries, proprio, &diag);
+      ASSERT_FALSE(diag.kept_indices.empty()) << name;
+      const auto unsorted = head->forward(visual, queries, proprio);
+      EXPECT_TRUE(torch::equal(sorted, unsorted)) << name << " " << options.dtype();
+    }
+  }
+}
+
 TEST(ActionHeadConfig, InfersFromState) {
   const auto c = load_case("focus_cascaded_k16_element_emb");  // saved with `module.` keys
   const auto config = ActionHeadConfig::from_state(c.head, c.focus);

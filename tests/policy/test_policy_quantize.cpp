@@ -13,6 +13,7 @@
 #include <set>
 
 #include "focusvla/io/checkpoint.h"
+#include "focusvla/nn/matmul.h"
 #include "focusvla/policy/policy.h"
 #include "focusvla/policy/quantize_audit.h"
 #include "policy/policy_cases.h"
@@ -113,7 +114,9 @@ TEST(PolicyQuantize, SettingsSayWhatIsQuantized) {
   EXPECT_NE(s.quantize_detail.find("W8A8"), std::string::npos) << s.quantize_detail;
   EXPECT_NE(s.quantize_detail.find("head"), std::string::npos) << s.quantize_detail;
   EXPECT_NE(s.quantize_detail.find("patch embeddings (as GEMMs)"), std::string::npos) << s.quantize_detail;
-  EXPECT_NE(s.quantize_detail.find("vision encoders side by side"), std::string::npos) << s.quantize_detail;
+  EXPECT_EQ(s.quantize_detail.find("vision encoders side by side") != std::string::npos,
+            nn::cpu_has_native_bf16() && s.dtype == torch::kBFloat16)
+      << s.quantize_detail;
   const auto j = settings_json(s);
   EXPECT_EQ(j["quantize"], "int8");
   EXPECT_EQ(j["quantized_layers"], expected);

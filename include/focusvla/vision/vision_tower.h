@@ -74,7 +74,8 @@ class VisionBackboneImpl : public torch::nn::Module {
   // encoder runs 1.4x (DINOv2) / 1.6x (SigLIP) faster on 2 threads than on 1, so side by side the
   // pair takes ~14% less (docs/QUANTIZATION.md). Never with a tap set (taps come in run order).
   // Bit for bit the sequential result for int8 encoders; bf16 GEMMs block their sums differently
-  // on one thread, so off by default; vision::use_fast_kernels turns it on (quantized policies).
+  // on one thread, so off by default; vision::use_fast_kernels turns it on for bf16 encoders on a
+  // CPU with native bf16 (quantized policies; with AVX2, emulated, side by side measured no gain).
   bool side_by_side = false;
   // Whether forward(pixels) would run the encoders side by side now (see above).
   bool runs_side_by_side(const torch::Tensor& pixels) const;

@@ -158,7 +158,8 @@ TORCH_MODULE(Attention);
 // Attention::pad_keys_to = 16 for bf16 on a CPU with native bf16, where LibTorch's flash kernel
 // runs DINOv2's 261 keys (256 patches + cls + 4 registers) ~1.8x slower than 272 masked ones (in
 // fp32 no faster, with AVX2 slower: measured, docs/SPEED.md); a VisionBackbone's encoders side by
-// side (VisionBackboneImpl::side_by_side). Quantized policies run them (policy/quantize_plan);
+// side (VisionBackboneImpl::side_by_side), also for bf16 on a CPU with native bf16 (with AVX2,
+// emulated, it measured no gain). Quantized policies run them (policy/quantize_plan);
 // returns how many modules it switched.
 int64_t use_fast_kernels(torch::nn::Module& root);
 
