@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "focusvla/core/error.h"
+#include "focusvla/nn/rotary.h"
 
 namespace focusvla::llm {
 namespace {
@@ -17,18 +18,10 @@ void emit(const ForwardContext& context, const char* name, const torch::Tensor& 
 }
 
 // HF apply_rotary_pos_emb on x (B, L, heads, head_dim): x * cos + rotate_half(x) * sin, with
-// rotate_half(x) = cat(-x2, x1) over the two halves of head_dim. Same ops in the same dtype, so
-// bf16 rounds where HF rounds.
+// rotate_half(x) = cat(-x2, x1) over the two halves of head_dim; in one pass that rounds where
+// HF's three ops round (nn::rotary: bit for bit).
 torch::Tensor apply_rope(const torch::Tensor& x, const RopeTables& rope) {
-  const int64_t length = x.size(1);
-  const int64_t head_dim = x.size(3);
-  const int64_t half = head_dim / 2;
-  const auto cos = rope.cos.view({1, length, 1, head_dim});
-  const auto sin = rope.sin.view({1, length, 1, head_dim});
-  const auto rotated = torch::cat({x.narrow(3, half, half).neg(), x.narrow(3, 0, half)}, 3);
-  auto out = x * cos;
-  out.add_(rotated * sin);
-  return out;
+  return nn::rotary(x, rope.cos, rope.sin, /*position_dim=*/1, nn::RotaryPairs::kHalves);
 }
 
 // A table that lookups can convert per element (not the float8 types, which embedding refuses).

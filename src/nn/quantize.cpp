@@ -17,6 +17,7 @@
 
 #include "focusvla/core/error.h"
 #include "focusvla/nn/matmul.h"
+#include "float_bits.h"
 
 #ifdef FOCUSVLA_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -28,13 +29,8 @@ namespace {
 constexpr float kFp8Max = 448.0f;  // the largest finite float8 e4m3fn
 
 // The CPU loops, written so that the compiler vectorizes them (no libm calls, no branches),
-// and compiled for AVX512 and AVX2 besides the baseline (GCC function multiversioning: the
-// loader picks the clone this CPU runs). Each float operation rounds as PyTorch's does.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FOCUSVLA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define FOCUSVLA_CPU_CLONES
-#endif
+// compiled for AVX512 and AVX2 besides the baseline (FOCUSVLA_CPU_CLONES, float_bits.h). Each
+// float operation rounds as PyTorch's does.
 
 // Round to nearest, ties to even, for |v| < 2^22 (the values here are within +-127): adding and
 // subtracting 1.5 * 2^23 leaves the integer part in the mantissa (the FPU's default rounding).
@@ -43,26 +39,9 @@ inline float round_half_even(float v) {
   return (v + kMagic) - kMagic;
 }
 
-inline float bf16_to_float(uint16_t bits) {
-  uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// float -> bf16 bits, round to nearest even, NaN kept (as c10::BFloat16), without branches.
-inline uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>(f != f ? 0x7FC0u : rounded);
-}
-
-inline uint32_t float_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
+using bits::bf16_to_float;
+using bits::float_bits;
+using bits::float_to_bf16;
 
 // One row of x -> int8 values; returns its scale (see quantize_tokens_int8). `load` reads
 // element i as float. The absmax is an integer max over the bit patterns without the sign (they

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "focusvla/core/error.h"
+#include "focusvla/nn/rotary.h"
 
 namespace focusvla::policy {
 
@@ -187,10 +188,9 @@ RopeTable rope_table(int64_t length, const torch::Tensor& inv_freq) {
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const RopeTable& table) {
-  // Interleaved pairs: out[2i] = -x[2i+1], out[2i+1] = x[2i].
-  const auto pairs = x.unflatten(-1, {-1, 2});
-  const auto rotated = torch::stack({-pairs.select(-1, 1), pairs.select(-1, 0)}, -1).flatten(-2);
-  return x * table.cos + rotated * table.sin;
+  // Interleaved pairs: rotated[2i] = -x[2i+1], rotated[2i+1] = x[2i]; x * cos + rotated * sin in
+  // one pass (nn::rotary: bit for bit the three ops). x (B, heads, T, hd), positions on dim 2.
+  return nn::rotary(x, table.cos, table.sin, /*position_dim=*/2, nn::RotaryPairs::kInterleaved);
 }
 
 // ---------------------------------------------------------------------------------------------
