@@ -26,75 +26,55 @@ struct Rows {
   int64_t position(int64_t r) const { return position_dim == 1 ? (r / d2) % d1 : r % d2; }
 };
 
-// One output element: round(round(a * c) + round(b * s)), `round` to the tensor's dtype.
-inline float rotate_f32(float a, float c, float b, float s) {
+// One output element: round(round(a * c) + round(b * s)), `round` to the tensor's dtype; b is the
+// rotated partner (negated or not), exact in float.
+inline float rotate(float a, float c, float b, float s) {
   const float p = a * c;
   const float q = b * s;
   return p + q;
 }
 
-inline uint16_t rotate_bf16(uint16_t a, uint16_t c, float b, uint16_t s) {
+inline uint16_t rotate(uint16_t a, uint16_t c, float b, uint16_t s) {
   const float p = bf16_to_float(float_to_bf16(bf16_to_float(a) * bf16_to_float(c)));
   const float q = bf16_to_float(float_to_bf16(b * bf16_to_float(s)));
   return float_to_bf16(p + q);
 }
 
-FOCUSVLA_CPU_CLONES
-void halves_f32(const float* x, const float* cos, const float* sin, float* out, const Rows& g, int64_t begin,
-                int64_t end) {
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t v) { return bf16_to_float(v); }
+
+// Rows [begin, end) of x -> out; T is float or the bits of bf16.
+template <typename T>
+inline void rotate_rows(const T* x, const T* cos, const T* sin, T* out, const Rows& g, RotaryPairs pairs,
+                        int64_t begin, int64_t end) {
   const int64_t half = g.dim / 2;
   for (int64_t r = begin; r < end; ++r) {
-    const float* a = x + g.offset(r);
-    const float* c = cos + g.position(r) * g.dim;
-    const float* s = sin + g.position(r) * g.dim;
-    float* y = out + r * g.dim;
-    for (int64_t i = 0; i < half; ++i) y[i] = rotate_f32(a[i], c[i], -a[i + half], s[i]);
-    for (int64_t i = half; i < g.dim; ++i) y[i] = rotate_f32(a[i], c[i], a[i - half], s[i]);
-  }
-}
-
-FOCUSVLA_CPU_CLONES
-void halves_bf16(const uint16_t* x, const uint16_t* cos, const uint16_t* sin, uint16_t* out, const Rows& g,
-                 int64_t begin, int64_t end) {
-  const int64_t half = g.dim / 2;
-  for (int64_t r = begin; r < end; ++r) {
-    const uint16_t* a = x + g.offset(r);
-    const uint16_t* c = cos + g.position(r) * g.dim;
-    const uint16_t* s = sin + g.position(r) * g.dim;
-    uint16_t* y = out + r * g.dim;
-    for (int64_t i = 0; i < half; ++i) y[i] = rotate_bf16(a[i], c[i], -bf16_to_float(a[i + half]), s[i]);
-    for (int64_t i = half; i < g.dim; ++i) y[i] = rotate_bf16(a[i], c[i], bf16_to_float(a[i - half]), s[i]);
-  }
-}
-
-FOCUSVLA_CPU_CLONES
-void interleaved_f32(const float* x, const float* cos, const float* sin, float* out, const Rows& g, int64_t begin,
-                     int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    const float* a = x + g.offset(r);
-    const float* c = cos + g.position(r) * g.dim;
-    const float* s = sin + g.position(r) * g.dim;
-    float* y = out + r * g.dim;
-    for (int64_t i = 0; i + 1 < g.dim; i += 2) {
-      y[i] = rotate_f32(a[i], c[i], -a[i + 1], s[i]);
-      y[i + 1] = rotate_f32(a[i + 1], c[i + 1], a[i], s[i + 1]);
+    const T* a = x + g.offset(r);
+    const T* c = cos + g.position(r) * g.dim;
+    const T* s = sin + g.position(r) * g.dim;
+    T* y = out + r * g.dim;
+    if (pairs == RotaryPairs::kHalves) {
+      for (int64_t i = 0; i < half; ++i) y[i] = rotate(a[i], c[i], -to_float(a[i + half]), s[i]);
+      for (int64_t i = half; i < g.dim; ++i) y[i] = rotate(a[i], c[i], to_float(a[i - half]), s[i]);
+    } else {
+      for (int64_t i = 0; i + 1 < g.dim; i += 2) {
+        y[i] = rotate(a[i], c[i], -to_float(a[i + 1]), s[i]);
+        y[i + 1] = rotate(a[i + 1], c[i + 1], to_float(a[i]), s[i + 1]);
+      }
     }
   }
 }
 
 FOCUSVLA_CPU_CLONES
-void interleaved_bf16(const uint16_t* x, const uint16_t* cos, const uint16_t* sin, uint16_t* out, const Rows& g,
-                      int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    const uint16_t* a = x + g.offset(r);
-    const uint16_t* c = cos + g.position(r) * g.dim;
-    const uint16_t* s = sin + g.position(r) * g.dim;
-    uint16_t* y = out + r * g.dim;
-    for (int64_t i = 0; i + 1 < g.dim; i += 2) {
-      y[i] = rotate_bf16(a[i], c[i], -bf16_to_float(a[i + 1]), s[i]);
-      y[i + 1] = rotate_bf16(a[i + 1], c[i + 1], bf16_to_float(a[i]), s[i + 1]);
-    }
-  }
+void rows_f32(const float* x, const float* cos, const float* sin, float* out, const Rows& g, RotaryPairs pairs,
+              int64_t begin, int64_t end) {
+  rotate_rows(x, cos, sin, out, g, pairs, begin, end);
+}
+
+FOCUSVLA_CPU_CLONES
+void rows_bf16(const uint16_t* x, const uint16_t* cos, const uint16_t* sin, uint16_t* out, const Rows& g,
+               RotaryPairs pairs, int64_t begin, int64_t end) {
+  rotate_rows(x, cos, sin, out, g, pairs, begin, end);
 }
 
 void check_shapes(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, int64_t position_dim) {
@@ -144,15 +124,13 @@ torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const tor
   const Rows g{xs.size(1), xs.size(2), xs.stride(0), xs.stride(1), xs.stride(2), xs.size(3), position_dim};
   const int64_t rows = xs.size(0) * xs.size(1) * xs.size(2);
   at::parallel_for(0, rows, grain(g.dim), [&](int64_t begin, int64_t end) {
-    if (dtype == torch::kFloat32) {
-      const auto f = pairs == RotaryPairs::kHalves ? halves_f32 : interleaved_f32;
-      f(xs.const_data_ptr<float>(), c.const_data_ptr<float>(), s.const_data_ptr<float>(), out.data_ptr<float>(), g,
-        begin, end);
-    } else {
-      const auto f = pairs == RotaryPairs::kHalves ? halves_bf16 : interleaved_bf16;
-      f(static_cast<const uint16_t*>(xs.const_data_ptr()), static_cast<const uint16_t*>(c.const_data_ptr()),
-        static_cast<const uint16_t*>(s.const_data_ptr()), static_cast<uint16_t*>(out.data_ptr()), g, begin, end);
-    }
+    if (dtype == torch::kFloat32)
+      rows_f32(xs.const_data_ptr<float>(), c.const_data_ptr<float>(), s.const_data_ptr<float>(), out.data_ptr<float>(),
+               g, pairs, begin, end);
+    else
+      rows_bf16(static_cast<const uint16_t*>(xs.const_data_ptr()), static_cast<const uint16_t*>(c.const_data_ptr()),
+                static_cast<const uint16_t*>(s.const_data_ptr()), static_cast<uint16_t*>(out.data_ptr()), g, pairs,
+                begin, end);
   });
   return out;
 }
