@@ -1,7 +1,7 @@
 #pragma once
-// bf16 <-> float by their bits (and the clones macro) for the CPU loops of src/nn/ (quantize.cpp, rotary.cpp): branch
-// free, so that the compiler vectorizes them; rounding as c10::BFloat16 (nearest even, NaN kept).
-// Internal to src/nn/.
+// bf16 <-> float by their bits (and the clones macro) for the CPU loops of src/nn/ (quantize.cpp,
+// rotary.cpp): branch free, so that the compiler vectorizes them; rounding as c10::BFloat16
+// (nearest even, NaN kept). Internal to src/nn/.
 #include <cstdint>
 #include <cstring>
 

@@ -36,7 +36,8 @@ io::StageHook quantize_while_loading(nn::MatmulMode mode, int64_t* count);
 // on a CPU), and self-attention over keys padded to a multiple of 16 (vision::AttentionImpl::
 // pad_keys_to: the same attention; DINOv2's 261 keys ~2x slower than 272 in LibTorch's CPU SDPA),
 // and on as many threads as encoders the encoders side by side, one thread each
-// (vision::VisionBackboneImpl::side_by_side; ~14% less vision time on 2 cores). Returns how many modules it switched; none when `mode` is not quantized.
+// (vision::VisionBackboneImpl::side_by_side; ~14% less vision time on 2 cores). Returns how many
+// modules it switched; none when `mode` is not quantized.
 int64_t use_fast_vision_kernels(torch::nn::Module& vision, nn::MatmulMode mode);
 
 // "W8A8, 8-bit weights (...); linear layers: vision encoders N, projector N, llm N; ... in <dtype>"
