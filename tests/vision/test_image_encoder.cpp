@@ -10,8 +10,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <mutex>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "focusvla/core/error.h"
@@ -152,6 +155,7 @@ struct PoolParams final : EncoderParams {
   int64_t patch = 14;
   int64_t width = 8;
   int64_t size = 224;
+  int64_t steps = 1;  // > 1: a SteppedPoolEncoder
 
   std::unique_ptr<EncoderParams> clone() const override { return std::make_unique<PoolParams>(*this); }
   std::string kind() const override { return "toy pool"; }
@@ -183,10 +187,21 @@ struct PoolRun {
   int thread;
   bool in_parallel;
   bool inference;
+  std::string encoder;
+  int64_t step = -1;  // SteppedPoolEncoder: which step; -1: a whole forward
 };
 std::mutex pool_runs_mutex;
 std::vector<PoolRun> pool_runs;
 std::atomic<bool> pool_fails{false};
+// For the two-phase test: a PoolEncoder's forward says it ran; a SteppedPoolEncoder's step 0 then
+// waits for that (at most 10 s) when pool_step_waits is set.
+std::atomic<bool> pool_forward_done{false};
+std::atomic<bool> pool_step_waits{false};
+
+void record_pool_run(const std::string& encoder, int64_t step) {
+  const std::lock_guard<std::mutex> lock(pool_runs_mutex);
+  pool_runs.push_back({at::get_thread_num(), at::in_parallel_region(), c10::InferenceMode::is_enabled(), encoder, step});
+}
 
 class PoolEncoder : public ImageEncoder {
  public:
@@ -194,15 +209,21 @@ class PoolEncoder : public ImageEncoder {
       : ImageEncoder(std::move(name)), params_(params), proj(register_module("proj", Proj(3, params.width, options))) {}
 
   torch::Tensor forward(const torch::Tensor& pixels) const override {
-    {
-      const std::lock_guard<std::mutex> lock(pool_runs_mutex);
-      pool_runs.push_back({at::get_thread_num(), at::in_parallel_region(), c10::InferenceMode::is_enabled()});
-    }
+    record_pool_run(checkpoint_name(), -1);
     check(!pool_fails, "toy pool encoder '" + checkpoint_name() + "'", "asked to fail");
+    auto out = project(pool(pixels));
+    pool_forward_done = true;
+    return out;
+  }
+  torch::Tensor pool(const torch::Tensor& pixels) const {
     const c10::InferenceMode inference;
     const auto pooled =
         torch::avg_pool2d(pixels.to(proj->weight.scalar_type()), params_.patch).flatten(2).transpose(1, 2);
     tap("pooled", pooled);
+    return pooled;
+  }
+  torch::Tensor project(const torch::Tensor& pooled) const {
+    const c10::InferenceMode inference;
     auto out = torch::matmul(pooled, proj->weight.t()) + proj->bias;
     tap("output", out);
     return out;
@@ -212,6 +233,9 @@ class PoolEncoder : public ImageEncoder {
   int64_t image_size() const override { return params_.size; }
   Normalization normalization() const override { return params_.normalization(); }
 
+ protected:
+  const PoolParams& params() const { return params_; }
+
  private:
   PoolParams params_;
 
@@ -219,19 +243,44 @@ class PoolEncoder : public ImageEncoder {
   Proj proj;
 };
 
+// The toy in steps: pool, then steps() times x -> x / 2 + step, then the projection.
+class SteppedPoolEncoder final : public PoolEncoder {
+ public:
+  using PoolEncoder::PoolEncoder;
+
+  torch::Tensor forward(const torch::Tensor& pixels) const override {
+    torch::Tensor x = start(pixels);
+    for (int64_t i = 0; i < steps(); ++i) x = step(x, i);
+    return finish(x);
+  }
+  int64_t steps() const override { return params().steps; }
+  torch::Tensor start(const torch::Tensor& pixels) const override { return pool(pixels); }
+  torch::Tensor step(const torch::Tensor& x, int64_t index) const override {
+    record_pool_run(checkpoint_name(), index);
+    check(!pool_fails, "toy pool encoder '" + checkpoint_name() + "'", "asked to fail");
+    if (index == 0 && pool_step_waits) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!pool_forward_done && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    }
+    return x / 2 + static_cast<double>(index);
+  }
+  torch::Tensor finish(const torch::Tensor& x) const override { return project(x); }
+};
+
 std::shared_ptr<ImageEncoder> PoolParams::build(const std::string& name, const torch::TensorOptions& options) const {
+  if (steps > 1) return std::make_shared<SteppedPoolEncoder>(*this, name, options);
   return std::make_shared<PoolEncoder>(*this, name, options);
 }
 
-// The registration: ids "toy_pool_p<patch>_w<width>".
+// The registration: ids "toy_pool_p<patch>_w<width>", or "..._s<steps>" for the stepped toy.
 EncoderRegistration pool_registration() {
   EncoderRegistration r;
   r.kind = "toy pool";
   r.timm_id_prefixes = {"toy_pool_"};
   r.configure = [](const std::string& id, int64_t image_size) -> std::unique_ptr<EncoderParams> {
     auto p = std::make_unique<PoolParams>();
-    check(std::sscanf(id.c_str(), "toy_pool_p%ld_w%ld", &p->patch, &p->width) == 2, "timm model id '" + id + "'",
-          "not a toy pool id (toy_pool_p<patch>_w<width>)");
+    check(std::sscanf(id.c_str(), "toy_pool_p%ld_w%ld_s%ld", &p->patch, &p->width, &p->steps) >= 2,
+          "timm model id '" + id + "'", "not a toy pool id (toy_pool_p<patch>_w<width>[_s<steps>])");
     p->size = image_size;
     return p;
   };
@@ -366,6 +415,69 @@ TEST(VisionEncoders, SideBySideRunsEachEncoderOnItsOwnThread) {
   EXPECT_EQ(tapped.front(), "featurizer.pooled");
   EXPECT_EQ(pool_runs.size(), 2u);
   for (const auto& run : pool_runs) EXPECT_FALSE(run.in_parallel);
+  torch::set_num_threads(threads);
+}
+
+// The two phases of side by side: the one-step toy is done while the stepped toy (4 steps) waits
+// in its first step, so the stepped toy's other steps run after the parallel region, on all
+// threads, in order; the features are the sequential run's. An error in either phase is named,
+// and the tower runs on after it.
+TEST(VisionEncoders, SideBySideRunsTheSlowerEncodersRestOnAllThreads) {
+  register_encoder(pool_registration());
+  VisionTowerConfig config;
+  config.encoders[0] = EncoderConfig::from_timm_id("toy_pool_p14_w8", 224, "featurizer");
+  config.encoders[1] = EncoderConfig::from_timm_id("toy_pool_p14_w4_s4", 224, "fused_featurizer");
+  config.projector = {12, 48, 16};
+  VisionTower tower(config, torch::TensorOptions());
+  ASSERT_EQ(tower->vision_backbone->encoder(0)->steps(), 1);
+  ASSERT_EQ(tower->vision_backbone->encoder(1)->steps(), 4);
+  {
+    const torch::NoGradGuard no_grad;
+    torch::manual_seed(4);
+    for (auto& p : tower->parameters()) p.normal_(0.0, 0.1);
+  }
+  const auto pixels = torch::rand({2, 2, 6, 224, 224});
+  auto& backbone = *tower->vision_backbone;
+  const int threads = at::get_num_threads();
+  torch::set_num_threads(2);
+  const auto sequential = tower->features(pixels);
+  // The stepped toy is its steps: x / 2 + step, four times, between the pooling and the projection.
+  const auto& stepped = backbone.encoder_as<PoolEncoder>(1);
+  torch::Tensor x = stepped->pool(pixels.flatten(0, 1).slice(1, 3, 6));
+  for (int64_t i = 0; i < 4; ++i) x = x / 2 + static_cast<double>(i);
+  EXPECT_TRUE(torch::equal(sequential.view({4, 256, -1}).slice(2, 8), stepped->project(x)));
+
+  backbone.side_by_side = true;
+  ASSERT_TRUE(backbone.runs_side_by_side(pixels));
+  pool_runs.clear();
+  pool_forward_done = false;
+  pool_step_waits = true;
+  EXPECT_TRUE(torch::equal(tower->features(pixels), sequential));
+  pool_step_waits = false;
+  std::vector<PoolRun> seen;
+  {
+    const std::lock_guard<std::mutex> lock(pool_runs_mutex);
+    seen = pool_runs;
+  }
+  ASSERT_EQ(seen.size(), 5u);
+  std::vector<PoolRun> steps;
+  for (const auto& run : seen) {
+    if (run.encoder == "featurizer") {
+      EXPECT_EQ(run.step, -1);
+      EXPECT_TRUE(run.in_parallel);
+    } else {
+      steps.push_back(run);
+    }
+  }
+  ASSERT_EQ(steps.size(), 4u);
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(steps[static_cast<size_t>(i)].step, i);
+  EXPECT_TRUE(steps[0].in_parallel);  // phase 1
+  for (size_t i = 1; i < 4; ++i) EXPECT_FALSE(steps[i].in_parallel) << "step " << i;  // phase 2
+
+  pool_fails = true;
+  expect_error([&] { tower->features(pixels); }, {"toy pool encoder", "asked to fail"});
+  pool_fails = false;
+  EXPECT_TRUE(torch::equal(tower->features(pixels), sequential));
   torch::set_num_threads(threads);
 }
 

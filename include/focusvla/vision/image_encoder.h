@@ -45,6 +45,14 @@ class ImageEncoder : public torch::nn::Module {
   // (M, tokens(), dim()) in the module's dtype.
   virtual torch::Tensor forward(const torch::Tensor& pixels) const = 0;
 
+  // forward() in steps, so that VisionBackboneImpl can move the rest of a slower encoder onto all
+  // threads once a faster one is done: forward(pixels) == finish(step(... step(start(pixels), 0)
+  // ..., steps() - 1)). The ViT's steps are its blocks; the default is one step, forward itself.
+  virtual int64_t steps() const { return 1; }
+  virtual torch::Tensor start(const torch::Tensor& pixels) const { return pixels; }
+  virtual torch::Tensor step(const torch::Tensor& x, int64_t index) const { return (void)index, forward(x); }
+  virtual torch::Tensor finish(const torch::Tensor& x) const { return x; }
+
   virtual int64_t dim() const = 0;         // feature width
   virtual int64_t tokens() const = 0;      // tokens per image
   virtual int64_t image_size() const = 0;  // square input side

@@ -72,10 +72,13 @@ class VisionBackboneImpl : public torch::nn::Module {
   // (at::parallel_for over the encoders; LibTorch's and oneDNN's own loops inside then run on that
   // one thread), instead of one after the other on all threads. Measured on 2 cores: one int8
   // encoder runs 1.4x (DINOv2) / 1.6x (SigLIP) faster on 2 threads than on 1, so side by side the
-  // pair takes ~14% less (docs/QUANTIZATION.md). Never with a tap set (taps come in run order).
-  // Bit for bit the sequential result for int8 encoders; bf16 GEMMs block their sums differently
-  // on one thread, so off by default; vision::use_fast_kernels turns it on for bf16 encoders on a
-  // CPU with native bf16 (quantized policies; with AVX2, emulated, side by side measured no gain).
+  // pair takes ~14% less (docs/QUANTIZATION.md). When the first encoder starts its last step
+  // (ImageEncoder::step: a ViT block), the others stop at their next step and run the rest on all
+  // threads (SigLIP's last 3 - 4 blocks here: ~2.5% of an int8 act). Never with a tap set (taps
+  // come in run order). Bit for bit the sequential result for int8 encoders; bf16 GEMMs block
+  // their sums differently on one thread, so off by default; vision::use_fast_kernels turns it on
+  // for bf16 encoders on a CPU with native bf16 (quantized policies; with AVX2, emulated, side by
+  // side measured no gain).
   bool side_by_side = false;
   // Whether forward(pixels) would run the encoders side by side now (see above).
   bool runs_side_by_side(const torch::Tensor& pixels) const;
@@ -94,6 +97,9 @@ class VisionBackboneImpl : public torch::nn::Module {
   int64_t in_channels() const;  // the channels of all encoders together
 
  private:
+  // The encoders' features from their inputs, side by side (see side_by_side).
+  std::vector<torch::Tensor> side_by_side_run(const std::vector<torch::Tensor>& inputs) const;
+
   std::vector<std::shared_ptr<ImageEncoder>> encoders_;
 };
 TORCH_MODULE(VisionBackbone);

@@ -232,6 +232,11 @@ class VisionTransformerImpl : public ImageEncoder {
   // pixels (B, in_channels, image_size, image_size), any floating dtype -> patch features
   // (B, num_patches, dim) of block `stop_after_block`, in the module's dtype.
   torch::Tensor forward(const torch::Tensor& pixels) const override;
+  // forward() in steps (ImageEncoder): the patch and position embeddings, each block, the slice.
+  int64_t steps() const override { return static_cast<int64_t>(block_list_.size()); }
+  torch::Tensor start(const torch::Tensor& pixels) const override;
+  torch::Tensor step(const torch::Tensor& x, int64_t index) const override;
+  torch::Tensor finish(const torch::Tensor& x) const override;
 
   int64_t dim() const override { return config.dim; }
   int64_t tokens() const override { return config.num_patches(); }
@@ -322,7 +327,7 @@ inline torch::Tensor VisionTransformerImpl::embed_positions(const torch::Tensor&
   return torch::cat(prefix, 1) + pos_embed;
 }
 
-inline torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& pixels) const {
+inline torch::Tensor VisionTransformerImpl::start(const torch::Tensor& pixels) const {
   const c10::InferenceMode inference;
   const auto& c = config;
   check(pixels.dim() == 4 && pixels.size(1) == c.in_channels && pixels.size(2) == c.image_size &&
@@ -334,13 +339,29 @@ inline torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& pixels)
   tap("patch_embed", x);
   x = embed_positions(x);
   tap("tokens", x);
-  for (size_t i = 0; i < block_list_.size(); ++i) {
-    x = block_list_[i]->forward(x);
-    tap(indexed("blocks", static_cast<int64_t>(i)), x);
-  }
-  x = x.slice(1, c.num_prefix_tokens());
-  tap("output", x);
   return x;
+}
+
+inline torch::Tensor VisionTransformerImpl::step(const torch::Tensor& x, int64_t index) const {
+  const c10::InferenceMode inference;
+  check(index >= 0 && index < steps(), "VisionTransformer",
+        "step " + std::to_string(index) + " of " + std::to_string(steps()));
+  torch::Tensor out = block_list_[static_cast<size_t>(index)]->forward(x);
+  tap(indexed("blocks", index), out);
+  return out;
+}
+
+inline torch::Tensor VisionTransformerImpl::finish(const torch::Tensor& x) const {
+  const c10::InferenceMode inference;
+  torch::Tensor out = x.slice(1, config.num_prefix_tokens());
+  tap("output", out);
+  return out;
+}
+
+inline torch::Tensor VisionTransformerImpl::forward(const torch::Tensor& pixels) const {
+  torch::Tensor x = start(pixels);
+  for (int64_t i = 0; i < steps(); ++i) x = step(x, i);
+  return finish(x);
 }
 
 }  // namespace focusvla::vision
