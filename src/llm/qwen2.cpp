@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "focusvla/core/error.h"
+#include "focusvla/nn/rms_norm.h"
 #include "focusvla/nn/rotary.h"
 
 namespace focusvla::llm {
@@ -94,12 +95,7 @@ void TokenEmbeddingImpl::use_mapped_table(const torch::Tensor& table, std::share
   file_ = std::move(file);
 }
 
-torch::Tensor Qwen2RMSNormImpl::forward(const torch::Tensor& x) const {
-  const auto input_dtype = x.scalar_type();
-  const auto h = x.to(torch::kFloat32);
-  const auto variance = h.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (h * torch::rsqrt(variance + eps_)).to(input_dtype);
-}
+torch::Tensor Qwen2RMSNormImpl::forward(const torch::Tensor& x) const { return nn::rms_norm(x, weight, eps_); }
 
 Qwen2AttentionImpl::Qwen2AttentionImpl(const io::Qwen2Config& c, const torch::TensorOptions& options)
     : q_proj(register_module("q_proj", nn::Linear(c.hidden_size, c.num_attention_heads * c.head_dim(), true, options))),

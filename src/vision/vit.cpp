@@ -109,12 +109,17 @@ torch::Tensor AttentionImpl::attend_padded(const torch::Tensor& q, const torch::
   const int64_t keys = k.size(2);
   const int64_t padded = (keys + pad_keys_to - 1) / pad_keys_to * pad_keys_to;
   if (padded == keys) return torch::scaled_dot_product_attention(q, k, v);
-  namespace F = torch::nn::functional;
-  const auto pad = F::PadFuncOptions({0, 0, 0, padded - keys});
+  // The rows appended as zeros, only they filled (a zero pad fills the whole tensor, then copies).
+  const auto with_padding = [&](const torch::Tensor& t) {
+    auto out = torch::empty({t.size(0), t.size(1), padded, t.size(3)}, t.options());
+    out.narrow(2, 0, keys).copy_(t);
+    out.narrow(2, keys, padded - keys).zero_();
+    return out;
+  };
   // Additive mask over the key positions: 0 for the real ones, -inf for the padding.
   auto mask = torch::zeros({1, 1, 1, padded}, q.options());
   mask.narrow(-1, keys, padded - keys).fill_(-std::numeric_limits<float>::infinity());
-  return torch::scaled_dot_product_attention(q, F::pad(k, pad), F::pad(v, pad), mask);
+  return torch::scaled_dot_product_attention(q, with_padding(k), with_padding(v), mask);
 }
 
 int64_t use_fast_kernels(torch::nn::Module& root) {
