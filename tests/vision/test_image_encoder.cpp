@@ -356,21 +356,25 @@ TEST(VisionEncoders, RegisteredToyEncoderBuildsATowerWithAViT) {
                {"resnet50.a1_in1k", "no registered vision encoder", "vit_* (timm ViT)", "toy_pool_* (toy pool)"});
 }
 
+// A tower of the one-step toy (8 wide) and the toy `second` (4 wide), parameters drawn from `seed`.
+VisionTower toy_tower(const std::string& second, uint64_t seed) {
+  register_encoder(pool_registration());
+  VisionTowerConfig config;
+  config.encoders[0] = EncoderConfig::from_timm_id("toy_pool_p14_w8", 224, "featurizer");
+  config.encoders[1] = EncoderConfig::from_timm_id(second, 224, "fused_featurizer");
+  config.projector = {12, 48, 16};
+  VisionTower tower(config, torch::TensorOptions());
+  const torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  for (auto& p : tower->parameters()) p.normal_(0.0, 0.1);
+  return tower;
+}
+
 // Side by side (what quantized policies run on as many threads as encoders): each encoder on its
 // own thread of one parallel region, the caller's inference mode with it, the features those of
 // the sequential run, an encoder's error rethrown to the caller. One after the other otherwise.
 TEST(VisionEncoders, SideBySideRunsEachEncoderOnItsOwnThread) {
-  register_encoder(pool_registration());
-  VisionTowerConfig config;
-  config.encoders[0] = EncoderConfig::from_timm_id("toy_pool_p14_w8", 224, "featurizer");
-  config.encoders[1] = EncoderConfig::from_timm_id("toy_pool_p14_w4", 224, "fused_featurizer");
-  config.projector = {12, 48, 16};
-  VisionTower tower(config, torch::TensorOptions());
-  {
-    const torch::NoGradGuard no_grad;
-    torch::manual_seed(3);
-    for (auto& p : tower->parameters()) p.normal_(0.0, 0.1);
-  }
+  VisionTower tower = toy_tower("toy_pool_p14_w4", 3);
   const auto pixels = torch::rand({1, 2, 6, 224, 224});
   auto& backbone = *tower->vision_backbone;
   const int threads = at::get_num_threads();
@@ -423,19 +427,9 @@ TEST(VisionEncoders, SideBySideRunsEachEncoderOnItsOwnThread) {
 // threads, in order; the features are the sequential run's. An error in either phase is named,
 // and the tower runs on after it.
 TEST(VisionEncoders, SideBySideRunsTheSlowerEncodersRestOnAllThreads) {
-  register_encoder(pool_registration());
-  VisionTowerConfig config;
-  config.encoders[0] = EncoderConfig::from_timm_id("toy_pool_p14_w8", 224, "featurizer");
-  config.encoders[1] = EncoderConfig::from_timm_id("toy_pool_p14_w4_s4", 224, "fused_featurizer");
-  config.projector = {12, 48, 16};
-  VisionTower tower(config, torch::TensorOptions());
+  VisionTower tower = toy_tower("toy_pool_p14_w4_s4", 4);
   ASSERT_EQ(tower->vision_backbone->encoder(0)->steps(), 1);
   ASSERT_EQ(tower->vision_backbone->encoder(1)->steps(), 4);
-  {
-    const torch::NoGradGuard no_grad;
-    torch::manual_seed(4);
-    for (auto& p : tower->parameters()) p.normal_(0.0, 0.1);
-  }
   const auto pixels = torch::rand({2, 2, 6, 224, 224});
   auto& backbone = *tower->vision_backbone;
   const int threads = at::get_num_threads();

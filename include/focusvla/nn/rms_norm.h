@@ -13,8 +13,8 @@
 namespace focusvla::nn {
 
 // x (..., D) contiguous float32 or bfloat16 with weight (D) of x's dtype on the CPU: the fused
-// form; anything else: the expression. Returns a new contiguous tensor of x's shape and dtype. Throws
-// Error naming the mismatch when weight is not (D).
+// form, a new contiguous tensor of x's shape and dtype; anything else: the expression (whose
+// dtype follows type promotion). Throws Error naming the mismatch when weight is not (D).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
 // The expression itself (the oracle of the tests and the path for other dtypes and devices).
