@@ -200,7 +200,8 @@ std::atomic<bool> pool_step_waits{false};
 
 void record_pool_run(const std::string& encoder, int64_t step) {
   const std::lock_guard<std::mutex> lock(pool_runs_mutex);
-  pool_runs.push_back({at::get_thread_num(), at::in_parallel_region(), c10::InferenceMode::is_enabled(), encoder, step});
+  pool_runs.push_back(
+      {at::get_thread_num(), at::in_parallel_region(), c10::InferenceMode::is_enabled(), encoder, step});
 }
 
 class PoolEncoder : public ImageEncoder {
