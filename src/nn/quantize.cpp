@@ -42,6 +42,7 @@ inline float round_half_even(float v) {
 using bits::bf16_to_float;
 using bits::float_bits;
 using bits::float_to_bf16;
+using bits::grain;
 
 // One row of x -> int8 values; returns its scale (see quantize_tokens_int8). `load` reads
 // element i as float. The absmax is an integer max over the bit patterns without the sign (they
@@ -189,8 +190,6 @@ void epilogue_bf16(const int32_t* acc, int64_t n, const float* x_scales, const f
   }
 }
 
-// Rows in parallel: at least ~16k elements per task.
-int64_t grain(int64_t row_elements) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_elements)); }
 
 void check_float_input(const torch::Tensor& x, const std::string& what) {
   check(x.defined() && x.dim() >= 1, what, "expected a tensor with at least one dimension");

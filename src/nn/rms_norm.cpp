@@ -4,7 +4,6 @@
 
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <string>
 
 #include "float_bits.h"
@@ -16,9 +15,8 @@ namespace {
 
 using bits::bf16_to_float;
 using bits::float_to_bf16;
-
-inline float to_float(float v) { return v; }
-inline float to_float(uint16_t v) { return bf16_to_float(v); }
+using bits::grain;
+using bits::to_float;
 
 // h^2 of rows [begin, end): pow(h, 2) is h * h in float.
 template <typename T>
@@ -77,8 +75,6 @@ void check_shapes(const torch::Tensor& x, const torch::Tensor& weight) {
             ", got " + (weight.defined() ? io::shape_string(weight.sizes()) : std::string("none")));
 }
 
-// Rows per task: at least ~16k elements.
-int64_t grain(int64_t dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dim)); }
 
 }  // namespace
 
@@ -96,25 +92,24 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   const bool fused = x.is_cpu() && weight.is_cpu() && x.is_contiguous() &&
                      (dtype == torch::kFloat32 || dtype == torch::kBFloat16) && weight.scalar_type() == dtype;
   if (!fused) return rms_norm_reference(x, weight, eps);
-  const torch::Tensor& xs = x;
   const torch::Tensor w = weight.contiguous();
-  const int64_t dim = xs.size(-1), rows = dim == 0 ? 0 : xs.numel() / dim;
-  torch::Tensor squares = torch::empty(xs.sizes(), xs.options().dtype(torch::kFloat32));
+  const int64_t dim = x.size(-1), rows = dim == 0 ? 0 : x.numel() / dim;
+  torch::Tensor squares = torch::empty(x.sizes(), x.options().dtype(torch::kFloat32));
   at::parallel_for(0, rows, grain(dim), [&](int64_t begin, int64_t end) {
     if (dtype == torch::kFloat32)
-      square_f32(xs.const_data_ptr<float>(), squares.data_ptr<float>(), dim, begin, end);
+      square_f32(x.const_data_ptr<float>(), squares.data_ptr<float>(), dim, begin, end);
     else
-      square_bf16(static_cast<const uint16_t*>(xs.const_data_ptr()), squares.data_ptr<float>(), dim, begin, end);
+      square_bf16(static_cast<const uint16_t*>(x.const_data_ptr()), squares.data_ptr<float>(), dim, begin, end);
   });
   // LibTorch's mean and rsqrt (the reduction order is its kernel's).
   const torch::Tensor r = torch::rsqrt(squares.mean(-1, /*keepdim=*/true) + eps).contiguous();
-  torch::Tensor out = torch::empty(xs.sizes(), xs.options());
+  torch::Tensor out = torch::empty(x.sizes(), x.options());
   at::parallel_for(0, rows, grain(dim), [&](int64_t begin, int64_t end) {
     if (dtype == torch::kFloat32)
-      scale_f32(xs.const_data_ptr<float>(), r.const_data_ptr<float>(), w.const_data_ptr<float>(), out.data_ptr<float>(),
+      scale_f32(x.const_data_ptr<float>(), r.const_data_ptr<float>(), w.const_data_ptr<float>(), out.data_ptr<float>(),
                 dim, begin, end);
     else
-      scale_bf16(static_cast<const uint16_t*>(xs.const_data_ptr()), r.const_data_ptr<float>(),
+      scale_bf16(static_cast<const uint16_t*>(x.const_data_ptr()), r.const_data_ptr<float>(),
                  static_cast<const uint16_t*>(w.const_data_ptr()), static_cast<uint16_t*>(out.data_ptr()), dim, begin,
                  end);
   });

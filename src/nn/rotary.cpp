@@ -4,7 +4,6 @@
 
 #include <ATen/Parallel.h>
 
-#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -17,6 +16,8 @@ namespace {
 
 using bits::bf16_to_float;
 using bits::float_to_bf16;
+using bits::grain;
+using bits::to_float;
 
 // Where the rows are: x (d0, d1, d2, D) with unit stride in D; row r = (i0, i1, i2) row-major;
 // its position is i1 or i2.
@@ -39,9 +40,6 @@ inline uint16_t rotate(uint16_t a, uint16_t c, float b, uint16_t s) {
   const float q = bf16_to_float(float_to_bf16(b * bf16_to_float(s)));
   return float_to_bf16(p + q);
 }
-
-inline float to_float(float v) { return v; }
-inline float to_float(uint16_t v) { return bf16_to_float(v); }
 
 // Rows [begin, end) of x -> out; T is float or the bits of bf16.
 template <typename T>
@@ -89,8 +87,6 @@ void check_shapes(const torch::Tensor& x, const torch::Tensor& cos, const torch:
               (t->defined() ? io::shape_string(t->sizes()) : std::string("none")));
 }
 
-// Rows per task: at least ~16k elements.
-int64_t grain(int64_t dim) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, dim)); }
 
 }  // namespace
 

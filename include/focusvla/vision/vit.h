@@ -344,8 +344,8 @@ inline torch::Tensor VisionTransformerImpl::start(const torch::Tensor& pixels) c
 
 inline torch::Tensor VisionTransformerImpl::step(const torch::Tensor& x, int64_t index) const {
   const c10::InferenceMode inference;
-  check(index >= 0 && index < steps(), "VisionTransformer",
-        "step " + std::to_string(index) + " of " + std::to_string(steps()));
+  if (index < 0 || index >= steps())  // the message only when it fails: a step runs per block
+    throw Error("VisionTransformer: step " + std::to_string(index) + " of " + std::to_string(steps()));
   torch::Tensor out = block_list_[static_cast<size_t>(index)]->forward(x);
   tap(indexed("blocks", index), out);
   return out;
