@@ -15,6 +15,7 @@
 #include "focusvla/core/log.h"
 #include "focusvla/io/checkpoint.h"
 #include "focusvla/llm/qwen2.h"
+#include "focusvla/policy/batch_buckets.h"
 #include "focusvla/policy/head.h"
 #include "focusvla/policy/graph_runner.h"
 #include "focusvla/policy/normalization.h"
@@ -67,6 +68,14 @@ std::pair<torch::ScalarType, std::string> resolve_dtype(const std::optional<torc
 
 }  // namespace
 
+// Policy::prepare's product: the staging row of an observation's images, and what it was made
+// from (only the policy that made it, and only for the same image tensors, uses it).
+struct PreparedImages {
+  const Policy::Impl* policy = nullptr;
+  std::vector<torch::Tensor> images;
+  torch::Tensor staged;  // preprocessor->staging_shape(1, cameras)[0], uint8; pinned with CUDA
+};
+
 struct Policy::Impl {
   PolicyOptions options;   // as requested
   PolicySettings settings;  // as resolved
@@ -93,6 +102,7 @@ struct Policy::Impl {
   mutable std::unordered_map<std::string, PromptText> prompt_cache;
   mutable std::mutex mutex;
   mutable std::unique_ptr<policy::GraphRunner> runner;
+  std::vector<int64_t> batch_buckets;  // policy/batch_buckets.h
   bool tapped = false;
   Tap tap;                    // the Policy-wide tap (set_tap)
   Tap active_tap;             // what the components call now: `tap`, plus a call's own (act_traced)
@@ -108,18 +118,23 @@ struct Policy::Impl {
   PromptText prompt(const std::string& instruction) const;  // cached (prompt_cache)
   PromptText make_prompt(const std::string& instruction) const;
   struct Validated {
-    ShapeKey key;
+    ShapeKey key;                           // key.batch: the bucket it runs at (>= rows)
+    int64_t rows = 0;                       // the call's observations
     std::vector<std::vector<int64_t>> ids;  // each sample's prompt token ids
   };
   Validated validate(const std::vector<Observation>& batch) const;
+  // The call padded to its batch bucket: the added rows repeat the last observation's shape.
+  void pad_to_bucket(Validated& v) const;
+  // The staging row `observation` prepared by this policy for these very images, or null.
+  const PreparedImages* prepared_for(const Observation& observation) const;
 
  private:
   int64_t call_cameras(const std::vector<Observation>& batch) const;
   ShapeBuffers& stage(const std::vector<Observation>& batch, const Validated& v) const;
   void allocate(const ShapeKey& key, ShapeBuffers& b) const;
   void forward(ShapeBuffers& b, const ShapeKey& key, StageTimer* timer) const;
-  std::vector<ActionChunk> unpack(const ShapeBuffers& b, const policy::GraphRunner::Result& result, double host_ms,
-                                  Clock::time_point start) const;
+  std::vector<ActionChunk> unpack(const ShapeBuffers& b, int64_t rows, const policy::GraphRunner::Result& result,
+                                  double host_ms, Clock::time_point start) const;
 };
 
 PromptText Policy::Impl::prompt(const std::string& instruction) const {
@@ -180,7 +195,7 @@ int64_t Policy::Impl::call_cameras(const std::vector<Observation>& batch) const 
 Policy::Impl::Validated Policy::Impl::validate(const std::vector<Observation>& batch) const {
   check(!batch.empty(), "act_batch", "no observations");
   Validated v;
-  v.key.batch = static_cast<int64_t>(batch.size());
+  v.key.batch = v.rows = static_cast<int64_t>(batch.size());
   v.key.cameras = call_cameras(batch);
   for (size_t b = 0; b < batch.size(); ++b) {
     const Observation& obs = batch[b];
@@ -208,6 +223,19 @@ Policy::Impl::Validated Policy::Impl::validate(const std::vector<Observation>& b
               std::to_string(max_positions));
   }
   return v;
+}
+
+void Policy::Impl::pad_to_bucket(Validated& v) const {
+  v.key.batch = policy::padded_batch(batch_buckets, v.rows);
+  v.key.prompt_lengths.resize(static_cast<size_t>(v.key.batch), v.key.prompt_lengths.back());
+}
+
+const PreparedImages* Policy::Impl::prepared_for(const Observation& observation) const {
+  const PreparedImages* p = observation.prepared.get();
+  if (p == nullptr || p->policy != this || p->images.size() != observation.images.size()) return nullptr;
+  for (size_t i = 0; i < p->images.size(); ++i)
+    if (!p->images[i].is_same(observation.images[i])) return nullptr;
+  return p;
 }
 
 // The buffers of a new input shape.
@@ -241,15 +269,24 @@ void Policy::Impl::allocate(const ShapeKey& key, ShapeBuffers& w) const {
   w.output_host = cuda ? torch::empty(w.output.sizes(), host.dtype(torch::kFloat32)) : w.output;
 }
 
-// The host half: images (LIBERO steps, Pillow resize), token ids and normalized proprio into the
-// staging buffers, then one asynchronous upload each.
+// The host half: images (LIBERO steps, Pillow resize; copied when prepared), token ids and
+// normalized proprio into the staging buffers, the bucket's padding rows as copies of the last
+// row, then one asynchronous upload each.
 ShapeBuffers& Policy::Impl::stage(const std::vector<Observation>& batch, const Validated& v) const {
   ShapeBuffers& w = runner->buffers(v.key, [this](const ShapeKey& key, ShapeBuffers& b) { allocate(key, b); });
-  for (int64_t b = 0; b < v.key.batch; ++b) {
+  for (int64_t b = 0; b < v.rows; ++b) {
     const Observation& obs = batch[static_cast<size_t>(b)];
-    preprocessor->stage(obs.images, w.staging[b]);
+    if (const PreparedImages* prepared = prepared_for(obs))
+      w.staging[b].copy_(prepared->staged);
+    else
+      preprocessor->stage(obs.images, w.staging[b]);
     std::copy(v.ids[static_cast<size_t>(b)].begin(), v.ids[static_cast<size_t>(b)].end(), w.ids_host[b].data_ptr<int64_t>());
     if (proprio_projector) proprio_normalizer->normalize(obs.proprio, w.proprio_host[b].data_ptr<float>());
+  }
+  for (int64_t b = v.rows; b < v.key.batch; ++b) {
+    w.staging[b].copy_(w.staging[v.rows - 1]);
+    w.ids_host[b].copy_(w.ids_host[v.rows - 1]);
+    if (proprio_projector) w.proprio_host[b].copy_(w.proprio_host[v.rows - 1]);
   }
   if (options.device.is_cuda()) {
     w.images.copy_(w.staging, /*non_blocking=*/true);
@@ -291,8 +328,9 @@ void Policy::Impl::forward(ShapeBuffers& w, const ShapeKey& key, StageTimer* tim
 }
 
 // Actions back in robot units, the timing, the diagnostics, per sample.
-std::vector<ActionChunk> Policy::Impl::unpack(const ShapeBuffers& w, const policy::GraphRunner::Result& result,
-                                              double host_ms, Clock::time_point start) const {
+std::vector<ActionChunk> Policy::Impl::unpack(const ShapeBuffers& w, int64_t rows,
+                                              const policy::GraphRunner::Result& result, double host_ms,
+                                              Clock::time_point start) const {
   StageTiming timing;
   timing.cuda_graph = result.replayed;
   timing.total_ms = ms_since(start);
@@ -308,9 +346,9 @@ std::vector<ActionChunk> Policy::Impl::unpack(const ShapeBuffers& w, const polic
     timing.llm_ms = stages.at(3);
     timing.head_ms = stages.at(4);
   }
-  const int64_t batch = w.output_host.size(0);
+  const int64_t batch = w.output_host.size(0);  // rows, then the bucket's padding
   std::vector<ActionChunk> out;
-  for (int64_t b = 0; b < batch; ++b) {
+  for (int64_t b = 0; b < rows; ++b) {
     const torch::Tensor n = w.output_host[b].to(torch::kFloat64).contiguous();
     ActionChunk chunk;
     chunk.normalized = Eigen::Map<const ActionChunk::Matrix>(n.data_ptr<double>(), n.size(0), n.size(1));
@@ -327,11 +365,12 @@ std::vector<ActionChunk> Policy::Impl::unpack(const ShapeBuffers& w, const polic
 std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch) const {
   const c10::InferenceMode inference;
   const auto start = Clock::now();
-  const Validated v = validate(batch);
+  Validated v = validate(batch);
+  pad_to_bucket(v);
   ShapeBuffers& buffers = stage(batch, v);
   const double host_ms = ms_since(start);
   const auto result = runner->run(v.key, [&](ShapeBuffers& b, StageTimer* timer) { forward(b, v.key, timer); }, tapped);
-  return unpack(buffers, result, host_ms, start);
+  return unpack(buffers, v.rows, result, host_ms, start);
 }
 
 Policy Policy::load(const std::string& directory, const PolicyOptions& requested) {
@@ -366,6 +405,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
             *options.dtype == torch::kFloat16,
         "PolicyOptions::dtype", "must be float32, bfloat16 or float16");
   const nn::MatmulMode quantized_mode = policy::resolve_quantize(options.quantize, options.device);
+  impl->batch_buckets = policy::resolve_batch_buckets(options.batch_buckets, options.device, options.cuda_graphs);
 
   const io::Checkpoint ckpt = io::Checkpoint::open(directory);
   lap("checkpoint files");
@@ -487,6 +527,7 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
   settings.proprio_dim = impl->proprio_projector ? impl->proprio_projector->proprio_dim() : 0;
   settings.chunk = impl->head->chunk();
   settings.action_dim = impl->head->action_dim();
+  settings.batch_buckets = impl->batch_buckets;
   settings.quantize = nn::is_quantized(quantized_mode) ? nn::matmul_mode_name(quantized_mode) : "none";
   settings.quantized_layers = quantized_vision + quantized_projector + quantized_llm;
   settings.quantize_detail = policy::quantize_detail(quantized_mode, quantized_vision, quantized_projector, quantized_llm,
@@ -526,6 +567,29 @@ const PolicySettings& Policy::settings() const { return impl_->settings; }
 
 PromptText Policy::prompt(const std::string& instruction) const { return impl_->prompt(instruction); }
 void Policy::validate(const Observation& observation) const { impl_->validate({observation}); }
+
+Observation Policy::prepare(Observation observation) const {
+  const c10::InferenceMode inference;
+  const Impl& impl = *impl_;
+  impl.validate({observation});
+  const auto cameras = static_cast<int64_t>(observation.images.size());
+  auto prepared = std::make_shared<PreparedImages>();
+  prepared->policy = &impl;
+  prepared->images = observation.images;
+  std::vector<int64_t> shape = impl.preprocessor->staging_shape(1, cameras);
+  shape.erase(shape.begin());
+  prepared->staged = torch::empty(shape, torch::TensorOptions(torch::kUInt8).pinned_memory(impl.options.device.is_cuda()));
+  impl.preprocessor->stage(observation.images, prepared->staged);
+  observation.prepared = std::move(prepared);
+  return observation;
+}
+
+int64_t Policy::image_size() const { return impl_->preprocessor->image_size(); }
+
+int64_t Policy::cached_shapes() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->runner->cached_shapes();
+}
 
 void Policy::Impl::install_tap(const Tap& t) {
   active_tap = t;

@@ -32,7 +32,8 @@ nlohmann::json settings_json(const PolicySettings& s) {
           {"proprio_dim", s.proprio_dim},
           {"quantize", s.quantize},
           {"quantized_layers", s.quantized_layers},
-          {"quantize_detail", s.quantize_detail}};
+          {"quantize_detail", s.quantize_detail},
+          {"batch_buckets", s.batch_buckets}};
 }
 
 std::vector<std::pair<std::string, double>> timing_fields(const StageTiming& t) {

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "focusvla/io/json_file.h"
@@ -66,6 +68,24 @@ inline bool has_case(const std::string& name) {
   for (const auto& c : io::read_json_file(data_path("policy", "cases.json")))
     if (c["name"] == name) return true;
   return false;
+}
+
+// A copy of a checkpoint directory, for a test to change one file of (a scratch directory).
+inline std::string broken_copy(const std::string& name, const std::string& from) {
+  const std::string dir = testing::scratch_dir(name);
+  for (const auto& e : std::filesystem::directory_iterator(data_path("policy", from)))
+    if (e.is_regular_file()) std::filesystem::copy_file(e.path(), dir + "/" + e.path().filename().string());
+  return dir;
+}
+
+// A copy of a tiny checkpoint whose config.json has no num_images_in_input, as the released
+// VLA-Adapter checkpoints.
+inline std::string without_camera_count(const std::string& name, const std::string& from) {
+  const std::string dir = broken_copy(name, from);
+  auto config = io::read_json_file(dir + "/config.json");
+  config.erase("num_images_in_input");
+  std::ofstream(dir + "/config.json") << config.dump();
+  return dir;
 }
 
 }  // namespace

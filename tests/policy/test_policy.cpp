@@ -389,14 +389,6 @@ TEST(PolicyErrors, UnnormKeyMustNameADataset) {
                {"images", "got 2 camera", "takes 3", "PolicyOptions::num_images"});
 }
 
-// A copy of a checkpoint directory with one file changed.
-std::string broken_copy(const std::string& name, const std::string& from) {
-  const std::string dir = testing::scratch_dir(name);
-  for (const auto& e : fs::directory_iterator(data_path("policy", from)))
-    if (e.is_regular_file()) fs::copy_file(e.path(), dir + "/" + e.path().filename().string());
-  return dir;
-}
-
 TEST(PolicyErrors, BrokenCheckpoints) {
   const auto c = find_case("focus_openvla");
   const std::string no_head = broken_copy("policy_no_head", "focus_f32");
@@ -446,16 +438,6 @@ TEST(PolicyErrors, CheckpointChangedOnDiskUnderALoadedPolicy) {
     expect_error([&] { fourth.act(obs.images, obs.instruction, obs.proprio); },
                  {weights, "changed on disk", "size went from", "load the policy again"});
   testing::remove_tree(dir);
-}
-
-// A copy of a tiny checkpoint whose config.json has no num_images_in_input, as the released
-// VLA-Adapter checkpoints.
-std::string without_camera_count(const std::string& name, const std::string& from) {
-  const std::string dir = broken_copy(name, from);
-  auto config = io::read_json_file(dir + "/config.json");
-  config.erase("num_images_in_input");
-  std::ofstream(dir + "/config.json") << config.dump();
-  return dir;
 }
 
 // Without num_images_in_input (and PolicyOptions::num_images 0) the camera count follows each

@@ -69,6 +69,8 @@ class GraphRunner {
   Result run(const ShapeKey& key, const Forward& forward, bool eager = false);
   // How the last run went: "none", "cpu", "cuda-eager" or "cuda-graph".
   const std::string& last_execution() const { return last_execution_; }
+  // Shapes whose buffers (and graphs) are kept now.
+  int64_t cached_shapes() const { return static_cast<int64_t>(shapes_.size()); }
 
  private:
   struct Shape;

@@ -81,6 +81,13 @@ struct PolicyOptions {
   nn::CpuBf16Matmul cpu_bf16_matmul = nn::CpuBf16Matmul::kAuto;
   // Input shapes whose buffers (and CUDA graphs) are kept; the least recently used goes first.
   int max_cached_shapes = 8;
+  // Batch sizes an act_batch is padded up to: a call of 3 observations runs as 4 when 4 is the
+  // smallest bucket that holds it (the added rows repeat its last observation; their actions are
+  // dropped), so traffic of mixed batch sizes reuses a few shapes (a CUDA graph each) instead of
+  // capturing one per size. A call larger than the largest bucket runs at its own size. Empty (the
+  // default): {1, 2, 4, 8} on CUDA with cuda_graphs, none elsewhere (on the CPU, padding costs
+  // compute and no graph is saved). Each entry >= 1; sorted, duplicates dropped.
+  std::vector<int64_t> batch_buckets;
   // Quantized linear layers, made at load from the checkpoint's weights (nothing is written; the
   // float weights of quantized layers are released). kInt8 on a CPU: W8A8 (int8 weights and
   // per-token int8 activations); on CUDA: int8 weight-only. kFp8: CUDA with compute capability
@@ -117,6 +124,8 @@ struct PolicySettings {
   std::string quantize = "none";
   int64_t quantized_layers = 0;
   std::string quantize_detail;
+  // The batch sizes calls are padded up to (PolicyOptions::batch_buckets); empty: none.
+  std::vector<int64_t> batch_buckets;
 };
 
 // The spelling of a dtype in settings, logs and --dtype: "float32", "bfloat16", "float16".
@@ -125,7 +134,7 @@ std::string dtype_name(torch::ScalarType dtype);
 // The settings as JSON, as `focusvla act --json` and the server's metadata give them:
 // {"head", "prompt_format", "prompt_format_source", "center_crop", "jpeg_roundtrip", "dtype",
 //  "dtype_source", "device", "matmul", "unnorm_key", "normalization", "cameras", "proprio_dim",
-//  "quantize", "quantized_layers", "quantize_detail"}.
+//  "quantize", "quantized_layers", "quantize_detail", "batch_buckets"}.
 nlohmann::json settings_json(const PolicySettings& settings);
 
 // The prompt an instruction becomes, and its token ids (no BOS / EOS).
@@ -134,11 +143,19 @@ struct PromptText {
   std::vector<int64_t> ids;
 };
 
+// The camera images of an observation already in the model's staging layout (Policy::prepare).
+struct PreparedImages;
+
 // One observation for act_batch.
 struct Observation {
   std::vector<torch::Tensor> images;  // uint8 (H, W, 3) RGB, one per camera, in checkpoint order
   std::string instruction;
   std::vector<double> proprio;        // raw robot state; empty when the checkpoint has no proprio projector
+  // Set by Policy::prepare: `images` after the LIBERO steps and resizes, made ahead of the act.
+  // act / act_batch copy them instead of preprocessing again, when the policy that prepared them
+  // acts and `images` still holds the same tensors (a new list is preprocessed again; an image
+  // changed in place is not noticed: prepare again, or reset this).
+  std::shared_ptr<const PreparedImages> prepared;
 };
 
 // Milliseconds per stage of one call. preprocess = the host part (checks, tokenizer, LIBERO steps
@@ -193,6 +210,7 @@ class Policy {
   int64_t chunk_size() const;
   int64_t action_dim() const;
   int64_t proprio_dim() const;  // 0 without a proprio projector
+  int64_t image_size() const;   // the model's camera image size (224); other sizes are resized
   std::string head_kind() const;  // "vla-adapter", "vla-adapter-pro" or "focusvla"
   const std::string& unnorm_key() const;
   // The options as given to load.
@@ -206,6 +224,22 @@ class Policy {
   // proprio, sequence length), without running anything and without the policy's lock: a server
   // validates a request on its io thread so one bad request never spoils a batch. Throws Error.
   void validate(const Observation& observation) const;
+  // validate(), then the host work of an act done ahead: the camera images through the LIBERO
+  // steps and the resizes into the staging layout (milliseconds per camera; 256x256 LIBERO frames
+  // the most), returned in Observation::prepared. Like validate, without the policy's lock, from
+  // any thread: a server prepares each request on its io thread while the batch before it runs
+  // (staging overlaps the forward), and the act that follows only copies the prepared pixels.
+  // Actions are the same as for the unprepared observation, bit for bit. Throws Error.
+  Observation prepare(Observation observation) const;
+  // Runs the input shapes a server will see before its first request: for each batch bucket
+  // (batch 1 when there are none), an act_batch of that many blank camera images (the model's
+  // size) with `instruction` and a zero proprio; on CUDA with graphs each twice, so that the
+  // graph is captured. Their buffers stay cached (max_cached_shapes; a warning when the buckets
+  // do not fit). `cameras`: 0 for the policy's fixed count (num_images()), required where the
+  // count follows each call. Returns the wall time in ms. Throws Error as act() does.
+  double warm_up(const std::string& instruction, int64_t cameras = 0) const;
+  // Input shapes whose buffers (and CUDA graphs) are cached now (at most max_cached_shapes).
+  int64_t cached_shapes() const;
   // How the last call ran: "cpu", "cuda-eager" or "cuda-graph".
   std::string last_execution() const;
 
