@@ -55,6 +55,8 @@ class Policy:
         cpu_bf16_matmul: Literal["auto", "native", "float32"] = "auto",
         jpeg_roundtrip: bool = True,
         quantize: Literal["none", "int8", "fp8"] = "none",
+        batch_buckets: Optional[List[int]] = None,
+        max_cached_shapes: int = 8,
     ) -> "Policy":
         """Loads a checkpoint directory in the VLA-Adapter release layout.
 
@@ -71,6 +73,9 @@ class Policy:
         training frames were never JPEG-compressed. quantize: "int8" (CPU: W8A8 int8 linear layers in
         the vision encoders and the decoder, made at load; CUDA: int8 weight-only) or "fp8" (CUDA,
         compute capability 8.9+); see docs/QUANTIZATION.md and settings["quantize_detail"].
+        batch_buckets: batch sizes act_batch pads a call up to (None: 1, 2, 4, 8 on CUDA with graphs,
+        none on the CPU), so that mixed batch sizes reuse a few CUDA graphs. max_cached_shapes: input
+        shapes whose buffers and graphs are kept.
 
         Raises focusvla.Error naming the file and problem (missing parts, mis-shaped weights, unknown
         unnorm_key with the list of known ones, ...)."""
@@ -150,7 +155,16 @@ class Policy:
     def settings(self) -> Dict[str, Any]:
         """What the options resolved to, and why: head, prompt_format, prompt_format_source,
         center_crop, jpeg_roundtrip, dtype, dtype_source, device, matmul, unnorm_key, normalization, cameras,
-        proprio_dim, chunk, action_dim."""
+        proprio_dim, quantize, quantized_layers, quantize_detail, batch_buckets, chunk, action_dim."""
+    def warm_up(self, instruction: str, cameras: int = 0) -> float:
+        """Runs every batch bucket (batch 1 without buckets) once on blank camera images with this
+        instruction (twice on CUDA with graphs, capturing each graph), so that the first real calls
+        of those shapes find their buffers and graphs. cameras: 0 for the fixed camera count.
+        Returns the milliseconds it took."""
+    @property
+    def cached_shapes(self) -> int:
+        """Input shapes (batch size, cameras, prompt lengths) whose buffers and CUDA graphs are
+        cached now (at most max_cached_shapes)."""
     @property
     def last_execution(self) -> str:
         """How the last call ran: "cpu", "cuda-eager" or "cuda-graph"."""

@@ -4,10 +4,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <optional>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "focusvla/core/error.h"
 #include "focusvla/policy/option_text.h"
@@ -23,6 +25,8 @@ struct PolicyArgs {
   bool no_jpeg_roundtrip = false;
   int64_t num_images = 0;
   int threads = 0;
+  std::vector<int64_t> batch_buckets;  // serve: --batch-buckets (empty: the policy's default)
+  int max_cached_shapes = 8;           // serve: --max-cached-shapes
 };
 
 // An integer option in [low, high]; a value that is not one names the flag, the value and the
@@ -46,6 +50,34 @@ void add_int_option(CLI::App& command, const std::string& flag, Int& target, int
           },
           help)
       ->type_name("INT");
+}
+
+// A comma-separated list of integers in [low, high] ("1,2,4,8"), each checked as add_int_option does.
+inline void add_int_list_option(CLI::App& command, const std::string& flag, std::vector<int64_t>& target, int64_t low,
+                                int64_t high, const std::string& help) {
+  command
+      .add_option_function<std::string>(
+          flag,
+          [&target, flag, low, high](const std::string& text) {
+            const std::string range = " (accepted: integers in " + std::to_string(low) + " .. " + std::to_string(high) +
+                                      ", comma-separated)";
+            std::vector<int64_t> values;
+            size_t begin = 0;
+            while (begin <= text.size()) {
+              const size_t end = std::min(text.find(',', begin), text.size());
+              int64_t value = 0;
+              const auto [ptr, ec] = std::from_chars(text.data() + begin, text.data() + end, value);
+              if (end == begin || ec == std::errc::invalid_argument || ptr != text.data() + end)
+                throw CLI::ValidationError(flag, "'" + text + "' is not a list of integers" + range);
+              if (ec == std::errc::result_out_of_range || value < low || value > high)
+                throw CLI::ValidationError(flag, "'" + text + "' has an entry out of range" + range);
+              values.push_back(value);
+              begin = end + 1;
+            }
+            target = std::move(values);
+          },
+          help)
+      ->type_name("LIST");
 }
 
 // --checkpoint, --unnorm-key, --prompt-format, --dtype, --device, --center-crop /
@@ -89,6 +121,8 @@ inline PolicyOptions policy_options(const PolicyArgs& a) {
   options.threads = a.threads;
   options.num_images = a.num_images;
   options.quantize = parse_quantize(a.quantize, "--quantize");
+  options.batch_buckets = a.batch_buckets;
+  options.max_cached_shapes = a.max_cached_shapes;
   return options;
 }
 

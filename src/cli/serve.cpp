@@ -46,7 +46,19 @@ CLI::App* add_serve_command(CLI::App& app, ServeArgs& a) {
                  "websocket connections open at once; more get HTTP 503 (default 256)");
   add_int_option(*serve, "--max-prompt-bytes", a.max_prompt_bytes, 1, 1 << 20,
                  "longest instruction in bytes; a longer one is that request's error (default 4096)");
-  add_int_option(*serve, "--io-threads", a.io_threads, 1, 256, "threads for the sockets (default 1: decoding and encoding are light; the policy has its own thread)");
+  add_int_list_option(*serve, "--batch-buckets", a.policy.batch_buckets, 1, 1024,
+                      "batch sizes a batch is padded up to, so that CUDA graphs are reused (default: 1,2,4,8 on "
+                      "CUDA, none on the CPU; 1: no padding)");
+  add_int_option(*serve, "--max-cached-shapes", a.policy.max_cached_shapes, 1, 1024,
+                 "input shapes (batch size, prompt lengths) whose buffers and CUDA graphs are kept (default 8)");
+  serve
+      ->add_option("--warmup", a.warmup_instructions,
+                   "before listening, run every batch bucket with this instruction (repeat per instruction; the "
+                   "robots' own, as a shape includes its prompt length), so the first requests find their CUDA graphs")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  add_int_option(*serve, "--io-threads", a.io_threads, 1, 256,
+                 "threads for the sockets and for preparing requests (decoding, checks, image preprocessing; default "
+                 "1; the policy has its own thread)");
   serve->add_option("--idle-timeout-s", a.idle_timeout_s,
                     "close a connection that neither sends nor answers pings (nor reads its reply) for this long")
       ->check(CLI::Range(0.1, 1e6))
@@ -82,6 +94,7 @@ void run_serve(const ServeArgs& a, bool log_level_given) {
   options.idle_timeout_s = a.idle_timeout_s;
   options.stats_interval_s = a.stats_interval_s;
   options.drain_timeout_s = a.drain_timeout_s;
+  options.warmup_instructions = a.warmup_instructions;
   options.handle_signals = true;
   serve::Server server(policy, options);
 

@@ -13,7 +13,7 @@ namespace focusvla::cli {
 struct ServeArgs {
   PolicyArgs policy;
   std::string host = "127.0.0.1", api_key, state_key = "observation/state", prompt_key = "prompt";
-  std::vector<std::string> image_keys;
+  std::vector<std::string> image_keys, warmup_instructions;
   int port = 8000, max_batch = 8, io_threads = 1, max_connections = 256, max_prompt_bytes = 4096;
   double max_wait_ms = 2, max_frame_mb = 8, idle_timeout_s = 300, stats_interval_s = 60, drain_timeout_s = 30;
 };

@@ -32,6 +32,7 @@ ShapeBuffers& GraphRunner::buffers(const ShapeKey& key, const Allocate& allocate
     const auto lru = std::min_element(shapes_.begin(), shapes_.end(),
                                       [](const auto& a, const auto& b) { return a->last_use < b->last_use; });
     shapes_.erase(lru);
+    cached_ = static_cast<int64_t>(shapes_.size());
   }
   auto s = std::make_unique<Shape>();
   s->key = key;
@@ -39,6 +40,7 @@ ShapeBuffers& GraphRunner::buffers(const ShapeKey& key, const Allocate& allocate
   allocate(key, s->buffers);
   s->timer = std::make_unique<StageTimer>(options_.device);
   shapes_.push_back(std::move(s));
+  cached_ = static_cast<int64_t>(shapes_.size());
   return shapes_.back()->buffers;
 }
 

@@ -406,6 +406,8 @@ Policy Policy::load(const std::string& directory, const PolicyOptions& requested
         "PolicyOptions::dtype", "must be float32, bfloat16 or float16");
   const nn::MatmulMode quantized_mode = policy::resolve_quantize(options.quantize, options.device);
   impl->batch_buckets = policy::resolve_batch_buckets(options.batch_buckets, options.device, options.cuda_graphs);
+  check(options.max_cached_shapes >= 1, "PolicyOptions::max_cached_shapes",
+        std::to_string(options.max_cached_shapes) + " is not 1 or more");
 
   const io::Checkpoint ckpt = io::Checkpoint::open(directory);
   lap("checkpoint files");
@@ -586,10 +588,7 @@ Observation Policy::prepare(Observation observation) const {
 
 int64_t Policy::image_size() const { return impl_->preprocessor->image_size(); }
 
-int64_t Policy::cached_shapes() const {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->runner->cached_shapes();
-}
+int64_t Policy::cached_shapes() const { return impl_->runner->cached_shapes(); }
 
 void Policy::Impl::install_tap(const Tap& t) {
   active_tap = t;

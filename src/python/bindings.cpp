@@ -58,28 +58,6 @@ Observation observation_of(nb::handle images, nb::handle instruction, nb::handle
   return obs;
 }
 
-nb::dict settings_dict(const focusvla::PolicySettings& s) {
-  nb::dict d;
-  d["head"] = s.head;
-  d["prompt_format"] = s.prompt_format;
-  d["prompt_format_source"] = s.prompt_format_source;
-  d["center_crop"] = s.center_crop;
-  d["jpeg_roundtrip"] = s.jpeg_roundtrip;
-  d["dtype"] = focusvla::dtype_name(s.dtype);
-  d["dtype_source"] = s.dtype_source;
-  d["device"] = s.device.str();
-  d["matmul"] = s.matmul;
-  d["unnorm_key"] = s.unnorm_key;
-  d["normalization"] = s.normalization;
-  d["cameras"] = s.cameras;
-  d["proprio_dim"] = s.proprio_dim;
-  d["chunk"] = s.chunk;
-  d["action_dim"] = s.action_dim;
-  d["quantize"] = s.quantize;
-  d["quantized_layers"] = s.quantized_layers;
-  d["quantize_detail"] = s.quantize_detail;
-  return d;
-}
 
 // A JSON value as Python objects (dict, list, str, int, float, bool, None).
 nb::object py_json(const nlohmann::json& j) {
@@ -101,6 +79,14 @@ nb::object py_json(const nlohmann::json& j) {
     case nlohmann::json::value_t::number_float: return nb::cast(j.get<double>());
     default: return nb::none();
   }
+}
+
+// Policy.settings: settings_json (the CLI's and the server's form) with the chunk shape.
+nb::object settings_dict(const focusvla::PolicySettings& s) {
+  nlohmann::json j = focusvla::settings_json(s);
+  j["chunk"] = s.chunk;
+  j["action_dim"] = s.action_dim;
+  return py_json(j);
 }
 
 nb::dict timing_dict(const focusvla::StageTiming& t) {
@@ -223,8 +209,8 @@ NB_MODULE(_core, m) {
           [](const std::string& path, nb::handle device, nb::handle dtype, std::optional<std::string> unnorm_key,
              const std::string& prompt_format, bool center_crop, int threads, bool cuda_graphs, int64_t num_images,
              const std::string& normalization, bool diagnostics, const std::string& cpu_bf16_matmul,
-             const std::string& quantize,
-             bool jpeg_roundtrip) {
+             const std::string& quantize, bool jpeg_roundtrip, std::optional<std::vector<int64_t>> batch_buckets,
+             int max_cached_shapes) {
             focusvla::PolicyOptions o;
             o.device = focusvla::parse_device(option_text(device, "device"), "device");
             o.dtype = focusvla::parse_dtype(option_text(dtype, "dtype"), "dtype");
@@ -239,13 +225,16 @@ NB_MODULE(_core, m) {
             o.diagnostics = diagnostics;
             o.cpu_bf16_matmul = focusvla::parse_cpu_bf16_matmul(cpu_bf16_matmul, "cpu_bf16_matmul");
             o.quantize = focusvla::parse_quantize(quantize, "quantize");
+            o.batch_buckets = batch_buckets.value_or(std::vector<int64_t>{});
+            o.max_cached_shapes = max_cached_shapes;
             nb::gil_scoped_release release;
             return Policy::load(path, o);
           },
           "path"_a, "device"_a = "cpu", "dtype"_a = nb::none(), "unnorm_key"_a = nb::none(),
           "prompt_format"_a = "auto", "center_crop"_a = true, "threads"_a = 0, "cuda_graphs"_a = true,
           "num_images"_a = 0, "normalization"_a = "bounds_q99", "diagnostics"_a = false,
-          "cpu_bf16_matmul"_a = "auto", "quantize"_a = "none", "jpeg_roundtrip"_a = true)
+          "cpu_bf16_matmul"_a = "auto", "quantize"_a = "none", "jpeg_roundtrip"_a = true,
+          "batch_buckets"_a = nb::none(), "max_cached_shapes"_a = 8)
       .def(
           "act",
           [](const Policy& self, nb::handle images, nb::handle instruction, nb::handle proprio, bool return_info) {
@@ -326,6 +315,14 @@ NB_MODULE(_core, m) {
       .def_prop_ro("head_kind", &Policy::head_kind)
       .def_prop_ro("unnorm_key", [](const Policy& self) { return self.unnorm_key(); })
       .def_prop_ro("settings", [](const Policy& self) { return settings_dict(self.settings()); })
+      .def(
+          "warm_up",
+          [](const Policy& self, const std::string& instruction, int64_t cameras) {
+            nb::gil_scoped_release release;  // whole forwards
+            return self.warm_up(instruction, cameras);
+          },
+          "instruction"_a, "cameras"_a = 0)
+      .def_prop_ro("cached_shapes", &Policy::cached_shapes)
       .def_prop_ro("last_execution",
                    [](const Policy& self) {
                      // The policy lock may be held by a whole forward: wait for it without the GIL.

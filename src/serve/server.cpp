@@ -41,6 +41,7 @@ nlohmann::json make_metadata(const Policy& policy, const ServerOptions& o) {
           {"max_frame_bytes", o.max_frame_bytes},
           {"max_prompt_bytes", o.max_prompt_bytes},
           {"max_connections", o.max_connections},
+          {"warmup_instructions", o.warmup_instructions},
           {"settings", settings_json(policy.settings())}};
 }
 
@@ -169,6 +170,11 @@ Server::Server(Policy policy, ServerOptions options) : impl_(std::make_shared<Im
   if (options.keys.images.empty())
     options.keys.images = default_observation_keys(policy.num_images() > 0 ? policy.num_images() : 2).images;
   check_options(options, policy);
+  for (const auto& instruction : options.warmup_instructions) {
+    const double ms = policy.warm_up(instruction, static_cast<int64_t>(options.keys.images.size()));
+    log_info("serve: warmed up '" + instruction + "' in " + format_ms(ms) + " ms; " +
+             std::to_string(policy.cached_shapes()) + " input shape(s) cached");
+  }
   auto shared = std::make_shared<Shared>(policy, options);
   shared->spec.keys = options.keys;
   shared->spec.proprio_dim = policy.proprio_dim();

@@ -67,7 +67,11 @@ struct Shared {
   void drain_all();
   // Takes one of the max_connections websocket places; false (and nothing taken) when all are used.
   bool reserve_session();
-  nlohmann::json totals() const { return stats.totals(batcher ? batcher->cancelled() : 0); }
+  nlohmann::json totals() const {
+    nlohmann::json t = stats.totals(batcher ? batcher->cancelled() : 0);
+    t["cached_shapes"] = policy.cached_shapes();
+    return t;
+  }
   // The API key check, in constant time in the key.
   bool authorized(const http::request<http::string_body>& request) const;
 };

@@ -1,7 +1,7 @@
 // One websocket connection of the openpi protocol (see server.h for the protocol).
 //
-// One request at a time: a request is decoded and validated here, batched, answered, then the next
-// is taken. Reading goes on while a request is in flight, so pings are answered and a client that
+// One request at a time: a request is decoded and prepared (checked, images preprocessed) here,
+// batched, answered, then the next is taken. Reading goes on while a request is in flight, so pings are answered and a client that
 // vanishes is noticed during a long inference (its queued request is then cancelled, not run); a
 // second request that arrives meanwhile is held (and reading paused) until the first is answered.
 // Every handler runs on the connection's strand, and so does the session's destruction (the
@@ -126,7 +126,7 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     read();
   }
 
-  // One request: decoded and validated here (on the io thread; every problem is this request's
+  // One request: decoded and prepared here (on the io thread; every problem is this request's
   // error reply, never its batch's), then batched.
   void handle(bool binary, std::string_view message) {
     request_ = Request::kRunning;
@@ -136,8 +136,8 @@ class WsSession : public Connection, public std::enable_shared_from_this<WsSessi
     if (!binary) return reply_error("request: expected a binary msgpack frame (openpi protocol), got a text frame");
     Observation observation;
     try {
-      observation = decode_observation(message.data(), message.size(), shared_->spec);
-      shared_->policy.validate(observation);
+      // Checked, and its images preprocessed, here: beside the running batch, not in it.
+      observation = shared_->policy.prepare(decode_observation(message.data(), message.size(), shared_->spec));
     } catch (const std::exception& e) {  // Error, c10::Error, std::bad_alloc alike
       return reply_error(e.what());
     }

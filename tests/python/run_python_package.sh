@@ -26,4 +26,5 @@ echo "$(purelib "$python")" > "$(purelib "$venv/bin/python")/focusvla-test-base.
 cd "$build_dir"
 FOCUSVLA_TEST_DATA="$test_data" FOCUSVLA_EXPECT_PREFIX="$venv" \
   "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs "$source_dir/tests/python/test_python_package.py" \
-  "$source_dir/tests/python/test_python_threads.py" "$source_dir/tests/python/test_python_codec.py"
+  "$source_dir/tests/python/test_python_threads.py" "$source_dir/tests/python/test_python_codec.py" \
+  "$source_dir/tests/python/test_python_serving.py"

@@ -1,8 +1,8 @@
 """`focusvla serve` operations, driven by openpi's own websocket client and raw sockets: /healthz,
 /stats and the default bind, --api-key, SIGTERM / SIGINT drain, pings and pipelined requests
 while one is in flight, the idle timeout, --help and bad paths, a one-camera policy without
-proprio, and a checkpoint in the release layout without a camera count. The protocol, the
-concurrency and bad input: test_serve.py.
+proprio, a checkpoint in the release layout without a camera count, and batch buckets with the
+warm-up. The protocol, the concurrency and bad input: test_serve.py.
 
     run_serve.sh SOURCE_DIR BUILD_DIR TEST_DATA   (ctest serve_openpi; environment FOCUSVLA_CLI, FOCUSVLA_TEST_DATA)
 """
@@ -24,8 +24,10 @@ from openpi_client import msgpack_numpy
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_process import (CLI, FOCUS, HOST, PRO_1CAM, RawSocketClient, close_quietly,  # noqa: E402,F401
                            openpi_client, raw_connect, serve)
-from serve_common import IMAGE_KEYS, TASKS  # noqa: E402
+from serve_common import IMAGE_KEYS, TASKS, UNNORM  # noqa: E402
 from test_serve import _status_of, act_cli, libero_observation, observations  # noqa: E402,F401
+
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
 
 
 def test_health_stats_and_default_bind(serve):
@@ -176,7 +178,8 @@ def test_sigint_exits_cleanly(serve, observations):
 SERVE_FLAGS = ["--checkpoint", "--host", "--port", "--device", "--max-batch", "--max-wait-ms", "--max-frame-mb",
                "--api-key", "--image-key", "--state-key", "--prompt-key", "--io-threads", "--idle-timeout-s",
                "--stats-interval-s", "--drain-timeout-s", "--unnorm-key", "--prompt-format", "--dtype",
-               "--center-crop", "--no-center-crop", "--threads"]
+               "--center-crop", "--no-center-crop", "--threads", "--batch-buckets", "--max-cached-shapes",
+               "--warmup"]
 
 
 def test_help_and_bad_checkpoint(tmp_path):
@@ -270,3 +273,63 @@ def test_released_checkpoint_without_camera_count(serve, tmp_path):
     want = act_cli(tmp_path / "one", released, [obs["observation/image"]], obs["prompt"], obs["observation/state"])
     assert np.array_equal(client.infer(obs)["actions"], want)
     close_quietly(client._ws)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Batch buckets and the warm-up
+
+
+def test_batch_buckets_and_warmup(serve, observations, tmp_path):
+    """--warmup runs every --batch-buckets size before the server listens (/stats counts the cached
+    shapes); batches padded to a bucket give each request its own observation's actions; a lone
+    request (bucket 1) is `focusvla act` exactly."""
+    from test_serve import BATCHED_TOLERANCE, relative_error
+    obs, expected = observations
+    prompt = obs[0]["prompt"]
+    server = serve("--batch-buckets", "4,1,2", "--max-cached-shapes", 4, "--warmup", prompt, "--max-wait-ms", 200)
+    client = openpi_client(server)
+    meta = client.get_server_metadata()
+    assert meta["settings"]["batch_buckets"] == [1, 2, 4], meta["settings"]
+    assert list(meta["warmup_instructions"]) == [prompt], meta
+    assert server.stats()["cached_shapes"] == 3, server.stats()
+    assert np.array_equal(client.infer(obs[0])["actions"], expected[0])
+    close_quietly(client._ws)
+    assert server.stats()["cached_shapes"] == 3, server.stats()  # batch 1 of the warmed prompt: no new shape
+
+    # Three clients at once, all with the warmed prompt (batches of 1 to 3, padded to 1, 2 or 4):
+    # each gets its own images' and state's actions; no shape beyond the warmed ones is made.
+    same = [dict(o, prompt=prompt) for o in obs[1:4]]
+    wanted = [act_cli(tmp_path / f"same{i}", FOCUS, [o[k] for k in IMAGE_KEYS], prompt, o["observation/state"])
+              for i, o in enumerate(same)]
+    replies, errors = [None] * len(same), []
+
+    def one(i):
+        try:
+            c = openpi_client(server)
+            replies[i] = c.infer(same[i])["actions"]
+            close_quietly(c._ws)
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(same))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for got, want in zip(replies, wanted):
+        assert got is not None and relative_error(got, want) <= BATCHED_TOLERANCE, relative_error(got, want)
+    stats = server.stats()
+    assert stats["errors"] == 0 and stats["cached_shapes"] == 3, stats
+
+
+def test_bad_batch_buckets_and_warmup(tmp_path):
+    for flags, words in ((["--batch-buckets", "0,2"], ["--batch-buckets", "out of range"]),
+                         (["--batch-buckets", "1,x"], ["--batch-buckets", "not a list of integers"]),
+                         (["--max-cached-shapes", "0"], ["--max-cached-shapes", "out of range"]),
+                         (["--warmup", " "], ["instruction", "is empty"])):
+        out = subprocess.run([CLI, "serve", "--checkpoint", str(FOCUS), "--unnorm-key", UNNORM, "--port", "0",
+                              "--device", "cpu", *flags], capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and "listening" not in out.stdout, (flags, out.returncode, out.stdout)
+        for word in words:
+            assert word in out.stderr, (flags, word, out.stderr)

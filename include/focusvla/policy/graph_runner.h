@@ -6,6 +6,7 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -69,8 +70,8 @@ class GraphRunner {
   Result run(const ShapeKey& key, const Forward& forward, bool eager = false);
   // How the last run went: "none", "cpu", "cuda-eager" or "cuda-graph".
   const std::string& last_execution() const { return last_execution_; }
-  // Shapes whose buffers (and graphs) are kept now.
-  int64_t cached_shapes() const { return static_cast<int64_t>(shapes_.size()); }
+  // Shapes whose buffers (and graphs) are kept now; any thread, also while a call runs.
+  int64_t cached_shapes() const { return cached_.load(); }
 
  private:
   struct Shape;
@@ -79,6 +80,7 @@ class GraphRunner {
   Options options_;
   std::vector<std::unique_ptr<Shape>> shapes_;
   uint64_t calls_ = 0;
+  std::atomic<int64_t> cached_{0};  // shapes_.size(), for readers without the policy's lock
   std::string last_execution_ = "none";
 };
 

@@ -238,7 +238,8 @@ class Policy {
   // do not fit). `cameras`: 0 for the policy's fixed count (num_images()), required where the
   // count follows each call. Returns the wall time in ms. Throws Error as act() does.
   double warm_up(const std::string& instruction, int64_t cameras = 0) const;
-  // Input shapes whose buffers (and CUDA graphs) are cached now (at most max_cached_shapes).
+  // Input shapes whose buffers (and CUDA graphs) are cached now (at most max_cached_shapes); without
+  // the policy's lock (a server's /stats reads it during a forward).
   int64_t cached_shapes() const;
   // How the last call ran: "cpu", "cuda-eager" or "cuda-graph".
   std::string last_execution() const;

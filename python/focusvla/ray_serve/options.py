@@ -23,6 +23,8 @@ class PolicyOptions:
         "quantize": ("none", str),        # none | int8 (CPU W8A8, CUDA weight-only) | fp8 (CUDA 8.9+)
         "threads": (0, int),              # CPU intra-op threads per replica (0: LibTorch's default)
         "cuda_graphs": (True, bool),
+        "batch_buckets": (None, list),    # None: 1, 2, 4, 8 on CUDA with graphs, none on the CPU
+        "warmup_instructions": (None, list),  # run every bucket with each before serving (focusvla serve --warmup)
         # batching (per policy replica)
         "max_batch": (8, int),
         "max_wait_ms": (2.0, float),
@@ -80,6 +82,13 @@ class PolicyOptions:
         if self.image_keys is not None and (not self.image_keys or
                                             not all(isinstance(k, str) and k for k in self.image_keys)):
             raise ValueError("focusvla.ray_serve: image_keys must be a non-empty list of non-empty keys")
+        if self.batch_buckets is not None and not all(
+                isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 1024 for b in self.batch_buckets):
+            raise ValueError(f"focusvla.ray_serve: batch_buckets must be batch sizes in 1 .. 1024, got "
+                             f"{self.batch_buckets!r}")
+        if self.warmup_instructions is not None and not all(
+                isinstance(w, str) and w.strip() for w in self.warmup_instructions):
+            raise ValueError("focusvla.ray_serve: warmup_instructions must be non-empty instructions")
 
     def as_dict(self) -> Dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}

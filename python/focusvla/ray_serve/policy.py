@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Tuple
 import ray
 from ray import serve
 
+from .codec import resolve_image_keys
 from .names import POLICY_DEPLOYMENT
 from .options import PolicyOptions
 
@@ -36,7 +37,11 @@ class FocusVLAPolicy:
         self.policy = focusvla.Policy.load(o.checkpoint, device=device, dtype=o.dtype, unnorm_key=o.unnorm_key,
                                            prompt_format=o.prompt_format, center_crop=o.center_crop,
                                            jpeg_roundtrip=o.jpeg_roundtrip, quantize=o.quantize,
-                                           threads=o.threads, cuda_graphs=o.cuda_graphs)
+                                           threads=o.threads, cuda_graphs=o.cuda_graphs,
+                                           batch_buckets=o.batch_buckets)
+        cameras = len(resolve_image_keys(self.policy.num_images, o.image_keys))  # the ingress's camera count
+        for instruction in o.warmup_instructions or []:
+            self.policy.warm_up(instruction, cameras)
         self.load_s = time.perf_counter() - t0
         self.act.set_max_batch_size(o.max_batch)
         self.act.set_batch_wait_timeout_s(o.max_wait_ms / 1000.0)
