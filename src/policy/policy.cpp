@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <unordered_map>
@@ -123,6 +124,10 @@ struct Policy::Impl {
     std::vector<std::vector<int64_t>> ids;  // each sample's prompt token ids
   };
   Validated validate(const std::vector<Observation>& batch) const;
+  // With batch buckets, the call's rows in a canonical order: longest prompt first (stable), so
+  // that the same prompts in another order are the same shape (one CUDA graph, not one per
+  // order). Returns the order (call row of each staged row); empty when it stays as given.
+  std::vector<size_t> sort_rows(Validated& v) const;
   // The call padded to its batch bucket: the added rows repeat the last observation's shape.
   void pad_to_bucket(Validated& v) const;
   // The staging row `observation` prepared by this policy for these very images, or null.
@@ -223,6 +228,24 @@ Policy::Impl::Validated Policy::Impl::validate(const std::vector<Observation>& b
               std::to_string(max_positions));
   }
   return v;
+}
+
+std::vector<size_t> Policy::Impl::sort_rows(Validated& v) const {
+  const std::vector<int64_t>& lengths = v.key.prompt_lengths;
+  if (batch_buckets.empty() || std::is_sorted(lengths.begin(), lengths.end(), std::greater<>())) return {};
+  std::vector<size_t> order(lengths.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  Validated sorted;
+  sorted.key = v.key;
+  sorted.rows = v.rows;
+  sorted.key.prompt_lengths.clear();
+  for (const size_t i : order) {
+    sorted.key.prompt_lengths.push_back(lengths[i]);
+    sorted.ids.push_back(std::move(v.ids[i]));
+  }
+  v = std::move(sorted);
+  return order;
 }
 
 void Policy::Impl::pad_to_bucket(Validated& v) const {
@@ -366,11 +389,18 @@ std::vector<ActionChunk> Policy::Impl::run(const std::vector<Observation>& batch
   const c10::InferenceMode inference;
   const auto start = Clock::now();
   Validated v = validate(batch);
+  const std::vector<size_t> order = sort_rows(v);
+  std::vector<Observation> sorted;
+  for (const size_t i : order) sorted.push_back(batch[i]);
   pad_to_bucket(v);
-  ShapeBuffers& buffers = stage(batch, v);
+  ShapeBuffers& buffers = stage(order.empty() ? batch : sorted, v);
   const double host_ms = ms_since(start);
   const auto result = runner->run(v.key, [&](ShapeBuffers& b, StageTimer* timer) { forward(b, v.key, timer); }, tapped);
-  return unpack(buffers, v.rows, result, host_ms, start);
+  std::vector<ActionChunk> chunks = unpack(buffers, v.rows, result, host_ms, start);
+  if (order.empty()) return chunks;
+  std::vector<ActionChunk> out(chunks.size());
+  for (size_t i = 0; i < order.size(); ++i) out[order[i]] = std::move(chunks[i]);
+  return out;
 }
 
 Policy Policy::load(const std::string& directory, const PolicyOptions& requested) {

@@ -52,7 +52,7 @@ TEST(PolicyBuckets, ResolvedAndChosen) {
 }
 
 // A call padded to its bucket gives the reference's actions for each of its own observations, and
-// only those. The tap shows the batch the forward ran at.
+// only those; its rows are staged in a canonical order. The tap shows the batch the forward ran at.
 TEST(PolicyBuckets, PaddedCallsGiveTheReferenceActions) {
   const auto c = find_case("focus_openvla");
   PolicyOptions o = options_for(c);
@@ -81,6 +81,14 @@ TEST(PolicyBuckets, PaddedCallsGiveTheReferenceActions) {
       EXPECT_EQ(chunks[b].kept_indices.front().dim(), 3);  // its own (heads, chunk, K), not the batch's
     }
   }
+  // The same prompts in another order: one shape (rows are staged longest prompt first), and each
+  // result still goes to its own observation.
+  const int64_t shapes = policy.cached_shapes();
+  const auto reordered = policy.act_batch(observations(c, {2, 0, 1}));
+  EXPECT_EQ(policy.cached_shapes(), shapes);
+  for (const auto& [row, i] : std::vector<std::pair<size_t, int>>{{0, 2}, {1, 0}, {2, 1}})
+    EXPECT_LE(relative_error(reordered[row].actions, reference_actions(c, i)), 1e-4) << "observation " << i;
+
   expect_error(
       [&] {
         PolicyOptions bad = options_for(c);

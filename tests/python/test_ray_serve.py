@@ -148,7 +148,10 @@ class Cluster:
         config = {
             "proxy_location": "HeadOnly",
             "http_options": {"host": HOST, "port": self.port},
-            "applications": [self._app("focusvla", "/", replicas=2, retries=1),
+            # The main app pads batches to buckets and warms them up (the replies are still each
+            # request's own actions, within the batched tolerance); the other runs as given.
+            "applications": [self._app("focusvla", "/", replicas=2, retries=1,
+                                       batch_buckets=[1, 2, 4, 8], warmup_instructions=[TASKS[0]]),
                              self._app("noretry", "/noretry", replicas=1, retries=0)],
         }
         self.config_path = work / "serve_config.yaml"
@@ -165,11 +168,11 @@ class Cluster:
         self.seen_pids = set()
 
     @staticmethod
-    def _app(name, prefix, replicas, retries):
+    def _app(name, prefix, replicas, retries, **args):
         """An application of the tiny FocusVLA checkpoint on the CPU (1 thread per replica)."""
         return {"name": name, "route_prefix": prefix, "import_path": "focusvla.ray_serve:build_app",
                 "args": {"checkpoint": str(FOCUS), "unnorm_key": UNNORM, "device": "cpu", "threads": 1,
-                         "max_batch": 8, "max_wait_ms": 5, "retries": retries, "request_timeout_s": 60},
+                         "max_batch": 8, "max_wait_ms": 5, "retries": retries, "request_timeout_s": 60, **args},
                 "deployments": [{"name": "FocusVLAPolicy", "num_replicas": replicas, "health_check_period_s": 1,
                                  "ray_actor_options": {"num_cpus": 0.5}}]}
 
@@ -368,6 +371,10 @@ def test_example_config_and_kuberay_manifest_are_valid():
         ray_serve.PolicyOptions()
     with pytest.raises(ValueError, match="max_batch 0"):
         ray_serve.PolicyOptions(checkpoint="x", max_batch=0)
+    with pytest.raises(ValueError, match="batch_buckets must be batch sizes"):
+        ray_serve.PolicyOptions(checkpoint="x", batch_buckets=[0, 2])
+    with pytest.raises(ValueError, match="warmup_instructions must be non-empty"):
+        ray_serve.PolicyOptions(checkpoint="x", warmup_instructions=[" "])
 
 
 def test_bad_config_is_refused_before_ray_starts(tmp_path):
@@ -415,6 +422,7 @@ def test_metadata_health_and_errors(setup):
         assert list(meta["image_keys"]) == IMAGE_KEYS and meta["state_key"] == "observation/state", meta
         assert (meta["prompt_key"], meta["max_batch"], meta["max_wait_ms"]) == ("prompt", 8, 5), meta
         assert meta["settings"]["unnorm_key"] == UNNORM and meta["max_frame_bytes"] == 8 << 20, meta
+        assert meta["settings"]["batch_buckets"] == [1, 2, 4, 8], meta["settings"]
         bad = [
             (b"\xc1garbage", ("invalid msgpack",)),
             (packb({k: v for k, v in good.items() if k != "prompt"}), ("prompt", "missing")),

@@ -84,9 +84,10 @@ struct PolicyOptions {
   // Batch sizes an act_batch is padded up to: a call of 3 observations runs as 4 when 4 is the
   // smallest bucket that holds it (the added rows repeat its last observation; their actions are
   // dropped), so traffic of mixed batch sizes reuses a few shapes (a CUDA graph each) instead of
-  // capturing one per size. A call larger than the largest bucket runs at its own size. Empty (the
-  // default): {1, 2, 4, 8} on CUDA with cuda_graphs, none elsewhere (on the CPU, padding costs
-  // compute and no graph is saved). Each entry >= 1; sorted, duplicates dropped.
+  // capturing one per size. Its rows are staged longest prompt first, so that the same prompts in
+  // another order are the same shape. A call larger than the largest bucket runs at its own size.
+  // Empty (the default): {1, 2, 4, 8} on CUDA with cuda_graphs, none elsewhere (on the CPU,
+  // padding costs compute and no graph is saved). Each entry >= 1; sorted, duplicates dropped.
   std::vector<int64_t> batch_buckets;
   // Quantized linear layers, made at load from the checkpoint's weights (nothing is written; the
   // float weights of quantized layers are released). kInt8 on a CPU: W8A8 (int8 weights and
