@@ -1,3 +1,6 @@
+// Policy's calls: validate -> stage -> run -> unpack, and the small accessors. What a Policy
+// holds is policy_impl.h; policy_load.cpp makes it from a checkpoint directory.
+
 #include "focusvla/policy/policy.h"
 
 #include <algorithm>
