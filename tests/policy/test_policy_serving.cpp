@@ -199,5 +199,29 @@ TEST(PolicyWarmUp, BucketsAreCachedBeforeTheFirstCall) {
   testing::remove_tree(dir);
 }
 
+// On CUDA (skipped without a GPU): the default buckets, warm_up captures each bucket's graph, and
+// a call of 3 observations replays bucket 4's at once; the reference's actions (fp32, TF32 off).
+TEST(PolicyCuda, WarmedBucketsReplayTheirGraphs) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const auto c = find_case("focus_openvla");
+  PolicyOptions o = options_for(c);
+  o.device = torch::kCUDA;
+  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  EXPECT_EQ(policy.settings().batch_buckets, (std::vector<int64_t>{1, 2, 4, 8}));
+  std::vector<Observation> batch = observations(c, {0, 1, 2});
+  for (auto& obs : batch) obs.instruction = batch[0].instruction;
+  (void)policy.warm_up(batch[0].instruction);
+  EXPECT_EQ(policy.cached_shapes(), 4);
+  const auto chunks = policy.act_batch(batch);
+  EXPECT_EQ(policy.last_execution(), "cuda-graph");
+  EXPECT_TRUE(chunks[0].timing.cuda_graph);
+  EXPECT_EQ(policy.cached_shapes(), 4);
+  const double err = relative_error(chunks[0].actions, reference_actions(c, 0));
+  std::printf("  batch of 3 in the warmed bucket of 4 (graph replay): relative error %.2e\n", err);
+  EXPECT_LE(err, 1e-4);
+}
+
 }  // namespace
 }  // namespace focusvla
