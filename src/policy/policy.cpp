@@ -135,7 +135,7 @@ void Policy::Impl::pad_to_bucket(Validated& v) const {
 
 const PreparedImages* Policy::Impl::prepared_for(const Observation& observation) const {
   const PreparedImages* p = observation.prepared.get();
-  if (p == nullptr || p->policy != this || p->images.size() != observation.images.size()) return nullptr;
+  if (p == nullptr || p->policy != id || p->images.size() != observation.images.size()) return nullptr;
   for (size_t i = 0; i < p->images.size(); ++i)
     if (!p->images[i].is_same(observation.images[i])) return nullptr;
   return p;
@@ -313,7 +313,7 @@ Observation Policy::prepare(Observation observation) const {
   impl.validate({observation});
   const auto cameras = static_cast<int64_t>(observation.images.size());
   auto prepared = std::make_shared<PreparedImages>();
-  prepared->policy = &impl;
+  prepared->policy = impl.id;
   prepared->images = observation.images;
   std::vector<int64_t> shape = impl.preprocessor->staging_shape(1, cameras);
   shape.erase(shape.begin());

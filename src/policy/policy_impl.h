@@ -2,7 +2,9 @@
 // What Policy holds (Policy::Impl), shared by its two halves: policy_load.cpp (load: files to a
 // ready Impl) and policy.cpp (run: validate -> stage -> run -> unpack). Internal to the library.
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -26,7 +28,7 @@ namespace focusvla {
 // Policy::prepare's product: the staging row of an observation's images, and what it was made
 // from (only the policy that made it, and only for the same image tensors, uses it).
 struct PreparedImages {
-  const Policy::Impl* policy = nullptr;
+  uint64_t policy = 0;  // Policy::Impl::id of the policy that made them
   std::vector<torch::Tensor> images;
   torch::Tensor staged;  // preprocessor->staging_shape(1, cameras)[0], uint8; pinned with CUDA
 };
@@ -37,6 +39,12 @@ struct Policy::Impl {
   using ShapeKey = policy::ShapeKey;
   static double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  }
+  // Unique per loaded policy in this process (an address could be reused by a later one).
+  const uint64_t id = next_id();
+  static uint64_t next_id() {
+    static std::atomic<uint64_t> next{1};
+    return next++;
   }
 
   PolicyOptions options;   // as requested

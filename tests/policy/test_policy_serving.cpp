@@ -137,6 +137,15 @@ TEST(PolicyPrepare, PreparedObservationsActBitForBit) {
   EXPECT_TRUE(other.act_batch({theirs}).front().actions == act(other, raw[0]));
   EXPECT_FALSE(act(other, raw[0]) == act(policy, raw[0]));  // the crop setting matters here
 
+  // Prepared by a policy since destroyed: not used by a later one (were it at the same address).
+  Observation orphan;
+  {
+    const Policy gone = Policy::load(data_path("policy", c["checkpoint"]), crop);
+    orphan = gone.prepare(raw[0]);
+  }
+  const Policy later = Policy::load(data_path("policy", c["checkpoint"]), options_for(c));
+  EXPECT_TRUE(later.act_batch({orphan}).front().actions == act(policy, raw[0]));
+
   // prepare validates as act does, naming the problem.
   Observation bad = raw[0];
   bad.proprio.pop_back();
