@@ -29,49 +29,44 @@ struct PolicyArgs {
   int max_cached_shapes = 8;           // serve: --max-cached-shapes
 };
 
-// An integer option in [low, high]; a value that is not one names the flag, the value and the
+// `text` as an integer in [low, high]; otherwise a ValidationError naming the flag, the text and the
 // accepted range (CLI11's own range check would call "abc" out of range).
+inline int64_t checked_int(const std::string& flag, const std::string& text, int64_t low, int64_t high) {
+  const std::string range = " (accepted: " + std::to_string(low) + " .. " + std::to_string(high) + ")";
+  int64_t value = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (text.empty() || ec == std::errc::invalid_argument || ptr != end)
+    throw CLI::ValidationError(flag, "'" + text + "' is not an integer" + range);
+  if (ec == std::errc::result_out_of_range || value < low || value > high)
+    throw CLI::ValidationError(flag, "'" + text + "' is out of range" + range);
+  return value;
+}
+
+// An integer option in [low, high] (checked_int).
 template <typename Int>
 void add_int_option(CLI::App& command, const std::string& flag, Int& target, int64_t low, int64_t high,
                     const std::string& help) {
   command
       .add_option_function<std::string>(
-          flag,
-          [&target, flag, low, high](const std::string& text) {
-            const std::string range = " (accepted: " + std::to_string(low) + " .. " + std::to_string(high) + ")";
-            int64_t value = 0;
-            const char* end = text.data() + text.size();
-            const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-            if (text.empty() || ec == std::errc::invalid_argument || ptr != end)
-              throw CLI::ValidationError(flag, "'" + text + "' is not an integer" + range);
-            if (ec == std::errc::result_out_of_range || value < low || value > high)
-              throw CLI::ValidationError(flag, "'" + text + "' is out of range" + range);
-            target = static_cast<Int>(value);
+          flag, [&target, flag, low, high](const std::string& text) {
+            target = static_cast<Int>(checked_int(flag, text, low, high));
           },
           help)
       ->type_name("INT");
 }
 
-// A comma-separated list of integers in [low, high] ("1,2,4,8"), each checked as add_int_option does.
+// A comma-separated list of integers in [low, high] ("1,2,4,8"), each entry checked_int.
 inline void add_int_list_option(CLI::App& command, const std::string& flag, std::vector<int64_t>& target, int64_t low,
                                 int64_t high, const std::string& help) {
   command
       .add_option_function<std::string>(
           flag,
           [&target, flag, low, high](const std::string& text) {
-            const std::string range = " (accepted: integers in " + std::to_string(low) + " .. " + std::to_string(high) +
-                                      ", comma-separated)";
             std::vector<int64_t> values;
-            size_t begin = 0;
-            while (begin <= text.size()) {
+            for (size_t begin = 0; begin <= text.size();) {
               const size_t end = std::min(text.find(',', begin), text.size());
-              int64_t value = 0;
-              const auto [ptr, ec] = std::from_chars(text.data() + begin, text.data() + end, value);
-              if (end == begin || ec == std::errc::invalid_argument || ptr != text.data() + end)
-                throw CLI::ValidationError(flag, "'" + text + "' is not a list of integers" + range);
-              if (ec == std::errc::result_out_of_range || value < low || value > high)
-                throw CLI::ValidationError(flag, "'" + text + "' has an entry out of range" + range);
-              values.push_back(value);
+              values.push_back(checked_int(flag, text.substr(begin, end - begin), low, high));
               begin = end + 1;
             }
             target = std::move(values);

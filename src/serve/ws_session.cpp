@@ -1,12 +1,13 @@
 // One websocket connection of the openpi protocol (see server.h for the protocol).
 //
 // One request at a time: a request is decoded and prepared (checked, images preprocessed) here,
-// batched, answered, then the next is taken. Reading goes on while a request is in flight, so pings are answered and a client that
-// vanishes is noticed during a long inference (its queued request is then cancelled, not run); a
-// second request that arrives meanwhile is held (and reading paused) until the first is answered.
-// Every handler runs on the connection's strand, and so does the session's destruction (the
-// batcher's completion hands its reference to the strand). Frames go out through one queue, one write at a time: `write_` is the only record
-// of a write in flight, and write_next() refuses to start a second one.
+// batched, answered, then the next is taken. Reading goes on while a request is in flight, so
+// pings are answered and a client that vanishes is noticed during a long inference (its queued
+// request is then cancelled, not run); a second request that arrives meanwhile is held (and
+// reading paused) until the first is answered. Every handler runs on the connection's strand, and
+// so does the session's destruction (the batcher's completion hands its reference to the strand).
+// Frames go out through one queue, one write at a time: `write_` is the only record of a write in
+// flight, and write_next() refuses to start a second one.
 
 #include <boost/beast/websocket.hpp>
 

@@ -70,6 +70,16 @@ inline bool has_case(const std::string& name) {
   return false;
 }
 
+// The case's checkpoint on CUDA, fp32 with TF32 off (only summation order then differs from the
+// reference). Call it after checking that there is a CUDA device.
+inline Policy load_on_cuda(const nlohmann::json& c) {
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  PolicyOptions o = options_for(c);
+  o.device = torch::kCUDA;
+  return Policy::load(data_path("policy", c["checkpoint"]), o);
+}
+
 // A copy of a checkpoint directory, for a test to change one file of (a scratch directory).
 inline std::string broken_copy(const std::string& name, const std::string& from) {
   const std::string dir = testing::scratch_dir(name);

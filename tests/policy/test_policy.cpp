@@ -263,12 +263,8 @@ TEST(PolicyWorkspace, ReusedAndEvictedShapesGiveTheSameActions) {
 // so that only summation order differs).
 TEST(PolicyCuda, EagerAndGraphMatchTheReference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  at::globalContext().setAllowTF32CuDNN(false);
-  at::globalContext().setAllowTF32CuBLAS(false);
   const auto c = find_case("focus_openvla");
-  PolicyOptions o = options_for(c);
-  o.device = torch::kCUDA;
-  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Policy policy = load_on_cuda(c);
   const Observation obs = observation(c["observations"][0]);
   const torch::Tensor expected = tensors().at(c["observations"][0]["key"].get<std::string>() + ".actions");
   for (const char* mode : {"cuda-eager", "cuda-graph", "cuda-graph"}) {

@@ -212,12 +212,8 @@ TEST(PolicyWarmUp, BucketsAreCachedBeforeTheFirstCall) {
 // a call of 3 observations replays bucket 4's at once; the reference's actions (fp32, TF32 off).
 TEST(PolicyCuda, WarmedBucketsReplayTheirGraphs) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  at::globalContext().setAllowTF32CuDNN(false);
-  at::globalContext().setAllowTF32CuBLAS(false);
   const auto c = find_case("focus_openvla");
-  PolicyOptions o = options_for(c);
-  o.device = torch::kCUDA;
-  const Policy policy = Policy::load(data_path("policy", c["checkpoint"]), o);
+  const Policy policy = load_on_cuda(c);
   EXPECT_EQ(policy.settings().batch_buckets, (std::vector<int64_t>{1, 2, 4, 8}));
   std::vector<Observation> batch = observations(c, {0, 1, 2});
   for (auto& obs : batch) obs.instruction = batch[0].instruction;

@@ -324,8 +324,9 @@ def test_batch_buckets_and_warmup(serve, observations, tmp_path):
 
 
 def test_bad_batch_buckets_and_warmup(tmp_path):
-    for flags, words in ((["--batch-buckets", "0,2"], ["--batch-buckets", "out of range"]),
-                         (["--batch-buckets", "1,x"], ["--batch-buckets", "not a list of integers"]),
+    for flags, words in ((["--batch-buckets", "0,2"], ["--batch-buckets", "'0' is out of range"]),
+                         (["--batch-buckets", "1,x"], ["--batch-buckets", "'x' is not an integer"]),
+                         (["--batch-buckets", "1,,2"], ["--batch-buckets", "'' is not an integer"]),
                          (["--max-cached-shapes", "0"], ["--max-cached-shapes", "out of range"]),
                          (["--warmup", " "], ["instruction", "is empty"])):
         out = subprocess.run([CLI, "serve", "--checkpoint", str(FOCUS), "--unnorm-key", UNNORM, "--port", "0",
