@@ -25,7 +25,7 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) const {
       break;
     case MatmulMode::kInt8:
       if ((packed_.defined() || weight_q_.defined()) && derived_from_current())
-        return int8_linear(x, {weight_q_, weight_scale_, packed_}, bias_fp32_);
+        return int8_linear(x, {weight_q_, weight_scale_, packed_, packed_zero_point_term_}, bias_fp32_);
       break;
     case MatmulMode::kInt8WeightOnly:
       if (weight_q_.defined() && derived_from_current())
@@ -84,7 +84,7 @@ void LinearImpl::derive() {
   torch::NoGradGuard no_grad;
   // Dropped first, so that the old and the new copies are never held together.
   for (auto* t : derived_tensors()) *t = torch::Tensor();
-  packed_ = torch::Tensor();
+  packed_ = packed_zero_point_term_ = torch::Tensor();
   derived_weight_ = derived_bias_ = nullptr;
   switch (mode_) {
     case MatmulMode::kNative:
@@ -98,6 +98,7 @@ void LinearImpl::derive() {
       // Packed for oneDNN where LibTorch has the op (then the plain int8 values are not kept).
       QuantizedWeight q = pack_int8(quantize_rows_int8(weight, cpu_int8_weight_max()));
       packed_ = std::move(q.packed);
+      packed_zero_point_term_ = std::move(q.zero_point_term);
       if (!packed_.defined()) weight_q_ = std::move(q.values);
       weight_scale_ = std::move(q.scales);
       if (bias.defined()) bias_fp32_ = bias.to(torch::kFloat32);

@@ -190,6 +190,16 @@ void epilogue_bf16(const int32_t* acc, int64_t n, const float* x_scales, const f
   }
 }
 
+// Row sums of an int8 (N, K) block, rows [begin, end), in int32 (|sum| <= 127 * K: exact).
+FOCUSVLA_CPU_CLONES
+void row_sums_int8(const int8_t* values, int64_t k, int32_t* sums, int64_t begin, int64_t end) {
+  for (int64_t n = begin; n < end; ++n) {
+    const int8_t* row = values + n * k;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < k; ++i) sum += row[i];
+    sums[n] = sum;
+  }
+}
 
 void check_float_input(const torch::Tensor& x, const std::string& what) {
   check(x.defined() && x.dim() >= 1, what, "expected a tensor with at least one dimension");
@@ -200,6 +210,10 @@ void check_float_input(const torch::Tensor& x, const std::string& what) {
 
 void check_weight(const torch::Tensor& x, const QuantizedWeight& w, torch::ScalarType values_dtype,
                   const std::string& what) {
+  check(!w.zero_point_term.defined() || (w.packed.defined() && w.scales.defined() &&
+                                          w.zero_point_term.numel() == w.scales.numel() &&
+                                          w.zero_point_term.scalar_type() == torch::kFloat32),
+        what, "zero_point_term must be float32, one per output row, beside a packed weight");
   if (w.packed.defined() && !w.values.defined()) {  // packed only: the packed tensor has the shape
     check(w.packed.dim() == 2, what, "packed weight must be 2-D");
     check(w.scales.defined() && w.scales.scalar_type() == torch::kFloat32, what, "weight scales must be float32");
@@ -355,29 +369,52 @@ bool int8_gemm_writes_bf16() {
   return writes;
 }
 
+bool int8_gemm_folds_zero_point() { return !cpu_has_int8_dot() && !int8_gemm_writes_bf16(); }
+
+namespace {
+
+// -128 * sum_k values[n, k] * scales[n] for each row n, in float64 and rounded once to float32.
+torch::Tensor zero_point_term(const torch::Tensor& values, const torch::Tensor& scales) {
+  const torch::Tensor v = values.contiguous();
+  const int64_t n = v.size(0), k = v.size(1);
+  torch::Tensor sums = torch::empty({n}, torch::kInt32);
+  int32_t* out = sums.data_ptr<int32_t>();
+  at::parallel_for(0, n, grain(k), [&](int64_t begin, int64_t end) {
+    row_sums_int8(v.const_data_ptr<int8_t>(), k, out, begin, end);
+  });
+  return (sums.to(torch::kFloat64) * -128.0 * scales.to(torch::kFloat64)).to(torch::kFloat32);
+}
+
+}  // namespace
+
 QuantizedWeight pack_int8(QuantizedWeight weight, int64_t tokens) {
   check(weight.values.defined() && weight.values.dim() == 2 && weight.values.scalar_type() == torch::kInt8 &&
             weight.values.is_cpu(),
         "pack_int8", "expected an (N, K) int8 CPU weight");
+  check(weight.scales.defined() && weight.scales.numel() == weight.values.size(0), "pack_int8",
+        "expected one scale per weight row");
   if (!int8_packed_gemm_available()) return weight;
   torch::jit::Stack stack{weight.values.contiguous(), std::vector<int64_t>{tokens, weight.values.size(1)}};
   qlinear_prepack_op()->callBoxed(&stack);
   weight.packed = stack.at(0).toTensor();
+  if (int8_gemm_folds_zero_point()) weight.zero_point_term = zero_point_term(weight.values, weight.scales);
   return weight;
 }
 
 namespace {
 
-// t = qlinear(u8 values (zero point 128, scale 1), packed weight, w_scale) in `dtype`.
+// t = qlinear(u8 values (zero point 128, scale 1), packed weight, w_scale) in `dtype`; with a
+// zero_point_term, zero point 0 and that term as the bias (the same sum: see pack_int8).
 torch::Tensor packed_gemm(const torch::Tensor& xu8, const QuantizedWeight& w, torch::ScalarType dtype) {
   const int64_t n = w.scales.size(0);
+  const bool folded = w.zero_point_term.defined();
   torch::jit::Stack stack{xu8,
                           1.0,
-                          int64_t{128},
+                          int64_t{folded ? 0 : 128},
                           w.packed,
                           w.scales,
                           torch::zeros({n}, torch::kInt32),
-                          c10::IValue(),
+                          folded ? c10::IValue(w.zero_point_term) : c10::IValue(),
                           1.0,
                           int64_t{0},
                           c10::IValue(dtype),

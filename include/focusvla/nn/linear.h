@@ -94,8 +94,9 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor weight_q_;
   torch::Tensor weight_scale_;
   // kInt8 on the CPU: the int8 weight packed for oneDNN (opaque; the whole block's, not shared by
-  // rows: a fused block's parts run through their block).
+  // rows: a fused block's parts run through their block), and its zero_point_term (nn/quantize.h).
   torch::Tensor packed_;
+  torch::Tensor packed_zero_point_term_;
   bool released_ = false;
   // The storage the derived tensors were made from (see derived_from_current).
   const void* derived_weight_ = nullptr;

@@ -10,8 +10,12 @@
 //                    onednn::qlinear_pointwise (the op PyTorch's own x86 int8 path runs): the
 //                    activations go in as u8 = q + 128 with zero point 128 and scale 1, the
 //                    weight scales in its epilogue (t = acc * w_scale, in x's dtype); then one
-//                    pass here: y = t * x_scale + bias. Without that op: at::_int_mm and
-//                    y = acc * x_scale * w_scale + bias (same integer products).
+//                    pass here: y = t * x_scale + bias. On CPUs without int8 dot products
+//                    oneDNN's GEMM (gemm:jit) works out the zero point's term (128 * the
+//                    weight's row sums) on every call; there it gets zero point 0 and that
+//                    term, made once at packing, as its bias (int8_gemm_folds_zero_point).
+//                    Without that op: at::_int_mm and y = acc * x_scale * w_scale + bias (same
+//                    integer products).
 //                    qmax is 127 where the CPU has int8 dot products (VNNI / AMX) and 63 elsewhere:
 //                    AVX2's and AVX512's u8 x s8 instruction (vpmaddubsw) adds pairs of products
 //                    in int16 and saturates with 8-bit weights (measured: 20% wrong sums), exact
@@ -56,6 +60,9 @@ struct QuantizedWeight {
   torch::Tensor values;  // (N, K) int8 or float8_e4m3fn (may be dropped once `packed` exists)
   torch::Tensor scales;  // (N) float32: row n = values[n] * scales[n]
   torch::Tensor packed;  // int8 on the CPU: the values packed for oneDNN (opaque), or undefined
+  // With `packed` where int8_gemm_folds_zero_point(): (N) float32, -128 * sum_k values[n, k] *
+  // scales[n] (rounded once), the packed GEMM's bias; else undefined.
+  torch::Tensor zero_point_term;
 };
 
 // Symmetric per-row int8: scale = absmax / qmax, values = round(w / scale) in [-qmax, qmax]
@@ -72,8 +79,15 @@ QuantizedWeight quantize_tokens_int8(const torch::Tensor& x, int offset = 0);
 // Packs an int8 weight (CPU) for oneDNN's GEMM (onednn::qlinear_prepack; `tokens` is a hint of
 // the row count it will multiply). Returns `weight` with `packed` set, or unchanged when this
 // LibTorch has no such op. Whether it does: int8_packed_gemm_available().
+// Sets `zero_point_term` too where int8_gemm_folds_zero_point().
 QuantizedWeight pack_int8(QuantizedWeight weight, int64_t tokens = 512);
 bool int8_packed_gemm_available();
+// Whether the packed GEMM takes the activations' zero point as a precomputed bias (zero point 0,
+// bias = zero_point_term) instead of as oneDNN's zero point: on CPUs without int8 dot products
+// (!cpu_has_int8_dot()), where oneDNN's AVX2 GEMM recomputes the weight's row sums on every call
+// (measured: 4 - 12% of the GEMM, 3 - 5% of an act); with VNNI / AMX oneDNN packs them with the
+// weight, so the zero point costs nothing there and stays oneDNN's (bit for bit as before).
+bool int8_gemm_folds_zero_point();
 // Whether the packed GEMM writes bf16 for a bf16 x: only where oneDNN has a fast kernel for it
 // (native bf16: AVX512-BF16 / AMX, and oneDNN not capped below it by ONEDNN_MAX_CPU_ISA /
 // DNNL_MAX_CPU_ISA). Elsewhere (AVX2, AVX512 without BF16) oneDNN's only int8 GEMM with bf16
@@ -83,7 +97,8 @@ bool int8_gemm_writes_bf16();
 
 // W8A8 on the CPU: x (..., K) float -> (..., N) in x's dtype. weight: int8 (N, K) with scales
 // (N), packed or not; bias (N) float32 or undefined. Packed (see above): t = x's dtype(float(acc)
-// * w_scale) from oneDNN (float32 for bf16 x where !int8_gemm_writes_bf16()), then
+// * w_scale) from oneDNN (float32 for bf16 x where !int8_gemm_writes_bf16(); with a
+// zero_point_term, t = float(acc + 128 * row sum) * w_scale + zero_point_term), then
 // y = x's dtype(float(t) * x_scale + bias). Not packed: at::_int_mm,
 // then y = float(acc) * x_scale * w_scale + bias, rounded once. Float32 operations in that order,
 // no fused multiply-add.
