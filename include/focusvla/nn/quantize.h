@@ -86,7 +86,9 @@ bool int8_packed_gemm_available();
 // bias = zero_point_term) instead of as oneDNN's zero point: on CPUs without int8 dot products
 // (!cpu_has_int8_dot()), where oneDNN's AVX2 GEMM recomputes the weight's row sums on every call
 // (measured: 4 - 12% of the GEMM, 3 - 5% of an act); with VNNI / AMX oneDNN packs them with the
-// weight, so the zero point costs nothing there and stays oneDNN's (bit for bit as before).
+// weight, so the zero point costs nothing there and stays oneDNN's (bit for bit as before). Not
+// where the GEMM writes bf16 (int8_gemm_writes_bf16: a native-bf16 CPU, so one with VNNI / AMX
+// kernels, whose 7-bit path was only forced by FOCUSVLA_CPU_INT8_DOT=0): nothing to save there.
 bool int8_gemm_folds_zero_point();
 // Whether the packed GEMM writes bf16 for a bf16 x: only where oneDNN has a fast kernel for it
 // (native bf16: AVX512-BF16 / AMX, and oneDNN not capped below it by ONEDNN_MAX_CPU_ISA /
